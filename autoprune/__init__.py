@@ -1,0 +1,22 @@
+"""autoprune: find how many channels each layer of a trained CNN can lose.
+
+Public entry points (everything else may change):
+
+- :class:`ChannelGraph` -- channel dependency analysis and physical pruning;
+- :func:`count_macs`, :func:`count_params` -- the papers' MAC convention, counted by fvcore;
+- :func:`save` / :func:`load` -- pruned models without pickled code;
+- :func:`score` and the criteria registry -- channel importance;
+- :func:`load_data`, :func:`finetune`, :func:`evaluate`, :func:`recalibrate_bn` -- the inner loop of a trial.
+"""
+from .criteria import available_criteria, get_criterion, register_criterion
+from .flops import count_macs, count_params
+from .graph import ChannelGraph, ChannelGroup, PruneError, TraceError
+from .models import get_model
+from .scoring import score
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "ChannelGraph", "ChannelGroup", "TraceError", "PruneError", "count_macs", "count_params", "get_model",
+    "score", "get_criterion", "register_criterion", "available_criteria",
+]

@@ -1,0 +1,8 @@
+"""Channel dependency analysis (tracing, channel sets, groups) and surgery that removes channels."""
+from .analysis import Analysis, analyse
+from .core import ChannelGraph
+from .groups import ChannelGroup, Member
+from .surgery import PruneError
+from .trace import TraceError, trace
+
+__all__ = ["ChannelGraph", "ChannelGroup", "Member", "TraceError", "PruneError", "trace", "analyse", "Analysis"]

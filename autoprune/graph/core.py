@@ -1,0 +1,165 @@
+"""ChannelGraph: the public face of the engine."""
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .analysis import Analysis, analyse
+from .groups import ChannelGroup, build_groups
+from .surgery import apply_pruning
+from .trace import trace
+
+__all__ = ["ChannelGraph", "as_inputs"]
+
+
+def as_inputs(example_inputs: Any) -> tuple:
+    if isinstance(example_inputs, torch.Tensor):
+        return (example_inputs,)
+    if isinstance(example_inputs, (tuple, list)):
+        return tuple(example_inputs)
+    raise TypeError(f"example_inputs must be a tensor or a tuple of tensors, got {type(example_inputs).__name__}")
+
+
+class ChannelGraph:
+    """Channel dependency analysis of ``model`` on ``example_inputs``; the model itself is never modified.
+
+    >>> graph = ChannelGraph(model, torch.randn(1, 3, 32, 32))
+    >>> [g.name for g in graph.groups if g.prunable]
+    >>> pruned = graph.prune(0.3, criterion="l1")
+    """
+
+    def __init__(self, model: nn.Module, example_inputs: Any) -> None:
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        self.example_inputs = as_inputs(example_inputs)
+        self._training = model.training
+        self._arch = getattr(model, "_autoprune_arch", None)
+        base = copy.deepcopy(model).eval()
+        self.gm = trace(base)
+        self.analysis: Analysis = analyse(self.gm, self.example_inputs)
+        self.groups: list[ChannelGroup] = build_groups(self.analysis)
+        self._by_name = {g.name: g for g in self.groups}
+
+    # -- introspection -------------------------------------------------------------------------------------------
+    @property
+    def prunable_groups(self) -> list[ChannelGroup]:
+        return [g for g in self.groups if g.prunable]
+
+    def group(self, name: str) -> ChannelGroup:
+        """The group called ``name`` (KeyError with close matches otherwise)."""
+        try:
+            return self._by_name[name]
+        except KeyError:
+            import difflib
+
+            close = difflib.get_close_matches(name, list(self._by_name), n=3)
+            hint = f"; did you mean {', '.join(close)}?" if close else f"; groups: {', '.join(self._by_name)}"
+            raise KeyError(f"no channel group named {name!r}{hint}") from None
+
+    def summary(self) -> str:
+        """A table of the groups: name, channels, prunable or why locked."""
+        rows = [f"{'group':40s} {'channels':>8s}  status"]
+        for g in self.groups:
+            rows.append(f"{g.name:40s} {g.channels:8d}  {'prunable' if g.prunable else 'locked: ' + str(g.reason)}")
+        return "\n".join(rows)
+
+    # -- pruning -------------------------------------------------------------------------------------------------
+    def resolve_ratios(self, ratios: float | Mapping[str, float]) -> dict[str, float]:
+        """Validate ``ratios`` (one float for every prunable group, or {group name: ratio})."""
+        if isinstance(ratios, (int, float)) and not isinstance(ratios, bool):
+            _check_ratio("ratio", ratios)
+            return {g.name: float(ratios) for g in self.prunable_groups}
+        if not isinstance(ratios, Mapping):
+            raise TypeError("ratios must be a float or a mapping {group name: ratio}")
+        out = {}
+        for name, r in ratios.items():
+            g = self.group(name)
+            _check_ratio(f"ratio for {name!r}", r)
+            if not g.prunable and r > 0:
+                raise ValueError(f"group {name!r} is locked and cannot be pruned: {g.reason}")
+            if g.prunable:
+                out[name] = float(r)
+        return out
+
+    def plan(self, ratios: float | Mapping[str, float], scores: Mapping[str, torch.Tensor]) -> dict[str, list[int]]:
+        """Channels to remove per group: ``floor(ratio * channels)`` lowest scores (stable sort, so ties keep order)."""
+        removal = {}
+        for name, r in self.resolve_ratios(ratios).items():
+            g = self._by_name[name]
+            n = min(int(math.floor(r * g.channels + 1e-9)), g.channels - 1)
+            if n <= 0:
+                continue
+            s = torch.as_tensor(scores[name], dtype=torch.float64).cpu()
+            if s.shape != (g.channels,):
+                raise ValueError(f"scores for {name!r} have shape {tuple(s.shape)}, expected ({g.channels},)")
+            order = torch.sort(s, stable=True).indices
+            removal[name] = sorted(order[:n].tolist())
+        return removal
+
+    def prune(self, ratios: float | Mapping[str, float], criterion: str = "l1", *, data: Any = None,
+              scores: Mapping[str, torch.Tensor] | None = None, **criterion_kwargs: Any) -> nn.Module:
+        """Return a new, physically smaller model; the original is untouched.
+
+        ``ratios``: one float in [0, 1) for every prunable group, or {group name: ratio}. ``criterion``: a registered
+        criterion name (weight-based ones need no data; activation-based ones take ``data``, an iterable of
+        ``(x, y)`` batches or a DataBundle). ``scores`` ({group: tensor}) bypasses the criterion.
+        """
+        resolved = self.resolve_ratios(ratios)
+        if scores is None:
+            needed = [n for n, r in resolved.items() if math.floor(r * self._by_name[n].channels + 1e-9) > 0]
+            from ..scoring import score_groups
+
+            scores = score_groups(self, criterion, data=data, groups=needed, **criterion_kwargs) if needed else {}
+        return self.prune_channels(self.plan(resolved, scores))
+
+    def prune_channels(self, remove: Mapping[str, Sequence[int]]) -> nn.Module:
+        """Remove explicit channels: {group name: [channel indices within the group]}."""
+        removed_roots: set[int] = set()
+        clean: dict[str, list[int]] = {}
+        for name, idx in remove.items():
+            g = self.group(name)
+            idx = sorted({int(i) for i in idx})
+            if not idx:
+                continue
+            if not g.prunable:
+                raise ValueError(f"group {name!r} is locked and cannot be pruned: {g.reason}")
+            if idx[0] < 0 or idx[-1] >= g.channels:
+                raise ValueError(f"channel index out of range for group {name!r} ({g.channels} channels)")
+            if len(idx) >= g.channels:
+                raise ValueError(f"cannot remove all {g.channels} channels of group {name!r}")
+            removed_roots.update(int(r) for r in g.roots[idx])
+            clean[name] = idx
+        pruned = apply_pruning(self.analysis, removed_roots, self.example_inputs)
+        pruned.train(self._training)
+        pruned._autoprune_meta = {
+            "removed": clean,
+            "input_shapes": [list(x.shape) for x in self.example_inputs],
+            "arch": self._arch,
+        }
+        return pruned
+
+    def consumer_slices(self, remove: Mapping[str, Sequence[int]]) -> list[tuple[str, int, list[int]]]:
+        """(module, weight dim, indices) of the weights that *read* the given channels: the input slices of every
+        dense conv and linear layer. Zeroing them makes the channels dead, which tests use to check the cut."""
+        E = self.analysis.elements
+        roots = set()
+        for name, idx in remove.items():
+            roots.update(int(r) for r in self.group(name).roots[list(idx)])
+        out = []
+        for s in self.analysis.sites:
+            if s.kind in ("conv", "linear") and s.data.get("groups", 1) == 1:
+                rr = E.roots(s.data["in"])
+                hit = [i for i, r in enumerate(rr.tolist()) if r in roots]
+                if hit:
+                    out.append((s.module, 1, hit))
+        return out
+
+
+def _check_ratio(what: str, r: Any) -> None:
+    if not isinstance(r, (int, float)) or isinstance(r, bool) or not (0.0 <= float(r) < 1.0) or np.isnan(r):
+        raise ValueError(f"{what} must be a number in [0, 1), got {r!r}")

@@ -1,0 +1,47 @@
+"""Models by name: the package's CIFAR models and torchvision classifiers.
+
+``get_model("resnet56")`` builds the package's CIFAR ResNet-56; ``get_model("torchvision:resnet50")`` (or any
+torchvision classifier name that is not a package name) builds the torchvision model without weights.
+"""
+from __future__ import annotations
+
+import difflib
+from typing import Any, Callable
+
+import torch.nn as nn
+
+from .cifar_resnet import CifarResNet, ShortcutA, resnet20, resnet32, resnet44, resnet56, resnet110
+from .vgg import CifarVGG, vgg16_bn
+
+__all__ = ["get_model", "available_models", "resnet20", "resnet32", "resnet44", "resnet56", "resnet110",
+           "vgg16_bn", "CifarResNet", "CifarVGG", "ShortcutA"]
+
+_PACKAGE: dict[str, Callable[..., nn.Module]] = {
+    "resnet20": resnet20, "resnet32": resnet32, "resnet44": resnet44, "resnet56": resnet56,
+    "resnet110": resnet110, "vgg16_bn_cifar": vgg16_bn,
+}
+
+
+def available_models() -> list[str]:
+    """Package model names (torchvision names are accepted too, as ``torchvision:NAME``)."""
+    return sorted(_PACKAGE)
+
+
+def get_model(name: str, **kwargs: Any) -> nn.Module:
+    """Build a model by name: a package CIFAR model, or ``torchvision:NAME`` / a bare torchvision name."""
+    if name in _PACKAGE:
+        return _PACKAGE[name](**kwargs)
+    tv_name = name.split(":", 1)[1] if name.startswith("torchvision:") else name
+    import torchvision
+
+    tv_names = torchvision.models.list_models(module=torchvision.models)
+    if tv_name not in tv_names:
+        close = difflib.get_close_matches(tv_name, list(_PACKAGE) + tv_names, n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown model {name!r}: not a package model ({', '.join(available_models())}) "
+                         f"nor a torchvision classifier.{hint}")
+    kwargs.setdefault("weights", None)
+    if tv_name in ("googlenet", "inception_v3") and kwargs.get("weights") is None:
+        kwargs.setdefault("aux_logits", False)
+        kwargs.setdefault("init_weights", False)
+    return torchvision.models.get_model(tv_name, **kwargs)

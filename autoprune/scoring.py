@@ -1,0 +1,221 @@
+"""Group scores from channel criteria.
+
+How member scores combine (documented contract): a group's channel unit may appear in several layers (a residual
+channel is produced by every block's last conv, read after every block's ReLU...). Its score is the **mean** of the
+per-channel scores of every place where it appears at the criterion's hook point:
+
+- weight criteria: the output channels of the group's producing conv/linear layers;
+- activation criteria: the tensors at the hook point -- ``"conv"`` (outputs of the producing conv/linear layers),
+  ``"bn"`` (outputs of the BatchNorm layers on the group) or ``"act"`` (outputs of activation functions or modules on
+  the group, e.g. after the residual add + ReLU). Where a group has no tensor of the requested kind we fall back to
+  ``"conv"``.
+
+All activation criteria of a run are computed in ONE pass: taps are inserted into a copy of the traced graph right
+after the chosen nodes and feed streaming accumulators; no feature map is stored.
+"""
+from __future__ import annotations
+
+import operator
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import torch
+import torch.fx as fx
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .graph.analysis import TI, _ELEMENTWISE_FUNCS, _ELEMENTWISE_METHODS
+
+__all__ = ["score_groups", "score", "DEFAULT_HOOKS"]
+
+#: Default hook point per activation criterion (methods.md: HRank after ReLU, EZCrop at the conv output for ResNets,
+#: the class-discrimination metrics on post-ReLU pooled features).
+DEFAULT_HOOKS = {"hrank": "act", "ezcrop": "conv", "tt": "act", "snr": "act", "fdr": "act", "sd": "act", "di": "act"}
+
+_ACT_MODULES = (nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.LeakyReLU, nn.ELU, nn.Mish, nn.Sigmoid,
+                nn.Hardsigmoid, nn.Tanh)
+_ACT_FUNCS = {F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.leaky_relu, F.elu, F.mish, torch.relu, torch.sigmoid,
+              F.relu_, torch.relu_}
+_ACT_METHODS = {"relu", "relu_", "sigmoid", "hardswish"}
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+def _node_kind(n: fx.Node, modules: dict) -> str:
+    if n.op == "call_module":
+        m = modules[n.target]
+        if isinstance(m, (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.Linear)):
+            return "conv"
+        if isinstance(m, _BN):
+            return "bn"
+        if isinstance(m, _ACT_MODULES):
+            return "act"
+    if n.op == "call_function" and n.target in _ACT_FUNCS:
+        return "act"
+    if n.op == "call_method" and n.target in _ACT_METHODS:
+        return "act"
+    return "other"
+
+
+def _tap_points(graph, names: list[str], hook: str) -> dict[str, list[tuple[str, np.ndarray, np.ndarray]]]:
+    """{group: [(node name, channel positions along dim 1, unit index)]} for tensors of the hook kind."""
+    a = graph.analysis
+    E = a.elements
+    modules = dict(a.gm.named_modules())
+    nodes = {n.name: n for n in a.gm.graph.nodes}
+    wanted = {name: {int(r): i for i, r in enumerate(graph.group(name).roots)} for name in names}
+    out: dict[str, dict[str, list]] = {name: {"conv": [], "bn": [], "act": []} for name in names}
+    for nname, ti in a.info.items():
+        if not isinstance(ti, TI) or ti.cdims != (1,) or len(ti.shape) < 2:
+            continue
+        kind = _node_kind(nodes[nname], modules)
+        if kind == "other":
+            continue
+        roots = E.roots(ti.elem)
+        for name in names:
+            pos = wanted[name]
+            sel = np.array([int(r) in pos for r in roots], dtype=bool)
+            if sel.any():
+                chans = np.nonzero(sel)[0]
+                units = np.array([pos[int(r)] for r in roots[sel]], dtype=np.int64)
+                out[name][kind].append((nname, chans, units))
+    return {name: (k[hook] or k["conv"]) for name, k in out.items()}
+
+
+def _combine(n_units: int, parts: Iterable[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
+    total = torch.zeros(n_units, dtype=torch.float64)
+    count = torch.zeros(n_units, dtype=torch.float64)
+    for units, s in parts:
+        u = torch.as_tensor(units)
+        total.index_add_(0, u, s.detach().to(torch.float64).cpu())
+        count.index_add_(0, u, torch.ones(len(u), dtype=torch.float64))
+    return total / count.clamp_min(1)
+
+
+def _batches(data: Any, num_batches: int | None, batch_size: int, seed: int) -> Iterable:
+    if hasattr(data, "train") and hasattr(data.train, "batches"):
+        it = data.train.batches(batch_size, shuffle=True, augment=True, seed=seed)
+    elif hasattr(data, "batches"):
+        it = data.batches(batch_size, shuffle=True, augment=True, seed=seed)
+    else:
+        it = data
+    for i, b in enumerate(it):
+        if num_batches is not None and i >= num_batches:
+            break
+        if isinstance(b, torch.Tensor):
+            yield b, None
+        else:
+            yield b[0], (b[1] if len(b) > 1 else None)
+
+
+def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] | None = None,
+                 hook: str | None = None, num_batches: int | None = 5, batch_size: int = 128, seed: int = 0,
+                 num_classes: int | None = None, device: str | torch.device | None = None,
+                 **params: Any) -> dict[str, torch.Tensor]:
+    """Score every channel unit of ``groups`` (default: the prunable ones) with ``criterion``."""
+    from .criteria import get_criterion
+
+    names = groups if groups is not None else [g.name for g in graph.prunable_groups]
+    if criterion == "random":
+        params.setdefault("seed", seed)
+    crit = get_criterion(criterion, **params)
+    if crit.kind == "weight":
+        modules = dict(graph.gm.named_modules())
+        cache: dict[str, torch.Tensor] = {}
+        out = {}
+        for name in names:
+            g = graph.group(name)
+            parts = []
+            for m in g.members:
+                if m.module is None:
+                    continue  # zero channels added by a pad carry no weights
+                if m.module not in cache:
+                    cache[m.module] = crit.score_weight(modules[m.module], name=m.module)
+                parts.append((m.index, cache[m.module][torch.as_tensor(m.channels)]))
+            out[name] = _combine(g.channels, parts)
+        return out
+    if data is None:
+        raise ValueError(f"criterion {criterion!r} is activation-based and needs data (batches of (x, y) or a "
+                         "DataBundle from autoprune.load_data)")
+    return _activation_scores(graph, {criterion: crit}, names, data, hook, num_batches, batch_size, seed,
+                              num_classes, device)[criterion]
+
+
+_TAPS: dict[str, Any] = {}
+
+
+def _tap(x: torch.Tensor, key: str) -> None:
+    _TAPS[key](x)
+
+
+def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: Any, hook: str | None,
+                       num_batches: int | None, batch_size: int, seed: int, num_classes: int | None,
+                       device: Any) -> dict[str, dict[str, torch.Tensor]]:
+    import copy
+
+    if device is None:
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    gm = copy.deepcopy(graph.gm).to(device).eval()
+    plans = {c: _tap_points(graph, names, hook or getattr(crit, "default_hook", None) or DEFAULT_HOOKS.get(c, "act"))
+             for c, crit in crits.items()}
+    node_names = sorted({p[0] for plan in plans.values() for pts in plan.values() for p in pts})
+    states: dict[tuple[str, str], Any] = {}
+    labels_box: dict[str, Any] = {}
+    nodes = {n.name: n for n in gm.graph.nodes}
+    for nname in node_names:
+        n = nodes[nname]
+        with gm.graph.inserting_after(n):
+            gm.graph.call_function(_tap, (n, nname))
+    gm.recompile()
+
+    if num_classes is None:
+        num_classes = getattr(data, "num_classes", None)
+
+    def make_cb(nname: str):
+        def cb(x: torch.Tensor) -> None:
+            for c, crit in crits.items():
+                st = states.get((c, nname))
+                if st is None:
+                    st = states[(c, nname)] = crit.init(channels=x.shape[1], num_classes=num_classes or 0,
+                                                        device=x.device)
+                crit.update(st, x.detach(), labels_box.get("y"))
+        return cb
+
+    for nname in node_names:
+        _TAPS[nname] = make_cb(nname)
+    try:
+        with torch.no_grad():
+            for x, y in _batches(data, num_batches, batch_size, seed):
+                if y is not None and num_classes is None:
+                    raise ValueError("pass num_classes= (or a DataBundle) for class-aware criteria")
+                labels_box["y"] = None if y is None else y.to(device)
+                gm(x.to(device))
+    finally:
+        for nname in node_names:
+            _TAPS.pop(nname, None)
+    result: dict[str, dict[str, torch.Tensor]] = {}
+    for c, crit in crits.items():
+        final = {nname: crit.finalize(states[(c, nname)]) for nname in node_names if (c, nname) in states}
+        result[c] = {}
+        for name in names:
+            g = graph.group(name)
+            parts = [(units, final[nname][torch.as_tensor(chans)]) for nname, chans, units in plans[c][name]]
+            result[c][name] = _combine(g.channels, parts)
+    return result
+
+
+def score(model: nn.Module, data: Any = None, criterion: str = "l1", *, example_inputs: Any = None,
+          **kwargs: Any) -> dict[str, torch.Tensor]:
+    """Raw scores {group name: float64 tensor [channels]} of ``criterion`` on ``model`` (higher = more important).
+
+    ``example_inputs`` defaults to one image of ``data``. Keyword arguments go to :func:`score_groups` and the
+    criterion (e.g. ``alpha=0.25`` for ezcrop, ``hook="bn"``, ``num_batches=5``).
+    """
+    from .graph import ChannelGraph
+
+    if example_inputs is None:
+        if data is None:
+            raise ValueError("pass example_inputs= (a tensor shaped like one input batch) or data")
+        x, _ = next(iter(_batches(data, 1, 2, 0)))
+        example_inputs = x[:1].cpu()
+    return score_groups(ChannelGraph(model, example_inputs), criterion, data=data, **kwargs)
