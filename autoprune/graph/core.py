@@ -38,7 +38,9 @@ class ChannelGraph:
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.example_inputs = as_inputs(example_inputs)
         self._training = model.training
-        self._arch = getattr(model, "_autoprune_arch", None)
+        prev = getattr(model, "_autoprune_meta", None) or {}
+        self._arch = prev.get("arch") or getattr(model, "_autoprune_arch", None)
+        self._steps = list(prev.get("steps", []))
         base = copy.deepcopy(model).eval()
         self.gm = trace(base)
         self.analysis: Analysis = analyse(self.gm, self.example_inputs)
@@ -136,12 +138,67 @@ class ChannelGraph:
             clean[name] = idx
         pruned = apply_pruning(self.analysis, removed_roots, self.example_inputs)
         pruned.train(self._training)
-        pruned._autoprune_meta = {
-            "removed": clean,
+        pruned._autoprune_meta = {  # what autoprune.save needs to rebuild this model without pickled code
+            "steps": self._steps + [clean],
             "input_shapes": [list(x.shape) for x in self.example_inputs],
             "arch": self._arch,
         }
         return pruned
+
+    def removal_for(self, ratios: float | Mapping[str, float], scores: Mapping[str, torch.Tensor] | None = None,
+                    criterion: str = "l1") -> dict[str, list[int]]:
+        """The channels :meth:`prune` would remove (weight criteria need no data), without pruning."""
+        if scores is None:
+            from ..scoring import score_groups
+
+            scores = score_groups(self, criterion, groups=list(self.resolve_ratios(ratios)))
+        return self.plan(ratios, scores)
+
+    def macs(self, remove: Mapping[str, Sequence[int]] | None = None, *, params: bool = False) -> int:
+        """MACs per sample (conv + linear, the papers' convention) of the model after removing ``remove``
+        ({group: channel indices}), computed from the analysis without building the model: the per-group cost model
+        behind sensitivity analysis and allocation. It equals :func:`autoprune.count_macs` on the pruned model.
+        ``params=True`` counts conv/linear/norm parameters instead."""
+        E = self.analysis.elements
+        removed = np.zeros(len(E.parent), dtype=bool)
+        for name, idx in (remove or {}).items():
+            removed[self.group(name).roots[list(idx)]] = True
+        root_of = E.root_of
+        keep = lambda elem: ~removed[root_of[np.asarray(elem, dtype=np.int64)]]  # noqa: E731
+        modules = dict(self.gm.named_modules())
+        values = self.analysis.values
+        batch = self.example_inputs[0].shape[0] if self.example_inputs[0].dim() else 1
+        total, seen = 0, set()
+        for s in self.analysis.sites:
+            if s.kind not in ("conv", "linear") and not (params and s.kind in ("bn", "prelu")):
+                continue
+            m = modules[s.module]
+            if params and s.module in seen:
+                continue
+            seen.add(s.module)
+            if s.kind in ("bn", "prelu"):
+                n_aff = (2 if getattr(m, "weight", None) is not None else 0) if s.kind == "bn" else 1
+                total += n_aff * int(keep(s.data["elem"]).sum())
+                continue
+            out_k = int(keep(s.data["out"]).sum())
+            in_mask = keep(s.data["in"])
+            if s.kind == "conv":
+                g = s.data["groups"]
+                in_per = int(in_mask.sum()) if g == 1 else m.in_channels // g
+                k = int(np.prod(m.kernel_size))
+                if params:
+                    total += out_k * in_per * k + (out_k if m.bias is not None else 0)
+                else:
+                    out_shape = values[s.node]
+                    total += out_k * in_per * k * int(np.prod(out_shape[2:]))
+            else:
+                in_k = int(in_mask.sum())
+                if params:
+                    total += out_k * in_k + (out_k if m.bias is not None else 0)
+                else:
+                    out_shape = values[s.node]
+                    total += out_k * in_k * int(np.prod(out_shape[:-1])) // batch
+        return int(total)
 
     def consumer_slices(self, remove: Mapping[str, Sequence[int]]) -> list[tuple[str, int, list[int]]]:
         """(module, weight dim, indices) of the weights that *read* the given channels: the input slices of every

@@ -29,6 +29,13 @@ def available_models() -> list[str]:
 
 def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by name: a package CIFAR model, or ``torchvision:NAME`` / a bare torchvision name."""
+    model = _build(name, **kwargs)
+    # Plain data naming how to rebuild the model: autoprune.save stores it instead of pickled code.
+    model._autoprune_arch = {"name": name, "kwargs": dict(kwargs)}
+    return model
+
+
+def _build(name: str, **kwargs: Any) -> nn.Module:
     if name in _PACKAGE:
         return _PACKAGE[name](**kwargs)
     tv_name = name.split(":", 1)[1] if name.startswith("torchvision:") else name

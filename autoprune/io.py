@@ -1,0 +1,74 @@
+"""Saving pruned models without pickled code.
+
+A file holds plain data only -- the base architecture's name and arguments, the channels removed at each pruning
+step (group name -> indices), the example input shapes and the state_dict -- so ``torch.load(path,
+weights_only=True)`` reads it. Loading rebuilds the base model, replays the removals through the engine (which is
+deterministic) and loads the weights.
+"""
+from __future__ import annotations
+
+import os
+import tempfile
+from typing import Any
+
+import torch
+import torch.nn as nn
+
+__all__ = ["save", "load", "FORMAT"]
+
+FORMAT = "autoprune.v1"
+
+
+def save(model: nn.Module, path: str | os.PathLike) -> None:
+    """Write ``model`` (pruned by autoprune, or a model built by :func:`autoprune.get_model`) to ``path``.
+
+    The write is atomic (temporary file, then rename), so an interrupted save never leaves a truncated file.
+    """
+    meta = getattr(model, "_autoprune_meta", None) or {}
+    arch = meta.get("arch") or getattr(model, "_autoprune_arch", None)
+    payload = {
+        "format": FORMAT,
+        "arch": arch,
+        "steps": meta.get("steps", []),
+        "input_shapes": meta.get("input_shapes"),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = os.fspath(path)
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
+    os.close(fd)
+    try:
+        torch.save(payload, tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_location: Any = "cpu") -> nn.Module:
+    """Rebuild a model written by :func:`save`.
+
+    ``model``: an unpruned instance of the base architecture, needed when the file's base model was not built by
+    :func:`autoprune.get_model` (your own class); its weights are replaced by the file's.
+    """
+    from .graph import ChannelGraph
+    from .models import get_model
+
+    payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    if not isinstance(payload, dict) or payload.get("format") != FORMAT:
+        raise ValueError(f"{path} is not an autoprune model file (expected format {FORMAT!r})")
+    arch = payload.get("arch")
+    if model is None:
+        if not arch:
+            raise ValueError(f"{path} does not name its base architecture (the model was not built with "
+                             "autoprune.get_model): pass model=<an unpruned instance of its class> to load()")
+        model = get_model(arch["name"], **arch.get("kwargs", {}))
+    for removed in payload.get("steps", []):
+        shapes = payload.get("input_shapes") or [[1, 3, 32, 32]]
+        graph = ChannelGraph(model, tuple(torch.zeros(s) for s in shapes))
+        model = graph.prune_channels(removed)
+    model.load_state_dict(payload["state_dict"])
+    if arch and getattr(model, "_autoprune_meta", None) is not None:
+        model._autoprune_meta["arch"] = arch
+    return model.eval()
