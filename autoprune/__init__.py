@@ -11,6 +11,7 @@ Public entry points (everything else may change):
 from .criteria import available_criteria, get_criterion, register_criterion
 from .flops import count_macs, count_params
 from .graph import ChannelGraph, ChannelGroup, PruneError, TraceError
+from .io import load, save
 from .models import get_model
 from .scoring import score
 
@@ -18,5 +19,5 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ChannelGraph", "ChannelGroup", "TraceError", "PruneError", "count_macs", "count_params", "get_model",
-    "score", "get_criterion", "register_criterion", "available_criteria",
+    "save", "load", "score", "get_criterion", "register_criterion", "available_criteria",
 ]
