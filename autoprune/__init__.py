@@ -8,12 +8,15 @@ Public entry points (everything else may change):
 - :func:`score` and the criteria registry -- channel importance;
 - :func:`load_data`, :func:`finetune`, :func:`evaluate`, :func:`recalibrate_bn` -- the inner loop of a trial.
 """
+from .compare import compare_criteria
 from .criteria import available_criteria, get_criterion, register_criterion
 from .flops import count_macs, count_params
 from .graph import ChannelGraph, ChannelGroup, PruneError, TraceError
 from .io import load, save
 from .models import get_model
+from .data import load_data
 from .scoring import score
+from .train import evaluate, finetune, recalibrate_bn
 
 __version__ = "0.1.0"
 
