@@ -15,7 +15,6 @@ after the chosen nodes and feed streaming accumulators; no feature map is stored
 """
 from __future__ import annotations
 
-import operator
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -24,7 +23,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .graph.analysis import TI, _ELEMENTWISE_FUNCS, _ELEMENTWISE_METHODS
+from .graph.analysis import TI
 
 __all__ = ["score_groups", "score", "DEFAULT_HOOKS"]
 
@@ -159,7 +158,7 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
     plans = {c: _tap_points(graph, names, hook or getattr(crit, "default_hook", None) or DEFAULT_HOOKS.get(c, "act"))
              for c, crit in crits.items()}
     node_names = sorted({p[0] for plan in plans.values() for pts in plan.values() for p in pts})
-    states: dict[tuple[str, str], Any] = {}
+    states: dict[str, Any] = {}
     labels_box: dict[str, Any] = {}
     nodes = {n.name: n for n in gm.graph.nodes}
     for nname in node_names:
@@ -171,14 +170,15 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
     if num_classes is None:
         num_classes = getattr(data, "num_classes", None)
 
+    from .criteria import ActivationStats
+
     def make_cb(nname: str):
+        # One ActivationStats per tap: criteria sharing statistics (tt/snr/fdr/sd) update them once per batch.
         def cb(x: torch.Tensor) -> None:
-            for c, crit in crits.items():
-                st = states.get((c, nname))
-                if st is None:
-                    st = states[(c, nname)] = crit.init(channels=x.shape[1], num_classes=num_classes or 0,
-                                                        device=x.device)
-                crit.update(st, x.detach(), labels_box.get("y"))
+            st = states.get(nname)
+            if st is None:
+                st = states[nname] = ActivationStats(dict(crits), num_classes=num_classes or None, device=x.device)
+            st.update(x.detach(), labels_box.get("y"))
         return cb
 
     for nname in node_names:
@@ -193,9 +193,10 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
     finally:
         for nname in node_names:
             _TAPS.pop(nname, None)
+    finals = {nname: st.finalize() for nname, st in states.items()}
     result: dict[str, dict[str, torch.Tensor]] = {}
     for c, crit in crits.items():
-        final = {nname: crit.finalize(states[(c, nname)]) for nname in node_names if (c, nname) in states}
+        final = {nname: finals[nname][c] for nname in node_names if nname in finals}
         result[c] = {}
         for name in names:
             g = graph.group(name)
