@@ -335,8 +335,8 @@ class _Propagator(fx.Interpreter):
         # per-group widths the kernels were trained with.
         in_per, out_per = cin // g, cout // g
         gid = x.elem.reshape(g, in_per)
-        for row in gid:
-            self.E.union_arrays(row[:1].repeat(len(row)), row)
+        if in_per > 1:
+            self.E.union_arrays(np.repeat(gid[:, 0], in_per), gid.ravel())
         out_elem = np.repeat(gid[:, 0], out_per)
         self.sites.append(Site("conv", n.name, name, {"in": x.elem, "out": out_elem, "groups": g}))
         out = TI(tuple(value.shape), (1,), out_elem)
@@ -478,8 +478,7 @@ class _Propagator(fx.Interpreter):
             # A reshape that splits the channel dim (channel shuffle's view(b, g, c/g, h, w)): every slice along the
             # outer dims must lose the same positions, or the reshape would no longer be valid after pruning.
             flat = ti.elem.reshape(-1, ti.elem.shape[-1])
-            for j in range(flat.shape[1]):
-                self.E.union_arrays(np.repeat(flat[0, j], flat.shape[0]), flat[:, j])
+            self.E.union_arrays(np.broadcast_to(flat[:1], flat.shape), flat)
         return ti
 
     def getitem(self, n: fx.Node, x: TI, value: Any) -> Any:
