@@ -15,7 +15,7 @@ def _cmd_compare(args: argparse.Namespace) -> int:
     criteria = args.criteria.split(",") if args.criteria else cfg.get("criteria")
     ratios = [float(x) for x in args.ratios.split(",")]
     res = compare_criteria(model, data, criteria, ratios, recalibrate=not args.no_bn, bn_batches=args.bn_batches,
-                           seed=args.seed)
+                           seed=args.seed, split=args.split)
     os.makedirs(args.out, exist_ok=True)
     print(res.table())
     with open(os.path.join(args.out, "criteria.md"), "w") as f:
@@ -40,4 +40,5 @@ def add_subcommands(subparsers: Any) -> None:
     p.add_argument("--out", default="runs/criteria", help="output folder")
     p.add_argument("--device", default=None)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--split", default="val", help="split to evaluate: val (default) or test")
     p.set_defaults(func=_cmd_compare)

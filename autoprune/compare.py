@@ -76,11 +76,13 @@ class CriteriaComparison:
 def compare_criteria(model: nn.Module, data: Any, criteria: Sequence[str] | None = None,
                      ratios: Sequence[float] = (0.3, 0.5, 0.7), *, recalibrate: bool = True, bn_batches: int = 10,
                      example_inputs: Any = None, score_batches: int = 5, seed: int = 0,
-                     progress: bool = True) -> CriteriaComparison:
+                     split: str = "val", progress: bool = True) -> CriteriaComparison:
     """Prune ``model`` uniformly at each ratio with each criterion and measure validation accuracy.
 
     Activation criteria are all scored in one pass over ``score_batches`` training batches. With ``recalibrate``,
     BatchNorm statistics are re-estimated on ``bn_batches`` batches (no weight changes) before evaluation.
+    ``split`` is the split evaluated: the validation split carved from train by default; pass ``"test"`` when the
+    checkpoint was trained on the whole train split (its val accuracy is then inflated).
     """
     from tqdm.auto import tqdm
 
@@ -95,7 +97,7 @@ def compare_criteria(model: nn.Module, data: Any, criteria: Sequence[str] | None
     model = model.eval()
     graph = ChannelGraph(model.cpu(), example_inputs)
     names = [g.name for g in graph.prunable_groups]
-    base = evaluate(model, data)
+    base = evaluate(model, data, split=split)
     out = CriteriaComparison(base.accuracy, graph.macs())
     scores: dict[str, dict[str, torch.Tensor]] = {}
     crits = {c: get_criterion(c, **({"seed": seed} if c == "random" else {})) for c in criteria}
@@ -116,6 +118,6 @@ def compare_criteria(model: nn.Module, data: Any, criteria: Sequence[str] | None
         pruned = graph.prune_channels(removal)
         if recalibrate:
             recalibrate_bn(pruned, data, batches=bn_batches, seed=seed)
-        ev = evaluate(pruned, data)
+        ev = evaluate(pruned, data, split=split)
         out.rows.append(CriteriaRow(c, float(r), ev.accuracy, ev.loss, graph.macs(removal)))
     return out
