@@ -6,8 +6,12 @@ Public entry points (everything else may change):
 - :func:`count_macs`, :func:`count_params` -- the papers' MAC convention, counted by fvcore;
 - :func:`save` / :func:`load` -- pruned models without pickled code;
 - :func:`score` and the criteria registry -- channel importance;
-- :func:`load_data`, :func:`finetune`, :func:`evaluate`, :func:`recalibrate_bn` -- the inner loop of a trial.
+- :func:`load_data`, :func:`finetune`, :func:`evaluate`, :func:`recalibrate_bn` -- the inner loop of a trial;
+- :func:`sensitivity`, :func:`allocate`, :func:`prune_to_budget` -- FLOP-normalized sensitivity and budgets;
+- :func:`search`, :func:`load_front` -- the Optuna search and its Pareto front.
 """
+from .allocate import Allocation, allocate
+from .budget import BudgetResult, prune_to_budget
 from .compare import compare_criteria
 from .criteria import available_criteria, get_criterion, register_criterion
 from .flops import count_macs, count_params
@@ -16,6 +20,8 @@ from .io import load, save
 from .models import get_model
 from .data import load_data
 from .scoring import score
+from .search import ParetoFront, load_front, search
+from .sensitivity import SensitivityTable, sensitivity
 from .train import evaluate, finetune, recalibrate_bn
 
 __version__ = "0.1.0"

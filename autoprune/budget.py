@@ -1,0 +1,188 @@
+"""One call from a trained model to a pruned, fine-tuned model that meets a MAC/parameter budget.
+
+>>> result = prune_to_budget(model, data, macs=0.5, criterion="ezcrop", allocation="sensitivity", finetune_epochs=2)
+>>> result.model, result.ratios, result.accuracy, result.macs, result.params
+>>> result.save("resnet56-half.pt")
+
+Steps: channel scores (one pass) -> per-group ratios (:func:`autoprune.allocate.allocate`; with
+``allocation="sensitivity"`` the sensitivity table of :func:`autoprune.sensitivity.sensitivity` is computed, or
+loaded from its cache, first) -> physical pruning -> BatchNorm re-estimation -> fine-tuning -> evaluation.
+``result.macs`` is measured with :func:`autoprune.count_macs` on the returned model.
+"""
+from __future__ import annotations
+
+import os
+import time
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import torch
+import torch.nn as nn
+
+__all__ = ["BudgetResult", "prune_to_budget"]
+
+
+@dataclass
+class BudgetResult:
+    """What :func:`prune_to_budget` produced. Accuracies are top-1 fractions on the val split (``test_accuracy``
+    on the test split when requested); ``macs`` (conv+linear, per sample) and ``params`` are measured on
+    ``model``."""
+
+    model: nn.Module
+    ratios: Any  # autoprune.allocate.Allocation ({group: ratio} with .macs/.params/.target)
+    accuracy: float
+    loss: float
+    macs: int
+    params: int
+    base_accuracy: float
+    base_macs: int
+    base_params: int
+    accuracy_before_finetune: float | None = None
+    test_accuracy: float | None = None
+    criterion: str = ""
+    allocation: str = ""
+    sensitivity: Any = None
+    finetune: Any = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def save(self, path: str | os.PathLike) -> Any:
+        """Save the pruned model with :func:`autoprune.io.save` (no pickled code)."""
+        from . import io
+
+        return io.save(self.model, path)
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-able summary (no model, no tables)."""
+        ratios = self.ratios.to_dict() if hasattr(self.ratios, "to_dict") else dict(self.ratios)
+        return {
+            "criterion": self.criterion, "allocation": self.allocation, "ratios": ratios,
+            "accuracy": self.accuracy, "loss": self.loss, "test_accuracy": self.test_accuracy,
+            "accuracy_before_finetune": self.accuracy_before_finetune, "macs": self.macs, "params": self.params,
+            "base_accuracy": self.base_accuracy, "base_macs": self.base_macs, "base_params": self.base_params,
+            "seconds": self.seconds,
+        }
+
+    def summary(self) -> str:
+        """Two lines: before/after accuracy, MACs and parameters."""
+        test = f", test {100 * self.test_accuracy:.2f}%" if self.test_accuracy is not None else ""
+        before = (f" (after pruning + BN re-estimation, before fine-tuning: {100 * self.accuracy_before_finetune:.2f}%)"
+                  if self.accuracy_before_finetune is not None else "")
+        return (f"{self.allocation} allocation, {self.criterion} criterion: val accuracy "
+                f"{100 * self.base_accuracy:.2f}% -> {100 * self.accuracy:.2f}%{test}{before}\n"
+                f"MACs {self.base_macs / 1e6:.2f}M -> {self.macs / 1e6:.2f}M ({100 * self.macs / self.base_macs:.1f}%), "
+                f"params {self.base_params / 1e6:.3f}M -> {self.params / 1e6:.3f}M "
+                f"({100 * self.params / self.base_params:.1f}%)")
+
+
+def prune_to_budget(
+    model: nn.Module,
+    data: Any,
+    macs: float | int | None = 0.5,
+    criterion: str = "ezcrop",
+    allocation: str | Mapping[str, float] = "sensitivity",
+    finetune_epochs: int = 2,
+    example_inputs: Any = None,
+    sensitivity_kwargs: Mapping[str, Any] | None = None,
+    finetune_kwargs: Mapping[str, Any] | None = None,
+    seed: int = 0,
+    *,
+    params: float | int | None = None,
+    allocate_kwargs: Mapping[str, Any] | None = None,
+    score_kwargs: Mapping[str, Any] | None = None,
+    bn_batches: int = 5,
+    evaluate_test: bool = False,
+    progress: bool = True,
+) -> BudgetResult:
+    """Prune ``model`` (untouched; a new model is returned) to keep ``macs`` (and/or ``params``) and fine-tune it.
+
+    ``macs``/``params``: fraction of the unpruned model's MACs/parameters to KEEP (float in (0, 1]) or an absolute
+    count (int). ``allocation``: ``"sensitivity"``, ``"uniform"``, ``"srr"`` (see :mod:`autoprune.allocate`) or an
+    explicit {group: ratio} mapping (then no budget search; ``macs`` is ignored). ``criterion`` orders channels
+    within a group (activation criteria use the train split). ``sensitivity_kwargs`` go to
+    :func:`autoprune.sensitivity.sensitivity` (e.g. ``ratios``, ``eval_batches``, ``cache_dir``), ``finetune_kwargs``
+    to :func:`autoprune.train.finetune` (e.g. ``lr``, ``max_batches``), ``allocate_kwargs`` to
+    :func:`autoprune.allocate.allocate`, ``score_kwargs`` to :func:`autoprune.scoring.score_groups`.
+    ``finetune_epochs=0`` only re-estimates BatchNorm statistics on ``bn_batches`` batches.
+    """
+    from .allocate import Allocation, allocate
+    from .flops import count_macs, count_params
+    from .scoring import score_groups
+    from .sensitivity import cpu_graph, sensitivity
+    from .train import _model_device, evaluate, finetune, recalibrate_bn
+
+    times: dict[str, float] = {}
+    t0 = time.perf_counter()
+    dev = _model_device(model)
+    if example_inputs is None:
+        shape = getattr(data, "input_shape", None)
+        if shape is None:
+            raise ValueError("pass example_inputs= (the data has no input_shape)")
+        example_inputs = torch.zeros((1, *shape))
+    ex = tuple(x.to(dev) for x in example_inputs) if isinstance(example_inputs, (tuple, list)) \
+        else example_inputs.to(dev)
+    graph = cpu_graph(model, ex)  # surgery on the CPU; pruned models are moved to the model's device
+    base = evaluate(model, data)
+    base_macs = graph.macs()
+    base_params = count_params(model)
+    times["setup"] = time.perf_counter() - t0
+
+    table = None
+    t = time.perf_counter()
+    if isinstance(allocation, str) and allocation == "sensitivity":
+        skw = dict(sensitivity_kwargs or {})
+        skw.setdefault("progress", progress)
+        if score_kwargs:
+            skw.setdefault("criterion_kwargs", dict(score_kwargs))
+        table = sensitivity(model, data, criterion=criterion, example_inputs=ex, graph=graph, **skw)
+        scores = {g: torch.tensor(v, dtype=torch.float64) for g, v in table.scores.items()}
+        missing = [g.name for g in graph.prunable_groups if g.name not in scores]
+        if missing:
+            scores.update(score_groups(graph, criterion, data=data, groups=missing, **dict(score_kwargs or {})))
+        times["sensitivity"] = time.perf_counter() - t
+    else:
+        skw = {"seed": seed, **dict(score_kwargs or {})}
+        scores = score_groups(graph, criterion, data=data, **skw)
+        times["scores"] = time.perf_counter() - t
+
+    t = time.perf_counter()
+    if isinstance(allocation, Mapping):
+        removal = graph.plan(allocation, scores)
+        counts = {g.name: len(removal.get(g.name, ())) for g in graph.prunable_groups}
+        alloc = Allocation(
+            {g.name: counts[g.name] / g.channels for g in graph.prunable_groups}, method="explicit",
+            macs=graph.macs(removal), params=graph.macs(removal, params=True), base_macs=base_macs,
+            base_params=graph.macs(params=True), target={"macs": None, "params": None}, remove=removal,
+            counts=counts, info={"requested": dict(allocation)})
+        method_name = "explicit"
+    else:
+        alloc = allocate(table if table is not None else graph, macs=macs, params=params, method=allocation,
+                         graph=graph, scores=scores, **dict(allocate_kwargs or {}))
+        method_name = allocation
+    times["allocate"] = time.perf_counter() - t
+
+    pruned = graph.prune_channels(alloc.remove)
+    pruned.to(dev)
+    recalibrate_bn(pruned, data, batches=bn_batches, seed=seed)
+    before = None
+    ft = None
+    t = time.perf_counter()
+    if finetune_epochs > 0:
+        before = evaluate(pruned, data).accuracy
+        fkw = {"seed": seed, "progress": progress, **dict(finetune_kwargs or {})}
+        ft = finetune(pruned, data, epochs=finetune_epochs, **fkw)
+    times["finetune"] = time.perf_counter() - t
+    ev = evaluate(pruned, data)
+    test_acc = evaluate(pruned, data, split="test").accuracy if evaluate_test else None
+    pdev = _model_device(pruned)
+    ex_p = tuple(x.to(pdev) for x in ex) if isinstance(ex, tuple) else ex.to(pdev)
+    measured = count_macs(pruned, ex_p)
+    if measured != alloc.macs:
+        warnings.warn(f"measured MACs {measured} differ from the allocation's accounting {alloc.macs}")
+    times["total"] = time.perf_counter() - t0
+    return BudgetResult(
+        model=pruned, ratios=alloc, accuracy=ev.accuracy, loss=ev.loss, macs=int(measured),
+        params=count_params(pruned), base_accuracy=base.accuracy, base_macs=int(base_macs),
+        base_params=int(base_params), accuracy_before_finetune=before, test_accuracy=test_acc,
+        criterion=criterion, allocation=method_name, sensitivity=table, finetune=ft, seconds=times,
+    )

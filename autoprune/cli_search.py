@@ -1,0 +1,185 @@
+"""``autoprune search | pareto | report | export | dashboard``: the pruning-ratio search from the command line.
+
+``autoprune.cli`` registers these through :func:`add_subcommands`; ``python -m autoprune.cli_search ...`` runs them
+on their own.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Any, Sequence
+
+__all__ = ["add_subcommands", "main"]
+
+_SOURCE_HELP = ("search config (YAML); or give --storage (URL or journal file) and, if it holds several studies, "
+                "--study")
+
+
+def _add_source(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
+    if positional:
+        p.add_argument("config", nargs="?", help=_SOURCE_HELP)
+    p.add_argument("--storage", help="Optuna storage URL or journal file (default: the config's storage, else "
+                                     "<run_dir>/optuna.journal)")
+    p.add_argument("--study", help="study name (default: the config's study_name or name)")
+
+
+def _front(args: argparse.Namespace):
+    from .search import load_front
+
+    if not args.config and not args.storage:
+        raise ValueError("give a search config, or --storage (and --study)")
+    return load_front(args.config, storage=args.storage, study_name=args.study)
+
+
+def _cmd_search(args: argparse.Namespace) -> int:
+    """Run a pruning search described by a YAML file, or resume it: the same command continues an interrupted
+    search (completed trials are kept; trials of killed workers are failed and tried again) until N trials are
+    complete. Start the same command in several terminals to share the work on one machine."""
+    from .search import check_config, search
+    from .search.space import RatioSpace
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the final table say it all
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    if args.dry_run:
+        cfg, problem = check_config(args.config, log=log, n_trials=args.trials, storage=args.storage,
+                                    study_name=args.study)
+        space = RatioSpace(cfg, problem)
+        print(f"config OK: {cfg.name} -- model {cfg.model.name}, {len(problem.group_names)} prunable groups, "
+              f"{problem.base_macs:,} MACs, criteria {cfg.criteria}, mode {cfg.ratios.mode}, "
+              f"{cfg.n_trials} trials, sampler {cfg.sampler.name}")
+        for n in problem.group_names:
+            lo, hi = space.bounds[n]
+            print(f"  {n:40s} [{lo:.2f}, {hi:.2f}]")
+        return 0
+    try:
+        front = search(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study,
+                       progress=not args.quiet, log=log)
+    except KeyboardInterrupt:
+        print("\ninterrupted: completed trials are saved; run the same command again to resume", file=sys.stderr)
+        return 130
+    print(front.table())
+    return 0
+
+
+def _cmd_pareto(args: argparse.Namespace) -> int:
+    """Print the feasible Pareto front of a search (or every complete trial with --all)."""
+    front = _front(args)
+    if args.json:
+        import json
+
+        print(json.dumps([r.to_dict() for r in (front.all if args.all else front)], indent=2))
+        return 0
+    print(front.table(front.all if args.all else None))
+    n_inf = sum(not r.feasible for r in front.all)
+    print(f"\n{len(front)} on the front of {len(front.all)} complete trials ({n_inf} infeasible)")
+    return 0
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    """Write pareto.png (accuracy vs MACs), ratios.png (per-group ratios of chosen trials) and report.html."""
+    from .report import make_report
+
+    front = _front(args)
+    out = args.out
+    if out is None:
+        out = str(front.config.run_path / "report") if front.config is not None else "report"
+    trials = [int(t) for t in args.trials.split(",")] if args.trials else None
+    paths = make_report(front, out, trials=trials)
+    for k, v in paths.items():
+        print(f"{k}: {v}")
+    return 0
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Rebuild a trial's pruned, fine-tuned model deterministically (same scores, channels and fine-tuning seed) and
+    save it (autoprune.load reads it back); OUT.json records the trial and both accuracies."""
+    front = _front(args)
+    model = front.export(args.trial, args.out)
+    info = model._autoprune_search
+    print(f"trial {args.trial}: saved {args.out} -- accuracy {info['accuracy_export']:.2%} "
+          f"(search: {info['accuracy_search']:.2%}), {info['macs']:,} MACs ({info['macs_fraction']:.1%})")
+    return 0
+
+
+def _cmd_dashboard(args: argparse.Namespace) -> int:
+    """Serve optuna-dashboard on the study's storage (open http://HOST:PORT/ in a browser; on a remote machine
+    forward the port first, e.g. ssh -L 8080:localhost:8080 HOST)."""
+    from .search import load_config
+    from .search.study import open_storage, storage_label
+
+    try:
+        import optuna_dashboard
+    except ImportError:
+        print("optuna-dashboard is not installed: pip install optuna-dashboard", file=sys.stderr)
+        return 1
+    cfg = load_config(args.config) if args.config else None
+    if cfg is None and not args.storage:
+        raise ValueError("give a search config, or --storage")
+    storage = open_storage(cfg, args.storage)
+    print(f"optuna-dashboard on {storage_label(cfg, args.storage)}: open http://{args.host}:{args.port}/ "
+          "(Ctrl-C to stop)", file=sys.stderr)
+    optuna_dashboard.run_server(storage, host=args.host, port=args.port)
+    return 0
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register search, pareto, report, export and dashboard on an argparse subparsers object."""
+    s = subparsers.add_parser("search", help="run or resume a pruning-ratio search (Optuna)",
+                              description=_cmd_search.__doc__)
+    s.add_argument("config", help="search config (YAML), e.g. search_spaces/quickstart.yaml")
+    s.add_argument("--trials", type=int, metavar="N", help="number of complete trials to reach (overrides n_trials)")
+    _add_source(s, positional=False)
+    s.add_argument("--dry-run", action="store_true",
+                   help="validate the config against the model (patterns, budgets), print the space, run nothing")
+    s.add_argument("--quiet", action="store_true", help="no progress bar or log")
+    s.set_defaults(func=_cmd_search)
+
+    p = subparsers.add_parser("pareto", help="print the Pareto front of a search", description=_cmd_pareto.__doc__)
+    _add_source(p)
+    p.add_argument("--all", action="store_true", help="every complete trial, not only the front")
+    p.add_argument("--json", action="store_true", help="JSON instead of a table")
+    p.set_defaults(func=_cmd_pareto)
+
+    r = subparsers.add_parser("report", help="Pareto plot, ratio chart and HTML report of a search",
+                              description=_cmd_report.__doc__)
+    _add_source(r)
+    r.add_argument("--out", help="output directory (default <run_dir>/report)")
+    r.add_argument("--trials", help="comma-separated trial numbers for the ratio chart (default: up to 4 front "
+                                    "trials)")
+    r.set_defaults(func=_cmd_report)
+
+    e = subparsers.add_parser("export", help="rebuild and save the pruned model of one trial",
+                              description=_cmd_export.__doc__)
+    e.add_argument("config", nargs="?", help=_SOURCE_HELP)
+    e.add_argument("out", help="output model file (.pt); OUT.json gets the trial's record")
+    e.add_argument("--trial", type=int, required=True, metavar="N", help="trial number (see `autoprune pareto`)")
+    _add_source(e, positional=False)
+    e.set_defaults(func=_cmd_export)
+
+    d = subparsers.add_parser("dashboard", help="serve optuna-dashboard on a search's storage (port 8080)",
+                              description=_cmd_dashboard.__doc__)
+    _add_source(d)
+    d.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
+    d.add_argument("--port", type=int, default=8080, help="port (default 8080)")
+    d.set_defaults(func=_cmd_dashboard)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="autoprune-search", description="autoprune's pruning-ratio search")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    add_subcommands(sub)
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
+        print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Pruning-ratio search: an Optuna multi-objective study over per-group pruning ratios (and criteria).
+
+>>> from autoprune.search import search
+>>> front = search("search_spaces/quickstart.yaml")       # runs, or resumes, the study
+>>> print(front.table())
+>>> best = front.best_under(macs=0.5)
+>>> front.export(best.number, "pruned.pt")
+
+One trial: criterion scores (computed once per criterion on the base model) -> per-group ratios from the trial's
+parameters -> budget constraints (``trial.set_constraint``) -> physical pruning -> brief fine-tuning -> validation
+accuracy. Objectives: accuracy (max), MAC fraction (min) and optionally parameter fraction (min).
+See docs/search.md.
+"""
+from __future__ import annotations
+
+import os
+from typing import Any, Callable, Mapping
+
+from .config import (ConfigError, SearchConfig, check_against_graph, group_bounds, load_config)
+from .pareto import ParetoFront, TrialRecord, hypervolume_2d, pareto_filter
+
+__all__ = ["search", "load_front", "load_config", "check_config", "SearchConfig", "ConfigError", "ParetoFront",
+           "TrialRecord", "hypervolume_2d", "pareto_filter", "group_bounds", "check_against_graph"]
+
+
+def check_config(config: str | os.PathLike | Mapping[str, Any] | SearchConfig, *, log: Callable[[str], None] | None
+                 = None, **overrides: Any) -> tuple[SearchConfig, Any]:
+    """Validate ``config`` fully: keys and types, then against the model (patterns, budgets). Builds the data and
+    the base model (pretraining it if configured). Returns (config, problem)."""
+    from .problem import Problem
+
+    cfg = load_config(config, **overrides)
+    problem = Problem(cfg, log=log)
+    check_against_graph(cfg, problem.graph)
+    return cfg, problem
+
+
+def search(config: str | os.PathLike | Mapping[str, Any] | SearchConfig, *, n_trials: int | None = None,
+           storage: str | None = None, study_name: str | None = None, progress: bool = False,
+           log: Callable[[str], None] | None = None) -> ParetoFront:
+    """Run (or resume) the search described by ``config`` (a YAML path, a dict or a :class:`SearchConfig`) and
+    return its feasible Pareto front.
+
+    ``n_trials``, ``storage`` and ``study_name`` override the config. The study stops when ``n_trials`` trials are
+    COMPLETE; run the same call again after an interruption to resume (completed trials are kept, trials of dead
+    workers are failed and retried). Several processes may run the same config at once to share the work.
+    """
+    from .space import RatioSpace
+    from .study import open_storage, run_study
+
+    cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
+    with cfg.cpu_threads():
+        cfg, problem = check_config(cfg, log=log)
+        space = RatioSpace(cfg, problem)
+        if cfg.ratios.mode == "guided":
+            for level in cfg.ratios.level:  # fail early (and build the sensitivity table once) before any trial
+                space.allocation(level)
+        study = run_study(cfg, problem, space, storage=open_storage(cfg), progress=progress, log=log)
+    return ParetoFront(study, cfg, problem=problem)
+
+
+def load_front(config: str | os.PathLike | Mapping[str, Any] | SearchConfig | None = None, *,
+               storage: str | None = None, study_name: str | None = None) -> ParetoFront:
+    """The Pareto front of an existing study, without running anything: from a config (its storage and study
+    name), or from ``storage`` (URL or journal file) and ``study_name`` (optional when the storage holds one study).
+    """
+    import optuna
+
+    from .study import open_storage
+
+    cfg = load_config(config, storage=storage, study_name=study_name) if config is not None else None
+    st = open_storage(cfg, storage)
+    name = cfg.study if cfg is not None else study_name
+    if name is None:
+        names = [s.study_name for s in optuna.get_all_study_summaries(st, include_best_trial=False)]
+        if len(names) != 1:
+            raise ValueError(f"storage holds {len(names)} studies ({', '.join(names) or 'none'}); pass a study name")
+        name = names[0]
+    try:
+        study = optuna.load_study(study_name=name, storage=st)
+    except KeyError:
+        raise ValueError(f"no study named {name!r} in {storage or (cfg and cfg.storage) or 'the run directory'}; "
+                         "has the search been started?") from None
+    return ParetoFront(study, cfg)

@@ -1,0 +1,256 @@
+"""The result of a search: the feasible Pareto front of accuracy vs MACs (and params)."""
+from __future__ import annotations
+
+import json
+import os
+import warnings
+from dataclasses import asdict, dataclass, field
+from typing import Any, Iterator, Sequence
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from .config import SearchConfig
+
+__all__ = ["TrialRecord", "ParetoFront", "front_records", "trial_records", "pareto_filter", "hypervolume_2d"]
+
+
+@dataclass
+class TrialRecord:
+    """One COMPLETE trial: what was pruned and what it measured."""
+
+    number: int
+    accuracy: float
+    macs: int
+    params: int
+    macs_fraction: float
+    params_fraction: float
+    criterion: str
+    ratios: dict[str, float] = field(repr=False)
+    seconds: float = 0.0
+    feasible: bool = True
+    finetuned: bool = True
+    level: float | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _record(t: FrozenTrial, cfg: SearchConfig | None) -> TrialRecord | None:
+    a = t.user_attrs
+    if "accuracy" not in a or "macs" not in a:
+        return None
+    feasible = all(v <= 0.0 for v in t.constraints.values())
+    if cfg is not None:  # the budgets of the config at hand (they may be stricter than when the trial ran)
+        c = cfg.constraints
+        if c.max_macs is not None and a["macs_fraction"] > c.max_macs + 1e-12:
+            feasible = False
+        if c.max_params is not None and a["params_fraction"] > c.max_params + 1e-12:
+            feasible = False
+        if c.min_accuracy is not None and a["accuracy"] < c.min_accuracy:
+            feasible = False
+    return TrialRecord(number=t.number, accuracy=float(a["accuracy"]), macs=int(a["macs"]), params=int(a["params"]),
+                       macs_fraction=float(a["macs_fraction"]), params_fraction=float(a["params_fraction"]),
+                       criterion=str(a.get("criterion", "")), ratios=dict(a.get("ratios", {})),
+                       seconds=float(a.get("seconds", 0.0)), feasible=feasible,
+                       finetuned=bool(a.get("finetuned", True)), level=a.get("level"))
+
+
+def trial_records(study: optuna.Study, cfg: SearchConfig | None = None) -> list[TrialRecord]:
+    """Every COMPLETE trial of ``study`` as a record (feasibility judged by the stored constraints and, when given,
+    by ``cfg``'s budgets), in trial order."""
+    out = []
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        r = _record(t, cfg)
+        if r is not None:
+            out.append(r)
+    return out
+
+
+def _objectives_of(cfg: SearchConfig | None, study: optuna.Study) -> list[str]:
+    if cfg is not None:
+        return list(cfg.objectives)
+    names = {"accuracy": "accuracy", "macs_fraction": "macs", "params_fraction": "params"}
+    stored = study.metric_names or []
+    if stored and all(n in names for n in stored):
+        return [names[n] for n in stored]
+    return ["accuracy", "macs", "params"][: len(study.directions)]
+
+
+def pareto_filter(records: Sequence[TrialRecord], objectives: Sequence[str] = ("accuracy", "macs")) -> list[
+        TrialRecord]:
+    """Non-dominated feasible records (accuracy maximised; MAC and parameter fractions minimised), sorted by MACs.
+    Of records with identical objective values only the first is kept."""
+    def key(r: TrialRecord) -> tuple[float, ...]:  # all minimised
+        vals = {"accuracy": -r.accuracy, "macs": r.macs_fraction, "params": r.params_fraction}
+        return tuple(vals[o] for o in objectives)
+
+    feas = [r for r in records if r.feasible]
+    keys = [key(r) for r in feas]
+    front, seen = [], set()
+    for i, r in enumerate(feas):
+        ki = keys[i]
+        dominated = any(all(a <= b for a, b in zip(kj, ki)) and any(a < b for a, b in zip(kj, ki))
+                        for j, kj in enumerate(keys) if j != i)
+        if not dominated and ki not in seen:
+            seen.add(ki)
+            front.append(r)
+    return sorted(front, key=lambda r: (r.macs, -r.accuracy, r.number))
+
+
+def front_records(study: optuna.Study, cfg: SearchConfig | None = None) -> list[TrialRecord]:
+    return pareto_filter(trial_records(study, cfg), _objectives_of(cfg, study))
+
+
+def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, float] = (0.0, 1.0)) -> float:
+    """Area dominated by ``(accuracy, macs_fraction)`` points (accuracy up, MACs down) and bounded by ``ref`` =
+    (worst accuracy, worst MAC fraction). Higher is better; used to compare a search with a uniform baseline."""
+    pts = sorted((m, a) for a, m in points if a > ref[0] and m < ref[1])
+    area, best = 0.0, ref[0]
+    # sweep MACs from high to low budgets: each point adds the slab it improves
+    xs = [m for m, _ in pts] + [ref[1]]
+    for i, (m, a) in enumerate(pts):
+        best = max(best, a)
+        area += (xs[i + 1] - m) * (best - ref[0])
+    return float(area)
+
+
+class ParetoFront(Sequence[TrialRecord]):
+    """Feasible non-dominated trials of a search, sorted by MACs (ascending).
+
+    >>> front = autoprune.search.search("search_spaces/quickstart.yaml")
+    >>> for r in front: print(r.number, r.accuracy, r.macs_fraction)
+    >>> r = front.best_under(macs=0.5)          # best accuracy keeping <= 50% of the MACs
+    >>> model = front.export(r.number, "pruned.pt")
+    """
+
+    def __init__(self, study: optuna.Study, config: SearchConfig | None = None, *, problem: Any = None) -> None:
+        self.study = study
+        attrs = study.user_attrs.get("autoprune") or {}
+        if config is None and attrs.get("config"):
+            from .config import load_config
+
+            try:
+                config = load_config(attrs["config"])
+                config.source = attrs.get("source")  # module:function models are imported next to it
+            except ValueError as e:  # written by another version of autoprune
+                warnings.warn(f"study {study.study_name!r}: cannot read its stored config ({e}); pass config=")
+        self.config = config
+        self.base: dict[str, float] = dict(attrs.get("base") or {})
+        self._problem = problem
+        self.all: list[TrialRecord] = trial_records(study, config)
+        self.trials: list[TrialRecord] = pareto_filter(self.all, _objectives_of(config, study))
+
+    # -- sequence --------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.trials)
+
+    def __getitem__(self, i):  # type: ignore[override]
+        return self.trials[i]
+
+    def __iter__(self) -> Iterator[TrialRecord]:
+        return iter(self.trials)
+
+    def __repr__(self) -> str:
+        return f"ParetoFront(study={self.study.study_name!r}, front={len(self)}, complete={len(self.all)})"
+
+    # -- queries ---------------------------------------------------------------------------------------------
+    def trial(self, number: int) -> TrialRecord:
+        """The COMPLETE trial ``number`` (on the front or not)."""
+        for r in self.all:
+            if r.number == number:
+                return r
+        states = {t.number: t.state.name for t in self.study.get_trials(deepcopy=False)}
+        why = f"it is {states[number]}" if number in states else "no such trial"
+        raise KeyError(f"trial {number} is not a COMPLETE trial of study {self.study.study_name!r} ({why})")
+
+    def best_under(self, macs: float | None = None, params: float | None = None) -> TrialRecord | None:
+        """The most accurate front trial within the budgets; a budget <= 1 is a fraction of the base model,
+        larger values are absolute counts. None when no trial fits."""
+        fits = []
+        for r in self.trials:
+            if macs is not None and (r.macs_fraction if macs <= 1 else r.macs) > macs + 1e-12:
+                continue
+            if params is not None and (r.params_fraction if params <= 1 else r.params) > params + 1e-12:
+                continue
+            fits.append(r)
+        return max(fits, key=lambda r: (r.accuracy, -r.macs)) if fits else None
+
+    def hypervolume(self, ref: tuple[float, float] = (0.0, 1.0)) -> float:
+        """2-D hypervolume of the front in (accuracy, MAC fraction) space; see :func:`hypervolume_2d`."""
+        return hypervolume_2d([(r.accuracy, r.macs_fraction) for r in self.trials], ref)
+
+    def to_dicts(self) -> list[dict[str, Any]]:
+        return [r.to_dict() for r in self.trials]
+
+    def table(self, records: Sequence[TrialRecord] | None = None) -> str:
+        """The front as a text table."""
+        recs = self.trials if records is None else records
+        rows = [f"{'trial':>5}  {'accuracy':>8}  {'MACs':>12}  {'MACs %':>6}  {'params':>10}  {'params %':>8}  "
+                f"{'criterion':9s}  note"]
+        if self.base:
+            rows.append(f"{'base':>5}  {self.base.get('accuracy', float('nan')):8.2%}  {int(self.base['macs']):>12,}  "
+                        f"{1:6.1%}  {int(self.base['params']):>10,}  {1:8.1%}  {'-':9s}  unpruned")
+        on_front = {r.number for r in self.trials}
+        for r in recs:
+            note = "front" if r.number in on_front else ("" if r.feasible else "infeasible")
+            rows.append(f"{r.number:>5}  {r.accuracy:8.2%}  {r.macs:>12,}  {r.macs_fraction:6.1%}  {r.params:>10,}  "
+                        f"{r.params_fraction:8.1%}  {r.criterion:9s}  {note}".rstrip())
+        return "\n".join(rows)
+
+    # -- export ----------------------------------------------------------------------------------------------
+    def problem(self) -> Any:
+        if self._problem is None:
+            if self.config is None:
+                raise ValueError("this study has no stored config; pass config= to rebuild its models")
+            from .problem import Problem
+
+            self._problem = Problem(self.config)
+        return self._problem
+
+    def rebuild(self, number: int) -> tuple[Any, Any]:
+        """Re-run trial ``number`` deterministically: same scores, same channels removed, same fine-tuning seed.
+        Returns (model, outcome)."""
+        from .problem import removal_digest
+
+        rec = self.trial(number)
+        import contextlib
+
+        threads = self.config.cpu_threads() if self.config is not None else contextlib.nullcontext()
+        with threads:  # the search's thread count: CPU float reductions depend on it
+            prob = self.problem()
+            removal = prob.removal(rec.ratios, rec.criterion)
+            stored = self._user_attrs(number).get("removal_sha")
+            if stored and stored != removal_digest(removal):
+                warnings.warn(f"trial {number}: the rebuilt removal differs from the trial's (base model, data or "
+                              "scoring changed?); the exported model is not the one that was measured")
+            return prob.build(removal, train=rec.finetuned)
+
+    def export(self, number: int, path: str | os.PathLike, *, verify: bool = True, atol: float = 1e-6) -> Any:
+        """Rebuild trial ``number`` (see :meth:`rebuild`), save it with :func:`autoprune.io.save` to ``path`` and write
+        ``<path>.json`` (trial, ratios, criterion, stored and reproduced accuracy). Returns the model.
+
+        With ``verify`` a reproduced accuracy that differs from the trial's by more than ``atol`` warns (expected
+        only on GPUs with non-deterministic kernels)."""
+        from ..io import save
+
+        rec = self.trial(number)
+        model, out = self.rebuild(number)
+        if verify and abs(out.accuracy - rec.accuracy) > atol:
+            warnings.warn(f"trial {number}: reproduced accuracy {out.accuracy:.4%} differs from the search's "
+                          f"{rec.accuracy:.4%} (non-deterministic kernels?)")
+        save(model.cpu(), path)
+        info = {"study": self.study.study_name, "trial": number, "criterion": rec.criterion, "ratios": rec.ratios,
+                "accuracy_search": rec.accuracy, "accuracy_export": out.accuracy, "macs": out.macs,
+                "params": out.params, "macs_fraction": out.macs_fraction, "params_fraction": out.params_fraction,
+                "base": self.base}
+        with open(os.fspath(path) + ".json", "w") as f:
+            json.dump(info, f, indent=2)
+        model._autoprune_search = info
+        return model
+
+    def _user_attrs(self, number: int) -> dict[str, Any]:
+        for t in self.study.get_trials(deepcopy=False):
+            if t.number == number:
+                return dict(t.user_attrs)
+        return {}

@@ -1,0 +1,136 @@
+"""Ratio parameterisations: how a trial's Optuna parameters become per-group pruning ratios.
+
+``per_group``
+    one float parameter ``r:<group>`` per prunable group in its ``[low, high]`` bounds (groups whose bounds are
+    equal are fixed, not searched).
+``guided``
+    a global budget ``level`` (fraction of MACs kept) plus one offset ``d:<group>`` in ``[-offset, +offset]`` per
+    group; the ratio is ``clip(allocation(level)[group] + offset, low, high)``, where the allocation comes from the
+    sensitivity table (``guide: sensitivity``), from structural redundancy (``guide: srr``; both via
+    :func:`autoprune.allocate.allocate`), or is the uniform ratio meeting the level (``guide: uniform``, computed
+    here). Only ``sensitivity`` runs a sensitivity analysis (once; cached on disk by :mod:`autoprune.sensitivity`).
+
+The criterion is the categorical parameter ``criterion`` when ``criteria`` lists several.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping
+
+from .config import SearchConfig, group_bounds
+
+__all__ = ["RatioSpace"]
+
+
+def _as_ratio_dict(alloc: Any) -> dict[str, float]:
+    """An ``Allocation`` (a mapping, or an object with ``.ratios``) as {group: ratio}."""
+    if isinstance(alloc, Mapping):
+        return {str(k): float(v) for k, v in alloc.items()}
+    r = getattr(alloc, "ratios", None)
+    if isinstance(r, Mapping):
+        return {str(k): float(v) for k, v in r.items()}
+    raise TypeError(f"allocate() returned {type(alloc).__name__}; expected a mapping {{group: ratio}}")
+
+
+class RatioSpace:
+    """Turns Optuna trials into (criterion, {group: ratio}) for one config and model."""
+
+    def __init__(self, cfg: SearchConfig, problem: Any) -> None:
+        self.cfg = cfg
+        self.problem = problem
+        self.names: list[str] = list(problem.group_names)
+        self.bounds = group_bounds(cfg, self.names)
+        self._alloc_cache: dict[float, dict[str, float]] = {}
+
+    # -- allocations -----------------------------------------------------------------------------------------
+    def allocation(self, level: float) -> dict[str, float]:
+        """Ratios meeting ``level`` (fraction of MACs kept) before offsets, clipped to the bounds."""
+        key = round(float(level), 6)
+        if key not in self._alloc_cache:
+            if self.cfg.ratios.guide == "uniform":
+                base = self._uniform(key)
+            else:
+                try:
+                    from ..allocate import allocate
+                except ImportError as e:
+                    raise ImportError(f"ratios.guide={self.cfg.ratios.guide!r} needs autoprune.allocate, which is "
+                                      f"not available ({e}); use ratios.guide: uniform or ratios.mode: "
+                                      "per_group") from None
+                max_hi = max(b[1] for b in self.bounds.values())
+                try:
+                    if self.cfg.ratios.guide == "srr":  # structural redundancy: needs no sensitivity table
+                        alloc = allocate(self.problem.graph, macs=key, method="srr", max_ratio=max_hi)
+                    else:
+                        alloc = allocate(self.problem.sensitivity_table(), macs=key, method="sensitivity",
+                                         graph=self.problem.graph)
+                except ValueError as e:
+                    raise ValueError(f"ratios.level: the {self.cfg.ratios.guide} allocation cannot keep only "
+                                     f"{key:.0%} of the MACs ({e}); raise the lower end of ratios.level") from None
+                base = _as_ratio_dict(alloc)
+            self._alloc_cache[key] = {n: self._clip(n, base.get(n, 0.0)) for n in self.names}
+        return self._alloc_cache[key]
+
+    def _uniform(self, level: float) -> dict[str, float]:
+        """The largest uniform ratio (clipped per group) whose model keeps at least ``level`` of the MACs -- or
+        the smallest that gets closest, when even that is above ``level``."""
+        lo, hi = 0.0, max(b[1] for b in self.bounds.values())
+
+        def frac(r: float) -> float:
+            return self.problem.macs_fraction_at({n: self._clip(n, r) for n in self.names})
+
+        if frac(hi) >= level:
+            return {n: hi for n in self.names}
+        for _ in range(40):
+            mid = (lo + hi) / 2
+            if frac(mid) >= level:
+                lo = mid
+            else:
+                hi = mid
+        # `hi` is the smallest ratio below the level, `lo` the largest above: take the closer one.
+        r = hi if abs(frac(hi) - level) < abs(frac(lo) - level) else lo
+        return {n: r for n in self.names}
+
+    def _clip(self, name: str, r: float) -> float:
+        lo, hi = self.bounds[name]
+        return float(min(max(r, lo), hi))
+
+    # -- trials ----------------------------------------------------------------------------------------------
+    def suggest(self, trial: Any) -> tuple[str, dict[str, float], dict[str, Any]]:
+        """(criterion, {group: ratio}, extra user attributes) for an Optuna trial."""
+        crit = self.cfg.criteria[0]
+        if len(self.cfg.criteria) > 1:
+            crit = trial.suggest_categorical("criterion", list(self.cfg.criteria))
+        r = self.cfg.ratios
+        step = r.step
+        extra: dict[str, Any] = {}
+        ratios: dict[str, float] = {}
+        if r.mode == "per_group":
+            for n in self.names:
+                lo, hi = self.bounds[n]
+                if hi - lo < 1e-12:
+                    ratios[n] = lo
+                    continue
+                if step is not None:
+                    hi = lo + step * int((hi - lo) / step + 1e-9)
+                    if hi <= lo:
+                        ratios[n] = lo
+                        continue
+                ratios[n] = float(trial.suggest_float(f"r:{n}", lo, hi, step=step))
+            return crit, ratios, extra
+        lv_lo, lv_hi = r.level
+        if lv_hi - lv_lo < 1e-12:
+            level = lv_lo
+        else:
+            level = float(trial.suggest_float("level", lv_lo, lv_hi, step=0.01 if lv_hi - lv_lo >= 0.01 else None))
+        extra["level"] = round(level, 6)
+        base = self.allocation(level)
+        for n in self.names:
+            lo, hi = self.bounds[n]
+            d = 0.0
+            if r.offset > 0 and hi - lo > 1e-12:
+                if step is not None:
+                    k = int(r.offset / step + 1e-9)
+                    d = float(trial.suggest_float(f"d:{n}", -k * step, k * step, step=step)) if k else 0.0
+                else:
+                    d = float(trial.suggest_float(f"d:{n}", -r.offset, r.offset))
+            ratios[n] = self._clip(n, base[n] + d)
+        return crit, ratios, extra

@@ -1,0 +1,136 @@
+"""Tests for autoprune.sensitivity: per-group sensitivity table, MAC accounting, disk cache, (de)serialization."""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn as nn
+
+import autoprune.train as train_mod
+from autoprune import ChannelGraph, count_macs
+from autoprune.data import load_data
+from autoprune.scoring import score_groups
+from autoprune.sensitivity import SensitivityTable, sensitivity, sensitivity_cache_dir
+from autoprune.train import evaluate, recalibrate_bn
+
+RATIOS = (0.25, 0.5, 0.75)
+EX = torch.zeros(1, 3, 32, 32)
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
+    ).eval()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    return load_data("synthetic", cache_dir=tmp_path_factory.mktemp("data"), device="cpu",
+                     train_per_class=12, test_per_class=2, val_fraction=0.25)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return tiny_cnn()
+
+
+@pytest.fixture(scope="module")
+def table(model, bundle, tmp_path_factory):
+    return sensitivity(model, bundle, ratios=RATIOS, bn_batches=1, bn_batch_size=32, progress=False,
+                       cache_dir=tmp_path_factory.mktemp("sens"))
+
+
+def test_rows_cover_every_group_and_ratio(table, model):
+    graph = ChannelGraph(model, EX)
+    names = [g.name for g in graph.prunable_groups]
+    assert table.groups == names and len(table.rows) == len(names) * len(RATIOS)
+    assert table.ratios == list(RATIOS) and not table.from_cache
+    assert table.base_macs == count_macs(model, EX) == graph.macs()
+    for r in table.rows:
+        ch = table.group_channels[r.group]
+        assert r.channels_removed == math.floor(r.ratio * ch)
+        assert math.isclose(r.d_acc, table.base_accuracy - r.acc) and math.isclose(r.d_loss, r.loss - table.base_loss)
+        assert r.macs_saved > 0 and r.params_saved > 0
+        assert math.isclose(r.damage_per_mac, r.d_acc / r.macs_saved)
+    # scores are stored for consistent allocations: one per channel
+    assert {g: len(v) for g, v in table.scores.items()} == table.group_channels
+
+
+def test_row_matches_a_physically_pruned_model(table, model, bundle):
+    """Re-do one row by hand: l1 scores, prune the group alone, BN re-estimation, evaluate, count MACs."""
+    graph = ChannelGraph(model, EX)
+    scores = score_groups(graph, "l1")
+    row = table.curve(table.groups[1])[1]
+    removal = graph.plan({row.group: row.ratio}, scores)
+    pruned = graph.prune_channels(removal)
+    assert table.base_macs - count_macs(pruned, EX) == row.macs_saved
+    recalibrate_bn(pruned, bundle, batches=1, batch_size=32)
+    ev = evaluate(pruned, bundle.val, batch_size=256)
+    assert (ev.accuracy, ev.loss) == pytest.approx((row.acc, row.loss))
+
+
+def test_cache_hit_skips_evaluation(model, bundle, tmp_path, monkeypatch):
+    kw = dict(ratios=(0.5,), bn_batches=1, bn_batch_size=32, progress=False, cache_dir=tmp_path, groups=["8"])
+    first = sensitivity(model, bundle, **kw)
+    assert not first.from_cache and first.key
+    files = list(tmp_path.iterdir())
+    assert [f.name for f in files] == [f"{first.key}.json"]  # atomic write: no temp file left behind
+
+    def boom(*a, **k):
+        raise AssertionError("a cache hit must not evaluate anything")
+
+    monkeypatch.setattr(train_mod, "evaluate", boom)
+    second = sensitivity(model, bundle, **kw)
+    assert second.from_cache and second.to_dict() == first.to_dict()
+    monkeypatch.undo()
+
+    # any input that changes the result misses the cache
+    assert not sensitivity(model, bundle, **{**kw, "ratios": (0.25,)}).from_cache
+    assert not sensitivity(model, bundle, **{**kw, "bn_batches": 2}).from_cache
+    assert not sensitivity(model, bundle, criterion="l2", **kw).from_cache
+    other = tiny_cnn()
+    with torch.no_grad():
+        other[0].weight[0, 0, 0, 0] += 1.0
+    assert not sensitivity(other, bundle, **kw).from_cache
+    assert sensitivity(model, bundle, refresh=True, **kw).from_cache is False
+
+
+def test_default_cache_dir_follows_env(model, bundle, tmp_path, monkeypatch):
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "env"))
+    assert sensitivity_cache_dir() == tmp_path / "env" / "sensitivity"
+    kw = dict(ratios=(0.5,), bn_batches=0, progress=False, groups=["8"])
+    t = sensitivity(model, bundle, **kw)
+    assert (tmp_path / "env" / "sensitivity" / f"{t.key}.json").exists()
+    assert sensitivity(model, bundle, **kw).from_cache
+    assert not sensitivity(model, bundle, cache_dir=False, **kw).from_cache
+
+
+def test_save_load_plot_and_text(table, tmp_path):
+    p = table.save(tmp_path / "t.json")
+    back = SensitivityTable.load(p)
+    assert back.to_dict() == table.to_dict() and back.rows == table.rows
+    assert SensitivityTable.from_dict(table.to_dict()).rows == table.rows
+    png = table.plot(tmp_path / "t.png")
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    text = str(table)
+    assert all(g in text for g in table.groups) and "base acc" in text
+    assert len(table.format_rows().splitlines()) == len(table.rows) + 1
+
+
+def test_loss_metric_eval_subset_and_group_filter(model, bundle):
+    t = sensitivity(model, bundle, ratios=(0.5,), metric="loss", eval_batches=1, batch_size=16, bn_batches=0,
+                    progress=False, cache_dir=False, groups=["4"])
+    assert t.eval_n == 16 and t.groups == ["4"]
+    (r,) = t.rows
+    assert math.isclose(r.damage_per_mac, r.d_loss / r.macs_saved)
+    with pytest.raises(ValueError, match="not prunable groups"):
+        sensitivity(model, bundle, groups=["nope"], progress=False, cache_dir=False)
+    with pytest.raises(ValueError, match="ratios"):
+        sensitivity(model, bundle, ratios=(0.0, 1.0), progress=False, cache_dir=False)
+    with pytest.raises(ValueError, match="metric"):
+        sensitivity(model, bundle, metric="f1", progress=False, cache_dir=False)
