@@ -70,7 +70,8 @@ class BudgetResult:
                   if self.accuracy_before_finetune is not None else "")
         return (f"{self.allocation} allocation, {self.criterion} criterion: val accuracy "
                 f"{100 * self.base_accuracy:.2f}% -> {100 * self.accuracy:.2f}%{test}{before}\n"
-                f"MACs {self.base_macs / 1e6:.2f}M -> {self.macs / 1e6:.2f}M ({100 * self.macs / self.base_macs:.1f}%), "
+                f"MACs {self.base_macs / 1e6:.2f}M -> {self.macs / 1e6:.2f}M "
+                f"({100 * self.macs / self.base_macs:.1f}%), "
                 f"params {self.base_params / 1e6:.3f}M -> {self.params / 1e6:.3f}M "
                 f"({100 * self.params / self.base_params:.1f}%)")
 

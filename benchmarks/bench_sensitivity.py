@@ -39,7 +39,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from autoprune import ChannelGraph, count_macs, count_params  # noqa: E402
+from autoprune import ChannelGraph  # noqa: E402
 from autoprune.budget import prune_to_budget  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.models import resnet56  # noqa: E402
@@ -255,15 +255,18 @@ def main() -> None:
         f"Base val accuracy {100 * table.base_accuracy:.2f}%, {table.base_macs:,} MACs.",
         "",
         f"(b) allocations at {100 * args.macs:.0f}% MACs kept, criterion {args.criterion}, fine-tune "
-        f"{args.finetune_epochs} epoch(s) x {args.finetune_batches or 'all'} batches of {args.batch_size}, lr {args.lr}. "
+        f"{args.finetune_epochs} epoch(s) x {args.finetune_batches or 'all'} batches of {args.batch_size}, "
+        f"lr {args.lr}. "
         f"Unpruned: val {100 * table.base_accuracy:.2f}%, test {100 * (base_test or 0):.2f}%.",
         "",
-        "| allocation | MACs (M) | MACs kept | params kept | val acc pruned+BN | val acc fine-tuned | test acc fine-tuned | note |",
+        "| allocation | MACs (M) | MACs kept | params kept | val acc pruned+BN | val acc fine-tuned "
+        "| test acc fine-tuned | note |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         lines.append(f"| {r['method']} | {r['macs'] / 1e6:.2f} | {r['macs_pct']:.1f}% | {r['params_pct']:.1f}% | "
-                     f"{100 * (r['acc_prune_bn'] or float('nan')):.2f}% | {100 * r['val']:.2f}% | {100 * r['test']:.2f}% | "
+                     f"{100 * (r['acc_prune_bn'] or float('nan')):.2f}% | {100 * r['val']:.2f}% | "
+                     f"{100 * r['test']:.2f}% | "
                      f"{r['info']} |")
     lines.append(f"\ntotal wall time {time.perf_counter() - t_start:.0f} s")
     report = "\n".join(lines)
