@@ -280,12 +280,10 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python -m autoprune.cli_budget {sensitivity,prune} ...``."""
-    parser = argparse.ArgumentParser(prog="autoprune", description="autoprune budget commands")
-    sub = parser.add_subparsers(dest="command", required=True)
-    add_subcommands(sub)
-    args = parser.parse_args(argv)
-    return int(args.func(args))
+    """``python -m autoprune.cli_budget ...``: the same as the ``autoprune`` command."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

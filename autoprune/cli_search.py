@@ -167,18 +167,10 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="autoprune-search", description="autoprune's pruning-ratio search")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    add_subcommands(sub)
-    args = parser.parse_args(argv)
-    if not getattr(args, "func", None):
-        parser.print_help()
-        return 2
-    try:
-        return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
-        print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
-        return 2
+    """``python -m autoprune.cli_search ...``: the same as the ``autoprune`` command."""
+    from .cli import main as cli_main
+
+    return cli_main(argv)
 
 
 if __name__ == "__main__":

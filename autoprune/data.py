@@ -13,13 +13,14 @@ import hashlib
 import json
 import math
 import os
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterator, Sequence, Union
 
 import torch
+
+from ._files import atomic_write
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -374,18 +375,7 @@ def _cached(path: Path, build: Callable[[], dict[str, Any]]) -> dict[str, Any]:
         except Exception as e:  # a truncated/foreign file: rebuild instead of failing every trial
             warnings.warn(f"ignoring unreadable data cache {path} ({e}); rebuilding it")
     arrays = build()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(arrays, f)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: torch.save(arrays, f))
     return arrays
 
 

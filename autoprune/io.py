@@ -8,11 +8,12 @@ deterministic) and loads the weights.
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Any
 
 import torch
 import torch.nn as nn
+
+from ._files import atomic_write
 
 __all__ = ["save", "load", "FORMAT"]
 
@@ -33,17 +34,7 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
         "input_shapes": meta.get("input_shapes"),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = os.fspath(path)
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), suffix=".tmp")
-    os.close(fd)
-    try:
-        torch.save(payload, tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write(path, lambda f: torch.save(payload, f))
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_location: Any = "cpu") -> nn.Module:

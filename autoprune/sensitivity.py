@@ -24,13 +24,14 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import tempfile
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+
+from ._files import atomic_write
 import torch.nn as nn
 
 __all__ = ["DEFAULT_RATIOS", "SensitivityRow", "SensitivityTable", "sensitivity", "sensitivity_cache_dir",
@@ -290,18 +291,7 @@ def sensitivity_cache_dir(cache_dir: str | os.PathLike | None = None) -> Path:
 
 
 def _atomic_write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    atomic_write(path, lambda f: f.write(text), binary=False)
 
 
 def _jsonable(v: Any) -> Any:
