@@ -208,3 +208,32 @@ def test_shared_resnet56_macs():
     model = ap.get_model("resnet56")
     assert ap.count_macs(model, torch.zeros(1, 3, 32, 32)) == 125_485_696
     assert ap.count_macs(model, torch.zeros(1, 3, 32, 32), full=True) > 125_485_696
+
+
+def test_channel_slices_and_splits_are_rewritten():
+    class Slicer(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = ConvBN(3, 12)
+            self.b, self.c, self.d = ConvBN(4, 6), ConvBN(5, 6), ConvBN(3, 6)
+            self.fc = nn.Linear(18, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            p, q = torch.split(y[:, :9], [4, 5], dim=1)  # slice, then split with explicit sizes
+            r = y[:, 9:]
+            z = torch.cat([self.b(p), self.c(q), self.d(r)], 1)
+            return self.fc(z.mean((2, 3)))
+
+    model = Slicer().eval()
+    g = ap.ChannelGraph(model, _x())
+    remove = {"a.0": [0, 5, 10]}  # one channel from each part
+    dead = Slicer().eval()
+    dead.load_state_dict(model.state_dict())
+    mods = dict(dead.named_modules())
+    for module, dim, idx in g.consumer_slices(remove):
+        mods[module].weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
+    p = ap.ChannelGraph(dead, _x()).prune_channels(remove)
+    assert [p.get_submodule(k).in_channels for k in ("b.0", "c.0", "d.0")] == [3, 4, 2]
+    with torch.no_grad():
+        assert torch.allclose(p(_x()), dead(_x()), atol=1e-5)
