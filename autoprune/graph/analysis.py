@@ -268,10 +268,7 @@ class _Propagator(fx.Interpreter):
             return None
         if not isinstance(value, (torch.Tensor, tuple, list)) or (
                 isinstance(value, (tuple, list)) and not any(isinstance(v, torch.Tensor) for v in value)):
-            # size arithmetic and other python values: they carry no channels. Any tensor input is unaffected.
-            if self.arg_infos(n.args) and n.op != "call_function":
-                return None
-            return None
+            return None  # size arithmetic and other python values carry no channels
         return self.function_rule(n, value)
 
     # -- modules -------------------------------------------------------------------------------------------------
@@ -439,8 +436,7 @@ class _Propagator(fx.Interpreter):
         if any(d >= nd - k for d in x.cdims):
             return self.lock_all(n, value, f"{what} normalises over the channel dim (at node '{n.name}'), so "
                                            "removing a channel would change every other channel")
-        if n.op == "call_function" and any(isinstance(a, fx.Node) and a.op == "get_attr" for a in n.args[2:]):
-            pass  # weight/bias have the normalised (non-channel) shape: untouched by pruning
+        # weight/bias have the normalised (non-channel) shape: untouched by pruning
         return TI(tuple(value.shape), x.cdims, x.elem)
 
     def softmax(self, n: fx.Node, x: TI | None, dim: Any, value: Any) -> Any:
@@ -488,7 +484,7 @@ class _Propagator(fx.Interpreter):
             return self.lock_all(n, value, f"{self.where(n)}: advanced indexing")
         for d, i in enumerate(idx_t):
             if d in x.cdims:
-                if isinstance(i, slice) and (i.step in (None, 1)):
+                if isinstance(i, slice) and i.step in (None, 1) and len(x.cdims) == 1:
                     if i.start in (None, 0) and (i.stop is None or i.stop >= x.shape[d]):
                         continue
                     ti = self.move(n, value, lambda t: t[idx], x)

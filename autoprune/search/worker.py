@@ -121,6 +121,8 @@ def check_reachable(host: str, port: int, *, timeout: float = 5.0, what: str = "
 
 def _hint(backend: str, msg: str) -> str:
     m = msg.lower()
+    if "unknown host" in m or "could not translate host name" in m:
+        return "check the host name in the URL"
     if backend in ("postgresql", "postgres"):
         if "does not exist" in m and "database" in m:
             return "create the database first (createdb NAME, or CREATE DATABASE NAME; as the server's superuser)"
@@ -184,7 +186,10 @@ def open_rdb_storage(url: str, *, heartbeat_interval: int | None = DEFAULT_HEART
                 warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                 return optuna.storages.RDBStorage(url, engine_kwargs=kw, **cb_kw)
         except ImportError as e:
-            drv = _DRIVERS.get(backend, "the database driver named in the URL")
+            scheme = url.split("://", 1)[0]
+            drv = (f"the driver {scheme.split('+', 1)[1]!r} named in the URL, or use {backend}:// with "
+                   f"{_DRIVERS.get(backend, 'its default driver')}") if "+" in scheme else \
+                _DRIVERS.get(backend, "the database driver named in the URL")
             raise StorageUnreachable(f"storage {shown}: the database driver is not installed ({e.__cause__ or e}); "
                                      f"install {drv}") from None
         except (sqlalchemy.exc.IntegrityError, sqlalchemy.exc.ProgrammingError) as e:
@@ -323,11 +328,23 @@ def _fail_stale(study: optuna.Study, no_beat_after: float) -> list[int]:
 
 
 def _retry_now(study: optuna.Study, trial_id: int) -> None:
-    """Enqueue the retry of a FAIL trial the way the heartbeat callback would."""
-    storage = study._storage
-    cb = getattr(storage, "heartbeat_stale_trial_callback", None) or getattr(storage, "failed_trial_callback", None)
-    if cb is not None:
-        cb(study, storage.get_trial(trial_id))
+    """Enqueue the retry of a FAIL trial the way the heartbeat callback would (system attributes ``failed_trial``,
+    ``retry_history``), and mark the retry with the user attribute ``retry_of`` too, so that a local
+    ``autoprune search`` on the same study (which retries interrupted trials itself) does not retry it again."""
+    storage = study._storage  # (an RDBStorage is wrapped in Optuna's cache: ask it through the heartbeat API)
+    get = getattr(storage, "get_heartbeat_stale_trial_callback", None) or \
+        getattr(storage, "get_failed_trial_callback", None)
+    cb = get() if get is not None else None
+    if cb is None:
+        return
+    failed = storage.get_trial(trial_id)
+    cb(study, failed)
+    for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,)):
+        if (t.system_attrs.get("retry_history") or [None])[-1] == failed.number:
+            with contextlib.suppress(Exception):
+                storage.set_trial_user_attr(t._trial_id, "retry_of", failed.number)
+                if t.user_attrs.get("interrupted"):  # copied from the failed trial by the callback
+                    storage.set_trial_user_attr(t._trial_id, "interrupted", False)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -363,10 +380,7 @@ def run_worker(config: Any, *, storage: str | None = None, n_trials: int | None 
     ``KeyboardInterrupt`` (Ctrl-C; the CLI maps SIGTERM to it) fails the running trial, enqueues its retry, and is
     re-raised.
     """
-    from . import check_config
     from .config import load_config
-    from .space import RatioSpace
-    from .study import make_objective
 
     log = log or (lambda s: None)
     t_start = time.perf_counter()
@@ -380,6 +394,18 @@ def run_worker(config: Any, *, storage: str | None = None, n_trials: int | None 
                           max_retry=max_retry, connect_timeout=connect_timeout)
     shown = redact_url(cfg.storage)
     log(f"worker {socket.gethostname()}:{os.getpid()}: storage {shown}, study {cfg.study!r}, {cfg.n_trials} trials")
+    with (cfg.cpu_threads() if hasattr(cfg, "cpu_threads") else contextlib.nullcontext()):
+        return _work(cfg, st, shown, heartbeat_interval=heartbeat_interval, grace_period=grace_period,
+                     poll_interval=poll_interval, max_failures=max_failures, log=log, t_start=t_start)
+
+
+def _work(cfg: SearchConfig, st: optuna.storages.RDBStorage, shown: str, *, heartbeat_interval: int,
+          grace_period: int | None, poll_interval: float | None, max_failures: int, log: Callable[[str], None],
+          t_start: float) -> WorkerResult:
+    from . import check_config
+    from .space import RatioSpace
+    from .study import make_objective
+
     cfg, problem = check_config(cfg, log=log)
     space = RatioSpace(cfg, problem)
     if cfg.ratios.mode == "guided":
