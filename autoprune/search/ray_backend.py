@@ -1,0 +1,524 @@
+"""The search on a Ray cluster: every trial a Ray Tune trial, every result in the search's own Optuna storage.
+
+This module is the only place that imports Ray. :func:`search_ray` (``autoprune search CONFIG --backend ray``):
+
+* connects to a cluster (``address``: ``auto``, ``HOST:PORT``, ``ray://HOST:10001``, or a new local instance), failing
+  within seconds with a message naming the address when nothing answers there;
+* builds the problem once on the driver (data, base model, pretraining) and ships the base weights to the workers
+  through Ray's object store, so every node prunes the very same model;
+* runs ``tune.Tuner(tune.with_resources(trainable, {"cpu": c, "gpu": g}), tune_config=TuneConfig(
+  search_alg=OptunaSearch(define-by-run space, metric=[...], mode=[...], sampler=<the config's sampler>,
+  storage=<the search's storage>, study_name=<the study>), num_samples=...))``. The trainable runs the local
+  search's trial function (:func:`autoprune.search.study.make_objective`) on an ``optuna.trial.FixedTrial`` of the
+  proposed parameters; the trial's user attributes and constraints travel back with its metrics and are written into
+  the Optuna trial before it is told COMPLETE. Fractional ``gpus_per_trial`` (0.25) runs several trials per GPU.
+* repeats with the missing count until ``n_trials`` trials are COMPLETE (failed trials are replaced), so the study
+  ends like a local search's; ``autoprune pareto``/``report``/``export``/``dashboard`` read it unchanged, and a
+  local ``autoprune search`` (or more ``autoprune worker`` processes) can continue the same study.
+
+Tested with ray 2.60 and optuna 5.0. Ray Tune's own experiment checkpoint of the searcher is disabled: the Optuna
+storage is the record, and running the same command again resumes (trials of a killed driver are failed and their
+parameters enqueued again, as in the local search).
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import json
+import logging
+import os
+import socket
+import tempfile
+import threading
+import time
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+__all__ = ["search_ray", "connect", "RayUnreachable", "TESTED_VERSIONS"]
+
+#: Versions this adapter was written and tested against (pin them together).
+TESTED_VERSIONS = {"ray": "2.60.0", "optuna": "5.0.0"}
+
+_TRIAL_KEY = "__autoprune_trial__"  # Optuna trial number, put into the Tune config by the define-by-run space
+_LEVEL_KEY = "__autoprune_alloc__"  # the guided allocation of the trial's level, computed on the driver
+_RECORD_KEY = "autoprune_record"  # JSON: user attributes and constraints set by the trial function
+
+
+class RayUnreachable(ConnectionError):
+    """No Ray cluster answers at the given address (or it lacks the requested resources)."""
+
+
+# ------------------------------------------------------------------------------------------------------------
+# connecting
+
+
+def _split_address(address: str) -> tuple[str, int] | None:
+    a = address
+    for prefix in ("ray://", "http://", "https://"):
+        if a.startswith(prefix):
+            a = a[len(prefix):]
+    a = a.rstrip("/")
+    if a.startswith("["):  # [v6]:port
+        host, _, port = a[1:].partition("]:")
+    else:
+        host, _, port = a.rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    return host, int(port)
+
+
+def connect(address: str | None = None, *, timeout: float = 30.0, runtime_env: Mapping[str, Any] | None = None,
+            log: Callable[[str], None] | None = None) -> bool:
+    """Connect to a Ray cluster, or start a local instance; return True when this call initialised Ray (and so the
+    caller should ``ray.shutdown()`` it), False when Ray was already initialised in this process.
+
+    ``address``: ``None`` (``$RAY_ADDRESS`` if set, else a new local instance), ``"auto"`` (the cluster started with
+    ``ray start`` on this machine), ``"HOST:PORT"`` (the head node's GCS port, ``ray start --head --port``, default
+    6379) or ``"ray://HOST:10001"`` (Ray Client). A ``HOST:PORT`` is first checked with a TCP connection (5 s);
+    ``ray.init`` itself is abandoned after ``timeout`` seconds. Either failure raises :class:`RayUnreachable` naming
+    the address and what to check.
+    """
+    import ray
+
+    log = log or (lambda s: None)
+    if ray.is_initialized():
+        return False
+    target = address if address is not None else os.environ.get("RAY_ADDRESS") or None
+    if target not in (None, "auto", "local"):
+        hp = _split_address(target)
+        if hp is None:
+            raise ValueError(f"Ray address {target!r}: expected auto, HOST:PORT or ray://HOST:PORT")
+        from .worker import StorageUnreachable, check_reachable
+
+        try:
+            check_reachable(hp[0], hp[1], timeout=min(5.0, timeout), what="Ray head node")
+        except StorageUnreachable as e:
+            raise RayUnreachable(f"Ray address {target}: {e}. Start the cluster with `ray start --head "
+                                 f"--port={hp[1]}` on {hp[0]}, or check the address (`ray status` on the head node "
+                                 "prints it) and the firewall.") from None
+        why = _grpc_probe(hp[0], hp[1], timeout=min(5.0, timeout))
+        if why:
+            raise RayUnreachable(f"Ray address {target}: {why}. That port is open but no Ray head node answers "
+                                 "there: the address is the --port of `ray start --head` (default 6379), or "
+                                 "ray://HOST:10001 for Ray Client; `ray status` on the head node prints it.")
+    kwargs: dict[str, Any] = {"logging_level": "WARNING", "log_to_driver": False, "configure_logging": True}
+    if runtime_env:
+        kwargs["runtime_env"] = dict(runtime_env)
+    if target in (None, "local"):
+        kwargs["include_dashboard"] = False
+    else:
+        kwargs["address"] = target
+    box: dict[str, Any] = {}
+
+    def init() -> None:
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                ray.init(**kwargs)
+            box["ok"] = True
+        except BaseException as e:  # handed to the caller
+            box["err"] = e
+
+    t0 = time.monotonic()
+    if target in (None, "local"):
+        # A new local instance: its processes die with the thread that started them (PR_SET_PDEATHSIG), so start it
+        # from this thread. Nothing remote to wait for.
+        init()
+        t = None
+    else:  # connecting: abandon ray.init after `timeout` seconds
+        logging.getLogger("ray._private.worker").addFilter(_NoThreadSigtermWarning())
+        t = threading.Thread(target=init, name="autoprune-ray-init", daemon=True)
+        t.start()
+        t.join(timeout)
+    if t is not None and t.is_alive():
+        raise RayUnreachable(f"Ray address {target}: no Ray cluster answered within {timeout:g} s (something "
+                             "listens on that port, but not a Ray head node's GCS?). Check the address: it is the "
+                             "--port of `ray start --head` (default 6379); `ray status` on the head prints it.")
+    err = box.get("err")
+    if err is not None:
+        what = target or "a new local Ray instance"
+        hint = ("start one with `ray start --head` on this machine, or give --address HOST:PORT"
+                if target == "auto" else "check the address and that the head node runs (`ray status`)")
+        if target not in (None, "local") and os.environ.get("RAY_AUTH_MODE", "").lower() != "token":
+            hint += ("; if the cluster uses token authentication (`ray start` turns it on when ~/.ray/auth_token "
+                     "exists), set RAY_AUTH_MODE=token and give the cluster's token in ~/.ray/auth_token, "
+                     "$RAY_AUTH_TOKEN or $RAY_AUTH_TOKEN_PATH")
+        raise RayUnreachable(f"Ray address {what}: {type(err).__name__}: {err}; {hint}") from err
+    log(f"ray: connected to {target or 'a new local instance'} in {time.monotonic() - t0:.1f} s "
+        f"({_describe(ray.cluster_resources())})")
+    return True
+
+
+def _grpc_probe(host: str, port: int, timeout: float = 5.0) -> str | None:
+    """None when an HTTP/2 (gRPC) server answers at host:port -- Ray's GCS and Ray Client servers do --, else why
+    not. Sends the HTTP/2 client preface and an empty SETTINGS frame, and expects a SETTINGS frame back."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            s.settimeout(timeout)
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n" + b"\x00\x00\x00\x04\x00\x00\x00\x00\x00")
+            data = b""
+            while len(data) < 9:
+                chunk = s.recv(9 - len(data))
+                if not chunk:
+                    return "the server closed the connection without an HTTP/2 answer"
+                data += chunk
+    except socket.timeout:
+        return f"no gRPC answer within {timeout:g} s"
+    except OSError as e:
+        return f"connection failed ({e.strerror or e})"
+    return None if data[3] == 0x04 else "the server does not speak gRPC (HTTP/2)"
+
+
+class _NoThreadSigtermWarning(logging.Filter):
+    """ray.init runs in a helper thread (so that it can be abandoned after a time-out); Ray then warns that it did
+    not install its SIGTERM handler (the CLI turns SIGTERM into KeyboardInterrupt itself)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "SIGTERM handler is not set" not in record.getMessage()
+
+
+def _describe(res: Mapping[str, float]) -> str:
+    cpu, gpu = res.get("CPU", 0), res.get("GPU", 0)
+    nodes = sum(1 for k in res if k.startswith("node:") and not k.startswith("node:__"))
+    return f"{nodes} node(s), {cpu:g} CPUs, {gpu:g} GPUs"
+
+
+def _code_env(ship_code: bool, runtime_env: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The job's runtime environment: ``runtime_env``, plus this autoprune package uploaded as a ``py_module`` so the
+    workers run exactly the driver's trial function (no install on the nodes needed)."""
+    env = dict(runtime_env or {})
+    if ship_code:
+        import autoprune
+
+        pkg = str(Path(autoprune.__file__).resolve().parent)
+        mods = list(env.get("py_modules", []))
+        if pkg not in mods:
+            mods.append(pkg)
+        env["py_modules"] = mods
+        env.setdefault("excludes", ["__pycache__", "*.pyc"])
+    return env or None
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the worker side
+
+
+_WORKER_STATE: dict[str, Any] = {}  # payload key -> (cfg, problem, space, objective), kept by reused actors
+
+
+def _worker_state(payload: Mapping[str, Any]) -> tuple[Any, Any, Any, Callable]:
+    key = payload["key"]
+    if key in _WORKER_STATE:
+        return _WORKER_STATE[key]
+    _WORKER_STATE.clear()
+    from .config import load_config
+    from .problem import Problem
+    from .space import RatioSpace
+    from .study import make_objective
+
+    d = json.loads(payload["config"])
+    wdir = Path(tempfile.gettempdir()) / "autoprune-ray" / key
+    wdir.mkdir(parents=True, exist_ok=True)
+    weights = wdir / "base.pt"
+    if not weights.exists():
+        tmp = wdir / f"base.{os.getpid()}.tmp"
+        tmp.write_bytes(payload["weights"])
+        os.replace(tmp, weights)
+    d["model"]["weights"] = str(weights)
+    d["model"].pop("pretrain", None)
+    d["run_dir"] = str(wdir / "run")
+    cfg = load_config(d)
+    cfg.source = payload.get("source")  # module:function models are imported from next to the config file
+    problem = Problem(cfg)
+    space = RatioSpace(cfg, problem)
+    state = (cfg, problem, space, make_objective(cfg, problem, space))
+    _WORKER_STATE[key] = state
+    return state
+
+
+def _trainable(config: dict, payload: dict) -> None:
+    """A Ray Tune function trainable: one search trial with the parameters Optuna proposed."""
+    import torch
+    from ray import tune
+    from ray.tune.utils import flatten_dict
+
+    cfg, problem, space, objective = _worker_state(payload)
+    if getattr(cfg, "threads", None) is None and payload.get("threads"):
+        torch.set_num_threads(payload["threads"])  # the CPUs reserved for the trial
+    config = dict(config)
+    number = int(config.pop(_TRIAL_KEY, 0))
+    alloc = config.pop(_LEVEL_KEY, None)
+    if alloc is not None and hasattr(space, "_alloc_cache"):
+        # the guided allocation of this level, as the driver computed it: no sensitivity analysis on the workers
+        space._alloc_cache[round(float(alloc["level"]), 6)] = {k: float(v) for k, v in alloc["ratios"].items()}
+    params = flatten_dict(config, delimiter="/")
+    trial = optuna.trial.FixedTrial(params, number=number)
+    threads = cfg.cpu_threads() if hasattr(cfg, "cpu_threads") else contextlib.nullcontext()
+    with threads:  # the config's thread count, as the local search and export use it
+        values = objective(trial)
+    names = payload["metrics"]
+    record = {"user_attrs": trial.user_attrs, "constraints": trial.constraints}
+    tune.report({**{n: float(v) for n, v in zip(names, values)},
+                 _RECORD_KEY: json.dumps(record, default=_json_default)})
+
+
+def _json_default(o: Any) -> Any:
+    if hasattr(o, "item"):
+        return o.item()
+    if isinstance(o, (set, tuple)):
+        return list(o)
+    return str(o)
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the driver side
+
+
+def _searcher_class():
+    from ray.tune.search.optuna import OptunaSearch
+
+    class AutopruneOptunaSearch(OptunaSearch):
+        """``OptunaSearch`` that writes the trial function's user attributes and constraints into the Optuna trial
+        before telling it, and leaves Tune's experiment checkpoint out (the Optuna storage is the record)."""
+
+        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+            ot_trial = getattr(self, "_ot_trials", {}).get(trial_id)
+            if ot_trial is not None and result and result.get(_RECORD_KEY):
+                rec = json.loads(result[_RECORD_KEY])
+                try:
+                    for k, v in rec.get("user_attrs", {}).items():
+                        ot_trial.set_user_attr(k, v)
+                    for k, v in rec.get("constraints", {}).items():
+                        ot_trial.set_constraint(k, v)
+                except optuna.exceptions.UpdateFinishedTrialError:
+                    pass  # failed meanwhile by another process (stale); super() logs the tell failure
+            elif ot_trial is not None and error:
+                try:
+                    ot_trial.set_user_attr("error", "the Ray trial failed (see the Ray Tune trial log)")
+                except Exception:
+                    pass
+            super().on_trial_complete(trial_id, result=result, error=error)
+
+        def unfinished(self) -> list[Any]:
+            done = getattr(self, "_completed_trials", set())
+            return [t for tid, t in getattr(self, "_ot_trials", {}).items() if tid not in done]
+
+        def save(self, checkpoint_path: str) -> None:
+            pass
+
+        def restore(self, checkpoint_path: str) -> None:
+            pass
+
+        def __getstate__(self) -> dict:  # Tuner pickles its config (tuner.pkl); the study and space stay here
+            keep = ("_metric", "_mode", "_study_name")
+            return {k: v for k, v in self.__dict__.items() if k in keep}
+
+    return AutopruneOptunaSearch
+
+
+class _Space:
+    """The define-by-run search space: the local search's parameter suggestions (``RatioSpace.suggest``) on the
+    driver's Optuna trial. Records the driver as the trial's worker (so a dead driver's trials are recognised and
+    retried) and passes the trial number and the guided allocation on to the trainable."""
+
+    def __init__(self, space: Any, driver: Mapping[str, Any]) -> None:
+        self.space, self.driver = space, dict(driver)
+
+    def __call__(self, trial: Any) -> dict[str, Any]:
+        trial.set_user_attr("worker", self.driver)
+        crit, ratios, extra = self.space.suggest(trial)
+        out: dict[str, Any] = {_TRIAL_KEY: trial.number}
+        if "level" in extra:
+            key = round(float(extra["level"]), 6)
+            alloc = self.space.allocation(key)
+            out[_LEVEL_KEY] = {"level": key, "ratios": {k: float(v) for k, v in alloc.items()}}
+        return out
+
+
+
+@contextlib.contextmanager
+def _tune_env():
+    """Ray Tune's console output off (``verbose=0`` alone still prints the experiment's banner to stdout; the legacy
+    reporter honours it; the driver logs trials itself), and Tune's own SIGINT handler off: Ctrl-C raises
+    KeyboardInterrupt here, the handed-out trials are failed as interrupted (the next run retries them), instead of
+    Tune ending the round quietly."""
+    want = {"RAY_AIR_NEW_OUTPUT": "0", "TUNE_DISABLE_SIGINT_HANDLER": "1"}
+    old = {k: os.environ.get(k) for k in want}
+    os.environ.update(want)
+    try:
+        yield
+    finally:
+        for k, v in old.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
+def _journal_of(cfg: Any) -> Path | None:
+    """The journal file of a search (as ``autoprune.search.study`` resolves it), or None for a database URL."""
+    s = cfg.storage
+    if s is None:
+        return cfg.run_path / "optuna.journal"
+    if "://" in s:
+        return Path(s.split("://", 1)[1]) if s.startswith("journal://") else None
+    return Path(os.path.expanduser(s))
+
+
+def _weights_payload(cfg: Any, problem: Any) -> bytes:
+    """The base model for the workers: the weights file as given, else the driver's (pretrained) state_dict."""
+    if cfg.model.weights:
+        return Path(cfg.model.weights).read_bytes()
+    import torch
+
+    buf = io.BytesIO()
+    torch.save({k: v.detach().cpu() for k, v in problem.base_model.state_dict().items()}, buf)
+    return buf.getvalue()
+
+
+def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None = None,
+               study_name: str | None = None, address: str | None = None, cpus_per_trial: float = 1.0,
+               gpus_per_trial: float = 0.0, max_concurrent: int | None = None, ship_code: bool = True,
+               runtime_env: Mapping[str, Any] | None = None, connect_timeout: float = 30.0, max_failures: int = 2,
+               storage_path: str | None = None, max_rounds: int = 5, log: Callable[[str], None] | None = None,
+               **rdb: Any) -> Any:
+    """Run (or resume) the search of ``config`` with its trials on a Ray cluster; return its
+    :class:`~autoprune.search.ParetoFront` (see the module docstring).
+
+    ``cpus_per_trial``/``gpus_per_trial``: resources reserved per trial (``gpus_per_trial=0.25``: four trials share
+    a GPU). ``max_concurrent``: cap on simultaneous trials. ``ship_code``: upload this autoprune package to the
+    cluster (``runtime_env`` ``py_modules``); ``runtime_env`` adds to the job's runtime environment (e.g. ``pip`` or
+    ``working_dir`` for a ``module:function`` model). ``max_failures``: Tune's retries of a trial whose actor or node
+    died. ``storage_path``: Ray Tune's result directory (default ``<run_dir>/ray``). ``rdb``: options of
+    :func:`autoprune.search.worker.open_rdb_storage` for a database storage.
+
+    Raises :class:`RayUnreachable` when the cluster cannot be reached (within ``connect_timeout`` s), and
+    :class:`~autoprune.search.worker.StorageUnreachable` for an unusable database URL, both before any data or model
+    is built.
+    """
+    from . import ParetoFront, check_config
+    from .config import load_config
+    from .space import RatioSpace
+    from .study import (WorkerRegistry, directions, make_sampler, metric_names, n_complete, recover_stale_trials,
+                        worker_info)
+    from .worker import open_search_storage, prepare_study, worker_seed
+
+    log = log or (lambda s: None)
+    if not cpus_per_trial > 0:
+        raise ValueError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
+    if gpus_per_trial < 0 or (gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial)):
+        raise ValueError(f"gpus_per_trial must be a fraction in [0, 1] or a whole number, got {gpus_per_trial}")
+    cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
+    if cfg.run_dir is None or not os.path.isabs(cfg.run_dir):
+        cfg.run_dir = str(cfg.run_path.resolve())  # the Ray trainables may run elsewhere
+    if rdb.get("connect_timeout") is None:
+        rdb["connect_timeout"] = min(connect_timeout, 10.0)
+    st = open_search_storage(cfg, **rdb)  # a wrong database URL fails here, in seconds
+    owns_ray = connect(address, timeout=connect_timeout, runtime_env=_code_env(ship_code, runtime_env), log=log)
+    try:
+        import ray
+        from ray import tune
+
+        res = ray.cluster_resources()
+        if gpus_per_trial > 0 and res.get("GPU", 0) < gpus_per_trial:
+            raise RayUnreachable(f"gpus_per_trial={gpus_per_trial:g}, but the Ray cluster has {res.get('GPU', 0):g} "
+                                 "GPUs; start the nodes with GPUs (ray start --num-gpus) or use gpus_per_trial=0")
+        if res.get("CPU", 0) < cpus_per_trial:
+            raise RayUnreachable(f"cpus_per_trial={cpus_per_trial:g}, but the Ray cluster has {res.get('CPU', 0):g} "
+                                 "CPUs")
+        cfg, problem = check_config(cfg, log=log)
+        space = RatioSpace(cfg, problem)
+        if cfg.ratios.mode == "guided":
+            for level in cfg.ratios.level:
+                space.allocation(level)
+        try:
+            existing = len(st.get_all_trials(st.get_study_id_from_name(cfg.study), deepcopy=False))
+        except KeyError:
+            existing = 0
+        seed = cfg.sampler_seed if existing == 0 else worker_seed(cfg, existing)
+        study = prepare_study(cfg, problem, st, seed=seed, log=log)
+        journal = _journal_of(cfg)
+        alone = False
+        if journal is not None:
+            reg = WorkerRegistry(journal)
+            reg.register()
+            alone = not reg.others_alive()
+        failed = recover_stale_trials(study, no_other_workers=alone)
+        if failed:
+            log(f"marked {len(failed)} trial(s) of dead workers as FAIL: {[t.number for t in failed]} "
+                "(their parameters are tried again)")
+
+        names = metric_names(cfg)
+        modes = ["max" if d == "maximize" else "min" for d in directions(cfg)]
+        cfg_dict = cfg.to_dict()
+        cfg_json = json.dumps(cfg_dict, sort_keys=True, default=str)
+        weights = _weights_payload(cfg, problem)
+        key = hashlib.sha256(cfg_json.encode() + hashlib.sha256(weights).digest()).hexdigest()[:16]
+        payload = {"key": key, "config": cfg_json, "source": cfg.source, "weights": weights, "metrics": names,
+                   "threads": max(1, int(cpus_per_trial))}
+        resources = {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}
+        trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload), resources)
+        storage_path = storage_path or str(cfg.run_path.resolve() / "ray")
+        Searcher = _searcher_class()
+        define = _Space(space, worker_info())
+
+        class Progress(tune.Callback):
+            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                r = trial.last_result or {}
+                if names[0] in r:
+                    log(f"trial {trial.config.get(_TRIAL_KEY, '?')} COMPLETE on Ray: "
+                        + ", ".join(f"{n} {r[n]:.4g}" for n in names) + f" -- {n_complete(study)}/{cfg.n_trials}")
+
+            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} FAILED on Ray: {trial.error_file or ''}")
+
+        errors: list[str] = []
+        for rnd in range(max_rounds):
+            done = n_complete(study)
+            remaining = cfg.n_trials - done
+            if remaining <= 0:
+                break
+            if rnd:
+                log(f"round {rnd + 1}: {remaining} more trial(s) to complete")
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sampler = make_sampler(cfg, seed if rnd == 0 else worker_seed(cfg, done + rnd))
+                searcher = Searcher(define, metric=names, mode=modes, sampler=sampler, study_name=cfg.study,
+                                    storage=st)
+            with _tune_env():
+                tuner = tune.Tuner(
+                    trainable,
+                    tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                                max_concurrent_trials=max_concurrent, reuse_actors=True),
+                    run_config=tune.RunConfig(name=f"{cfg.study}-{int(time.time())}", storage_path=storage_path,
+                                              verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
+                                              callbacks=[Progress()]),
+                )
+            try:
+                with _tune_env():
+                    grid = tuner.fit()
+            finally:
+                for t in searcher.unfinished():  # interrupted: fail them, so the next run retries their parameters
+                    try:
+                        t.set_user_attr("interrupted", True)
+                        study.tell(t, state=TrialState.FAIL)
+                    except Exception:
+                        pass
+            errors += [f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
+            if n_complete(study) == done:
+                raise RuntimeError(f"no trial completed on Ray in round {rnd + 1}; errors: "
+                                   + ("; ".join(errors[-3:]) or "none reported"))
+        if n_complete(study) < cfg.n_trials:
+            raise RuntimeError(f"{n_complete(study)}/{cfg.n_trials} trials COMPLETE after {max_rounds} rounds; "
+                               f"errors: {'; '.join(errors[-3:])}")
+        return ParetoFront(study, cfg, problem=problem)
+    finally:
+        if owns_ray:
+            import ray
+
+            ray.shutdown()
