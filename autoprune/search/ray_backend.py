@@ -401,12 +401,11 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
     :class:`~autoprune.search.worker.StorageUnreachable` for an unusable database URL, both before any data or model
     is built.
     """
-    from . import ParetoFront, check_config
+    from . import ParetoFront
     from .config import load_config
-    from .space import RatioSpace
     from .study import (WorkerRegistry, directions, make_sampler, metric_names, n_complete, recover_stale_trials,
                         worker_info)
-    from .worker import open_search_storage, prepare_study, worker_seed
+    from .worker import open_search_storage, prepare_study, setup_problem, worker_seed
 
     log = log or (lambda s: None)
     if not cpus_per_trial > 0:
@@ -431,15 +430,7 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
         if res.get("CPU", 0) < cpus_per_trial:
             raise RayUnreachable(f"cpus_per_trial={cpus_per_trial:g}, but the Ray cluster has {res.get('CPU', 0):g} "
                                  "CPUs")
-        cfg, problem = check_config(cfg, log=log)
-        space = RatioSpace(cfg, problem)
-        if cfg.ratios.mode == "guided":
-            for level in cfg.ratios.level:
-                space.allocation(level)
-        try:
-            existing = len(st.get_all_trials(st.get_study_id_from_name(cfg.study), deepcopy=False))
-        except KeyError:
-            existing = 0
+        cfg, problem, space, existing = setup_problem(cfg, st, log)
         seed = cfg.sampler_seed if existing == 0 else worker_seed(cfg, existing)
         study = prepare_study(cfg, problem, st, seed=seed, log=log)
         journal = _journal_of(cfg)

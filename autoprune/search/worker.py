@@ -399,12 +399,11 @@ def run_worker(config: Any, *, storage: str | None = None, n_trials: int | None 
                      poll_interval=poll_interval, max_failures=max_failures, log=log, t_start=t_start)
 
 
-def _work(cfg: SearchConfig, st: optuna.storages.RDBStorage, shown: str, *, heartbeat_interval: int,
-          grace_period: int | None, poll_interval: float | None, max_failures: int, log: Callable[[str], None],
-          t_start: float) -> WorkerResult:
+def setup_problem(cfg: SearchConfig, st: optuna.storages.BaseStorage, log: Callable[[str], None]) -> tuple:
+    """Checked config, problem, ratio space (guided allocations precomputed) and the study's trial count so far:
+    the set-up shared by PostgreSQL workers and the Ray driver."""
     from . import check_config
     from .space import RatioSpace
-    from .study import make_objective
 
     cfg, problem = check_config(cfg, log=log)
     space = RatioSpace(cfg, problem)
@@ -415,6 +414,15 @@ def _work(cfg: SearchConfig, st: optuna.storages.RDBStorage, shown: str, *, hear
         existing = len(st.get_all_trials(st.get_study_id_from_name(cfg.study), deepcopy=False))
     except KeyError:
         existing = 0
+    return cfg, problem, space, existing
+
+
+def _work(cfg: SearchConfig, st: optuna.storages.RDBStorage, shown: str, *, heartbeat_interval: int,
+          grace_period: int | None, poll_interval: float | None, max_failures: int, log: Callable[[str], None],
+          t_start: float) -> WorkerResult:
+    from .study import make_objective
+
+    cfg, problem, space, existing = setup_problem(cfg, st, log)
     study = prepare_study(cfg, problem, st, seed=worker_seed(cfg, existing), log=log)
     objective = make_objective(cfg, problem, space)
     grace = grace_period if grace_period is not None else 2 * heartbeat_interval
