@@ -360,16 +360,6 @@ def _tune_env():
                 os.environ[k] = v
 
 
-def _journal_of(cfg: Any) -> Path | None:
-    """The journal file of a search (as ``autoprune.search.study`` resolves it), or None for a database URL."""
-    s = cfg.storage
-    if s is None:
-        return cfg.run_path / "optuna.journal"
-    if "://" in s:
-        return Path(s.split("://", 1)[1]) if s.startswith("journal://") else None
-    return Path(os.path.expanduser(s))
-
-
 def _weights_payload(cfg: Any, problem: Any) -> bytes:
     """The base model for the workers: the weights file as given, else the driver's (pretrained) state_dict."""
     if cfg.model.weights:
@@ -403,8 +393,7 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
     """
     from . import ParetoFront
     from .config import load_config
-    from .study import (WorkerRegistry, directions, make_sampler, metric_names, n_complete, recover_stale_trials,
-                        worker_info)
+    from .study import directions, make_sampler, metric_names, n_complete, recover_on_start, worker_info
     from .worker import open_search_storage, prepare_study, setup_problem, worker_seed
 
     log = log or (lambda s: None)
@@ -433,16 +422,7 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
         cfg, problem, space, existing = setup_problem(cfg, st, log)
         seed = cfg.sampler_seed if existing == 0 else worker_seed(cfg, existing)
         study = prepare_study(cfg, problem, st, seed=seed, log=log)
-        journal = _journal_of(cfg)
-        alone = False
-        if journal is not None:
-            reg = WorkerRegistry(journal)
-            reg.register()
-            alone = not reg.others_alive()
-        failed = recover_stale_trials(study, no_other_workers=alone)
-        if failed:
-            log(f"marked {len(failed)} trial(s) of dead workers as FAIL: {[t.number for t in failed]} "
-                "(their parameters are tried again)")
+        recover_on_start(cfg, study, log)
 
         names = metric_names(cfg)
         modes = ["max" if d == "maximize" else "min" for d in directions(cfg)]

@@ -284,6 +284,21 @@ class WorkerRegistry:
         return alive
 
 
+def recover_on_start(cfg: SearchConfig, study: optuna.Study, log: Callable[[str], None]) -> None:
+    """Register this process as a worker of the search's journal (if it has one) and fail/retry the trials of dead
+    workers: what every driver (local search, Ray) does before it asks for trials."""
+    journal = _journal_path(cfg, cfg.storage)
+    alone = False
+    if journal is not None:
+        registry = WorkerRegistry(journal)
+        registry.register()
+        alone = not registry.others_alive()
+    failed = recover_stale_trials(study, no_other_workers=alone)
+    if failed:
+        log(f"marked {len(failed)} trial(s) of dead workers as FAIL: {[t.number for t in failed]} "
+            "(their parameters are tried again)")
+
+
 def recover_stale_trials(study: optuna.Study, *, no_other_workers: bool = False) -> list[FrozenTrial]:
     """Fail RUNNING trials whose worker is dead, and enqueue the parameters of interrupted trials again (once).
 
@@ -420,16 +435,7 @@ def run_study(cfg: SearchConfig, problem: Any, space: Any, *, storage: optuna.st
         warnings.warn(f"study {cfg.study!r} was created from a different config (model, data, ratio space, "
                       "criteria or fine-tuning changed); its earlier trials measured something else. Use a new "
                       "study_name to start afresh.")
-    journal = _journal_path(cfg, cfg.storage)
-    alone = False
-    if journal is not None:
-        registry = WorkerRegistry(journal)
-        registry.register()
-        alone = not registry.others_alive()
-    failed = recover_stale_trials(study, no_other_workers=alone)
-    if failed:
-        log(f"marked {len(failed)} trial(s) of dead workers as FAIL: {[t.number for t in failed]} "
-            "(their parameters are tried again)")
+    recover_on_start(cfg, study, log)
     done = n_complete(study)
     if done:
         log(f"resuming study {cfg.study!r}: {done} of {cfg.n_trials} trials complete")
