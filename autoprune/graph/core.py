@@ -11,7 +11,7 @@ import torch.nn as nn
 
 from .analysis import Analysis, analyse
 from .groups import ChannelGroup, build_groups
-from .surgery import apply_pruning
+from .surgery import _Keep, apply_pruning
 from .trace import trace
 
 __all__ = ["ChannelGraph", "as_inputs"]
@@ -154,17 +154,16 @@ class ChannelGraph:
             scores = score_groups(self, criterion, groups=list(self.resolve_ratios(ratios)))
         return self.plan(ratios, scores)
 
+    def _roots(self, remove: Mapping[str, Sequence[int]]) -> set[int]:
+        """Union-find roots of the channel units in ``remove`` ({group: indices})."""
+        return {int(r) for name, idx in remove.items() for r in self.group(name).roots[list(idx)]}
+
     def macs(self, remove: Mapping[str, Sequence[int]] | None = None, *, params: bool = False) -> int:
         """MACs per sample (conv + linear, the papers' convention) of the model after removing ``remove``
         ({group: channel indices}), computed from the analysis without building the model: the per-group cost model
         behind sensitivity analysis and allocation. It equals :func:`autoprune.count_macs` on the pruned model.
         ``params=True`` counts conv/linear/norm parameters instead."""
-        E = self.analysis.elements
-        removed = np.zeros(len(E.parent), dtype=bool)
-        for name, idx in (remove or {}).items():
-            removed[self.group(name).roots[list(idx)]] = True
-        root_of = E.root_of
-        keep = lambda elem: ~removed[root_of[np.asarray(elem, dtype=np.int64)]]  # noqa: E731
+        keep = _Keep(self.analysis, self._roots(remove or {}))
         modules = dict(self.gm.named_modules())
         values = self.analysis.values
         batch = self.example_inputs[0].shape[0] if self.example_inputs[0].dim() else 1
@@ -204,9 +203,7 @@ class ChannelGraph:
         """(module, weight dim, indices) of the weights that *read* the given channels: the input slices of every
         dense conv and linear layer. Zeroing them makes the channels dead, which tests use to check the cut."""
         E = self.analysis.elements
-        roots = set()
-        for name, idx in remove.items():
-            roots.update(int(r) for r in self.group(name).roots[list(idx)])
+        roots = self._roots(remove)
         out = []
         for s in self.analysis.sites:
             if s.kind in ("conv", "linear") and s.data.get("groups", 1) == 1:
