@@ -679,6 +679,15 @@ def _carve(labels: Tensor, val_fraction: float, num_train: int | None, seed: int
     return torch.sort(train).values, torch.sort(val).values
 
 
+def _split_test(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
+    """Seeded disjoint (val indices, test indices) of an ``n``-image test split (``val_from="test"``)."""
+    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
+    n_val = int(round(n * val_fraction))
+    if not 0 < n_val < n:
+        raise ValueError(f"val_fraction={val_fraction} of {n} test images leaves an empty val or test split")
+    return perm[:n_val].sort().values, perm[n_val:].sort().values
+
+
 _OPTIONS = {
     "cifar10": {"download", "mean", "std", "padding"},
     "cifar100": {"download", "mean", "std", "padding"},
@@ -697,6 +706,7 @@ def load_data(
     device: str | torch.device | None = None,
     image_size: int | tuple[int, int] | None = None,
     num_train: int | None = None,
+    val_from: str = "train",
     **kw: Any,
 ) -> DataBundle:
     """Load a data set as a :class:`DataBundle` of train/val/test splits.
@@ -708,6 +718,11 @@ def load_data(
     keeps a stratified subset of the remaining training images. Data lives on ``device`` (CUDA when
     available). ImageFolder options: ``stream`` (None = auto: stream when images exceed
     ``max_cached_size=64`` pixels), ``num_workers``. All: ``mean``, ``std``, ``padding`` (crop padding, 4).
+
+    ``val_from="test"`` is for checkpoints trained on the *whole* training split (such as the shared
+    ResNet-56): a val split carved from images the model was trained on scores ~100% and cannot measure
+    damage. The val split is then a seeded random ``val_fraction`` of the test images, the test split is the
+    rest (disjoint), and every training image is used for training and BN statistics.
     """
     key = str(name).lower()
     if key not in DATASETS:
@@ -717,6 +732,10 @@ def load_data(
         raise TypeError(f"load_data({key!r}) got unexpected option(s) {sorted(unknown)}; accepted: {sorted(_OPTIONS[key])}")
     if not 0.0 <= val_fraction < 1.0:
         raise ValueError(f"val_fraction must be in [0, 1), got {val_fraction}")
+    if val_from not in ("train", "test"):
+        raise ValueError(f"val_from must be 'train' or 'test', got {val_from!r}")
+    if val_from == "test" and val_fraction <= 0.0:
+        raise ValueError("val_from='test' needs val_fraction in (0, 1): the share of the test images used as val")
     if isinstance(image_size, int):
         image_size = (image_size, image_size)
     elif image_size is not None:
@@ -739,23 +758,36 @@ def load_data(
         common = dict(mean=mean, std=std, num_classes=k, image_size=arrays["size"], device=dev,
                       num_workers=kw.get("num_workers"))
         full = StreamSplit(arrays["train"], name="train", **common)
-        tr_idx, va_idx = _carve(full.labels, val_fraction, num_train, seed)
+        test = StreamSplit(arrays["test"], name="test", **common)
+        if val_from == "test":
+            tr_idx, _ = _carve(full.labels, 0.0, num_train, seed)
+            va_idx, te_idx = _split_test(len(test), val_fraction, seed)
+            val, test = test.subset(va_idx, "val"), test.subset(te_idx, "test")
+        else:
+            tr_idx, va_idx = _carve(full.labels, val_fraction, num_train, seed)
+            val = full.subset(va_idx, "val")
         return DataBundle(
-            name=key, train=full.subset(tr_idx, "train"), val=full.subset(va_idx, "val"),
-            test=StreamSplit(arrays["test"], name="test", **common), num_classes=k,
+            name=key, train=full.subset(tr_idx, "train"), val=val, test=test, num_classes=k,
             image_size=tuple(arrays["size"]), mean=mean, std=std, classes=classes, device=dev,
         )
 
     pad = int(kw.get("padding", 4))
     tx, ty = arrays["train_x"], arrays["train_y"]
-    tr_idx, va_idx = _carve(ty, val_fraction, num_train, seed)
     # Split on the CPU first, so the device only ever holds the images actually used.
     mk = lambda x, y, nm: TensorSplit(x, y, mean=mean, std=std, num_classes=k, name=nm, padding=pad, device=dev)  # noqa: E731
+    if val_from == "test":
+        tr_idx, _ = _carve(ty, 0.0, num_train, seed)
+        va_idx, te_idx = _split_test(len(arrays["test_y"]), val_fraction, seed)
+        vx, vy = arrays["test_x"][va_idx], arrays["test_y"][va_idx]
+        sx, sy = arrays["test_x"][te_idx], arrays["test_y"][te_idx]
+    else:
+        tr_idx, va_idx = _carve(ty, val_fraction, num_train, seed)
+        vx, vy, sx, sy = tx[va_idx], ty[va_idx], arrays["test_x"], arrays["test_y"]
     return DataBundle(
         name=key,
         train=mk(tx[tr_idx], ty[tr_idx], "train"),
-        val=mk(tx[va_idx], ty[va_idx], "val"),
-        test=mk(arrays["test_x"], arrays["test_y"], "test"),
+        val=mk(vx, vy, "val"),
+        test=mk(sx, sy, "test"),
         num_classes=k,
         image_size=tuple(int(s) for s in tx.shape[2:]),  # type: ignore[arg-type]
         mean=mean, std=std, classes=classes, device=dev, cache_path=arrays.get("path"),

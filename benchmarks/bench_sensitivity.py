@@ -142,6 +142,9 @@ def main() -> None:
                          "val_fraction=0.1 carve of the train split")
     ap.add_argument("--val-size", type=int, default=None, help="val images (default: 5,000)")
     ap.add_argument("--test-size", type=int, default=None, help="test images (default: the other 5,000)")
+    ap.add_argument("--eval-batches", type=int, default=None,
+                    help="sensitivity: evaluate each pruned model on a fixed subset of this many val batches")
+    ap.add_argument("--eval-batch-size", type=int, default=256, help="sensitivity: evaluation batch size")
     ap.add_argument("--criterion", default="l1")
     ap.add_argument("--ratios", default=",".join(f"{r:g}" for r in DEFAULT_RATIOS))
     ap.add_argument("--bn-batches", type=int, default=5)
@@ -162,23 +165,20 @@ def main() -> None:
     ensure_data(root, args.limit_per_class)
     dev = torch.device(args.device)
     # with val from the test split, all 50,000 training images are used for BN statistics and fine-tuning
-    data = load_data("imagefolder", root, device=dev, val_fraction=0.0 if args.val_from == "test" else 0.1)
     if args.val_from == "test":
-        perm = torch.randperm(len(data.test), generator=torch.Generator().manual_seed(0))
-        n_val = args.val_size or len(perm) // 2
-        n_test = args.test_size or len(perm) - n_val
-        val = data.test.subset(perm[:n_val].sort().values, "val")
-        test = data.test.subset(perm[n_val:n_val + n_test].sort().values, "test")
-        data = dataclasses.replace(data, val=val, test=test)
+        # the same split as `data: {val_from: test, val_fraction: 0.5}` in a search config, so a search reuses
+        # this benchmark's cached sensitivity table
+        data = load_data("imagefolder", root, device=dev, val_from="test", val_fraction=0.5)
     else:
-        data = dataclasses.replace(data, val=subset(data.val, args.val_size), test=subset(data.test, args.test_size))
+        data = load_data("imagefolder", root, device=dev, val_fraction=0.1)
+    data = dataclasses.replace(data, val=subset(data.val, args.val_size), test=subset(data.test, args.test_size))
     model = resnet56()
     model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
     model.to(dev).eval()
     ex = torch.zeros(1, 3, 32, 32, device=dev)
     ratios = [float(r) for r in args.ratios.split(",")]
     skw = dict(ratios=ratios, bn_batches=args.bn_batches, bn_batch_size=args.bn_batch_size,
-               cache_dir=args.cache_dir)
+               cache_dir=args.cache_dir, eval_batches=args.eval_batches, batch_size=args.eval_batch_size)
     print(f"{data}\nmachine: {machine()}", file=sys.stderr)
 
     # ---------------------------------------------------------------------------------------- (a) timing

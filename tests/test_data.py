@@ -73,6 +73,30 @@ def test_val_is_carved_from_train_and_num_train(tmp_path):
     assert torch.bincount(b.train.labels, minlength=10).tolist() == [5] * 10  # num_train is stratified too
 
 
+def test_val_from_test_splits_the_test_images(tmp_path):
+    base = small_synth(tmp_path, val_fraction=0.0)
+    b = small_synth(tmp_path, val_from="test", val_fraction=0.4)
+    assert (len(b.train), len(b.val), len(b.test)) == (200, 20, 30)
+    assert torch.equal(b.train.images, base.train.images)  # every training image stays for training
+    rows = lambda s: {bytes(img.flatten().numpy()) for img in s.images}  # noqa: E731
+    assert rows(b.val) | rows(b.test) == rows(base.test) and not (rows(b.val) & rows(b.test))
+    again = small_synth(tmp_path, val_from="test", val_fraction=0.4)
+    assert torch.equal(again.val.images, b.val.images)  # seeded
+    other = small_synth(tmp_path, val_from="test", val_fraction=0.4, seed=1)
+    assert rows(other.val) != rows(b.val)
+    with pytest.raises(ValueError, match="val_from='test' needs val_fraction"):
+        small_synth(tmp_path, val_from="test", val_fraction=0.0)
+    with pytest.raises(ValueError, match="val_from must be 'train' or 'test'"):
+        small_synth(tmp_path, val_from="holdout")
+
+
+def test_val_from_test_streamed(cifar_slice, tmp_path):
+    b = load_data("imagefolder", cifar_slice, cache_dir=tmp_path, device="cpu", stream=True, image_size=32,
+                  num_workers=0, val_from="test", val_fraction=0.6)
+    assert (len(b.train), len(b.val), len(b.test)) == (50, 30, 20)
+    assert not {p for p, _ in b.val.samples} & {p for p, _ in b.test.samples}
+
+
 def test_batches_order_normalisation_shuffle_drop_last(tmp_path):
     sp = small_synth(tmp_path).test  # 50 images
     xs, ys = zip(*sp.batches(16))

@@ -51,6 +51,7 @@ def test_minimal_config_defaults():
     (cfg(criteria=["l1", "hrnak"]), r"criteria\[1\]: 'hrnak' is not one of .*did you mean 'hrank'\?"),
     (cfg(data={"dataset": "cifar11"}), r"data.dataset: 'cifar11' is not one of .*did you mean 'cifar10'\?"),
     (cfg(data={"dataset": "synthetic", "options": {"train_per_clas": 3}}), r"did you mean 'train_per_class'\?"),
+    (cfg(data={"dataset": "synthetic", "val_from": "tset"}), r"data.val_from: 'tset' is not one of train, test; did you mean 'test'\?"),
 ])
 def test_unknown_keys_and_names_suggest(raw, match):
     with pytest.raises(ConfigError, match=match):

@@ -77,6 +77,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "dataset": "synthetic, cifar10, cifar100 or imagefolder",
         "root": "data set directory (imagefolder: holds train/ and test/)",
         "val_fraction": "fraction of the training images held out for validation (default 0.1)",
+        "val_from": "train (default) or test: carve val from the test images (checkpoints trained on all of train)",
         "num_train": "keep only this many training images (default all)",
         "image_size": "resize images to this size (int or [H, W]; default native)",
         "eval_split": "split that trials are scored on: val (default) or test",
@@ -154,6 +155,7 @@ class DataSpec:
     dataset: str
     root: str | None = None
     val_fraction: float = 0.1
+    val_from: str = "train"
     num_train: int | None = None
     image_size: list[int] | None = None
     eval_split: str = "val"
@@ -480,6 +482,7 @@ def _data(raw: Any, base: Path | None) -> DataSpec:
     return DataSpec(
         dataset=ds, root=root,
         val_fraction=_float(d.get("val_fraction", 0.1), "data.val_fraction", lo=0.0, hi=1.0, hi_open=True),
+        val_from=_str(d.get("val_from", "train"), "data.val_from", choices=("train", "test")),
         num_train=_int(d.get("num_train"), "data.num_train", lo=1, optional=True),
         image_size=size,
         eval_split=_str(d.get("eval_split", "val"), "data.eval_split", choices=("val", "test")),

@@ -143,7 +143,8 @@ class Problem:
         self.progress = progress
         d = cfg.data
         t0 = time.perf_counter()
-        self.data = load_data(d.dataset, d.root, val_fraction=d.val_fraction, seed=cfg.seed, num_train=d.num_train,
+        self.data = load_data(d.dataset, d.root, val_fraction=d.val_fraction, val_from=d.val_from, seed=cfg.seed,
+                              num_train=d.num_train,
                               image_size=d.image_size, cache_dir=d.cache_dir, device=cfg.device, **d.options)
         self.log(f"data: {self.data} ({time.perf_counter() - t0:.1f} s)")
         with torch.random.fork_rng(devices=[]):
