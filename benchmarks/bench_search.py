@@ -32,9 +32,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def uniform_baseline(front, levels, log=print):
-    """(level, record dict) of uniform pruning at each level, measured like a trial."""
+def uniform_baseline(front, levels, log=print, test=False):
+    """(level, record dict) of uniform pruning at each level, measured like a trial (``test``: also on the test
+    split, which the search never saw)."""
     import torch
+
+    from autoprune.train import evaluate
 
     prob = front.problem()
     cfg = front.config
@@ -52,9 +55,11 @@ def uniform_baseline(front, levels, log=print):
             ratios = RatioSpace(cfg, prob)._uniform(float(level))
         removal = prob.removal(ratios, crit)
         with torch.random.fork_rng():
-            _, o = prob.build(removal)
+            model, o = prob.build(removal)
         rec = {"level": level, "accuracy": o.accuracy, "macs_fraction": o.macs_fraction, "macs": o.macs,
-               "params_fraction": o.params_fraction, "seconds": time.perf_counter() - t0}
+               "params_fraction": o.params_fraction, "seconds": time.perf_counter() - t0, "ratios": ratios}
+        if test:
+            rec["test_accuracy"] = evaluate(model, prob.data, split="test").accuracy
         log(f"uniform @ {level:.2f}: accuracy {o.accuracy:.2%}, MACs {o.macs_fraction:.1%}, {rec['seconds']:.1f} s")
         out.append(rec)
     return out
@@ -70,6 +75,9 @@ def main(argv=None) -> int:
     ap.add_argument("--hv-ref-acc", type=float, help="hypervolume reference accuracy (default base - 0.2)")
     ap.add_argument("--threads", type=int, help="torch threads (overrides the config's `threads`; 1 is fastest for "
                                                 "small models on a busy CPU)")
+    ap.add_argument("--test", action="store_true",
+                    help="also evaluate each uniform model and the best front trial under its MACs (rebuilt) on the "
+                         "test split")
     ap.add_argument("--out", help="write the results as JSON here")
     args = ap.parse_args(argv)
 
@@ -102,21 +110,36 @@ def main(argv=None) -> int:
     log(f"search: {total:.1f} s wall ({setup:.1f} s data/model/pretrain/sensitivity/scoring, {len(trial_s)} trials "
         f"x {sum(trial_s) / max(1, len(trial_s)):.2f} s)")
 
-    uni = uniform_baseline(front, args.levels, log) if args.levels else []
+    uni = uniform_baseline(front, args.levels, log, test=args.test) if args.levels else []
     ref = (args.hv_ref_acc if args.hv_ref_acc is not None else base["accuracy"] - 0.2, 1.0)
     hv_search = front.hypervolume(ref)
     hv_uniform = hypervolume_2d([(u["accuracy"], u["macs_fraction"]) for u in uni], ref) if uni else None
     log(f"hypervolume (ref acc {ref[0]:.3f}, MACs 1.0): search {hv_search:.4f}"
         + (f", uniform {hv_uniform:.4f}" if hv_uniform is not None else ""))
+    matched = []
     for u in uni:
         best = front.best_under(macs=u["macs_fraction"])
+        row = {"level": u["level"], "uniform_macs": u["macs_fraction"], "uniform_val": u["accuracy"],
+               "trial": best.number if best else None, "search_macs": best.macs_fraction if best else None,
+               "search_val": best.accuracy if best else None}
+        if args.test:
+            row["uniform_test"] = u.get("test_accuracy")
+            if best is not None:
+                # the search selected its trials on val: the matched comparison on the untouched test split
+                from autoprune.train import evaluate
+
+                model, out = front.rebuild(best.number)
+                row["search_test"] = evaluate(model, front.problem().data, split="test").accuracy
+        matched.append(row)
         log(f"  at <= {u['macs_fraction']:.1%} MACs: uniform {u['accuracy']:.2%}, search "
-            + (f"{best.accuracy:.2%} (trial {best.number})" if best else "-"))
+            + (f"{best.accuracy:.2%} (trial {best.number}, {best.macs_fraction:.1%})" if best else "-")
+            + (f"; test: uniform {row['uniform_test']:.2%}, search {row.get('search_test', float('nan')):.2%}"
+               if args.test else ""))
     if args.out:
         Path(args.out).write_text(json.dumps({
             "config": cfg.name, "trials": cfg.n_trials, "device": device, "date": time.strftime("%Y-%m-%d"),
             "wall_s": total, "setup_s": setup, "trial_s": trial_s, "base": base, "front": front.to_dicts(),
-            "uniform": uni, "hv_ref": ref, "hv_search": hv_search, "hv_uniform": hv_uniform}, indent=2))
+            "uniform": uni, "matched": matched, "hv_ref": ref, "hv_search": hv_search, "hv_uniform": hv_uniform}, indent=2))
     return 0
 
 

@@ -212,7 +212,7 @@ def test_guided_search(tmp_path, guide):
     text = text.replace("n_trials: 5", "n_trials: 3").replace("pretrain: {epochs: 6,", "pretrain: {epochs: 1,")
     sens = ("  sensitivity: {ratios: [0.25, 0.5, 0.75], bn_batches: 1, progress: false, "
             f"cache_dir: {tmp_path / 'sens'}}}\n" if guide == "sensitivity" else "")
-    text = text.replace("  mode: per_group\n", f"  mode: guided\n  guide: {guide}\n  offset: 0.05\n{sens}")
+    text = text.replace("  mode: per_group\n", f"  mode: guided\n  guide: {guide}\n  offset: 0.05\n  anchors: 2\n{sens}")
     path = tmp_path / "guided.yaml"
     path.write_text(text)
     threads = torch.get_num_threads()
@@ -224,6 +224,10 @@ def test_guided_search(tmp_path, guide):
     finally:
         torch.set_num_threads(threads)
     assert len(front.all) == 3
+    # the two anchor trials come first: the guide's own allocation at both ends of the level range
+    first = sorted(front.study.trials, key=lambda t: t.number)[:2]
+    assert [t.params["level"] for t in first] == [0.2, 0.5] and [t.params["criterion"] for t in first] == ["l1", "l2"]
+    assert all(t.params[f"d:{g}"] == 0.0 for t in first for g in ("0", "3", "6"))
     space_alloc = None
     for t in front.study.trials:
         a = t.user_attrs

@@ -89,6 +89,8 @@ SCHEMA: dict[str, dict[str, str]] = {
         "guide": "guided mode: allocation the offsets are centred on: sensitivity (default), srr or uniform",
         "level": "guided mode: [low, high] range of the searched budget level (fraction of MACs kept)",
         "offset": "guided mode: per-group offsets are searched in [-offset, +offset] (default 0.1)",
+        "anchors": "guided mode: first run this many trials at the guide's own allocation (offsets 0) at evenly "
+                   "spaced levels (default 0)",
         "default": "[low, high] bounds of every group's ratio (default [0.0, 0.9])",
         "groups": "{fnmatch pattern: [low, high]} bounds for matching groups (later patterns win)",
         "step": "discretisation step of the searched ratios (default continuous)",
@@ -169,6 +171,7 @@ class RatioSpec:
     guide: str = "sensitivity"
     level: list[float] | None = None
     offset: float = 0.1
+    anchors: int = 0
     default: list[float] = field(default_factory=lambda: [0.0, 0.9])
     groups: dict[str, list[float]] = field(default_factory=dict)
     step: float | None = None
@@ -263,7 +266,7 @@ class SearchConfig:
         if d["model"]["pretrain"] is None:
             d["model"].pop("pretrain")
         if self.ratios.mode == "per_group":
-            for k in ("guide", "level", "offset", "sensitivity"):
+            for k in ("guide", "level", "offset", "anchors", "sensitivity"):
                 d["ratios"].pop(k)
         return d
 
@@ -272,6 +275,7 @@ class SearchConfig:
         d = self.to_dict()
         keep = {k: d[k] for k in ("model", "data", "criteria", "ratios", "objectives", "constraints", "finetune",
                                   "scoring", "seed")}
+        keep["ratios"].pop("anchors", None)  # where sampling starts, not what a trial measures
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @contextlib.contextmanager
@@ -523,7 +527,7 @@ def _ratios(raw: Any) -> RatioSpec:
         spec.groups[pat] = _bounds(b, f"ratios.groups[{pat!r}]")
     if d.get("step") is not None:
         spec.step = _float(d["step"], "ratios.step", lo=0.0, hi=0.5, lo_open=True)
-    guided_only = [k for k in ("guide", "level", "offset", "sensitivity") if k in d]
+    guided_only = [k for k in ("guide", "level", "offset", "anchors", "sensitivity") if k in d]
     if mode == "per_group":
         if guided_only:
             raise ConfigError(f"ratios.{guided_only[0]} only applies to mode: guided (mode is per_group)")
@@ -541,6 +545,7 @@ def _ratios(raw: Any) -> RatioSpec:
                               f"got [{lv[0]}, {lv[1]}]")
         spec.level = [lo, hi]
     spec.offset = _float(d.get("offset", 0.1), "ratios.offset", lo=0.0, hi=0.5)
+    spec.anchors = _int(d.get("anchors", 0), "ratios.anchors", lo=0)
     sens = d.get("sensitivity") or {}
     if not isinstance(sens, Mapping):
         raise ConfigError(f"ratios.sensitivity: expected a mapping of autoprune.sensitivity options, got {_show(sens)}")

@@ -421,7 +421,7 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
                                  "CPUs")
         cfg, problem, space, existing = setup_problem(cfg, st, log)
         seed = cfg.sampler_seed if existing == 0 else worker_seed(cfg, existing)
-        study = prepare_study(cfg, problem, st, seed=seed, log=log)
+        study = prepare_study(cfg, problem, st, seed=seed, log=log, space=space)
         recover_on_start(cfg, study, log)
 
         names = metric_names(cfg)

@@ -120,17 +120,52 @@ class RatioSpace:
         if lv_hi - lv_lo < 1e-12:
             level = lv_lo
         else:
-            level = float(trial.suggest_float("level", lv_lo, lv_hi, step=0.01 if lv_hi - lv_lo >= 0.01 else None))
+            level = float(trial.suggest_float("level", lv_lo, lv_hi, step=self._level_step()))
         extra["level"] = round(level, 6)
         base = self.allocation(level)
         for n in self.names:
-            lo, hi = self.bounds[n]
             d = 0.0
-            if r.offset > 0 and hi - lo > 1e-12:
-                if step is not None:
-                    k = int(r.offset / step + 1e-9)
-                    d = float(trial.suggest_float(f"d:{n}", -k * step, k * step, step=step)) if k else 0.0
-                else:
-                    d = float(trial.suggest_float(f"d:{n}", -r.offset, r.offset))
+            span = self._offset_span(n)
+            if span:
+                d = float(trial.suggest_float(f"d:{n}", -span, span, step=step))
             ratios[n] = self._clip(n, base[n] + d)
         return crit, ratios, extra
+
+    def _level_step(self) -> float | None:
+        lv_lo, lv_hi = self.cfg.ratios.level
+        return 0.01 if lv_hi - lv_lo >= 0.01 else None
+
+    def _offset_span(self, name: str) -> float:
+        """Half-width of group ``name``'s searched offset (0: not searched)."""
+        r = self.cfg.ratios
+        lo, hi = self.bounds[name]
+        if r.offset <= 0 or hi - lo <= 1e-12:
+            return 0.0
+        if r.step is None:
+            return float(r.offset)
+        return int(r.offset / r.step + 1e-9) * r.step
+
+    def anchor_params(self) -> list[dict[str, Any]]:
+        """Optuna parameters of the ``ratios.anchors`` trials (guided mode): the guide's own allocation, every offset
+        0, at evenly spaced levels (both ends included), cycling through the criteria. Enqueued when a study is
+        created, so the first trials measure the allocations the offsets are centred on."""
+        r = self.cfg.ratios
+        if r.mode != "guided" or not r.anchors:
+            return []
+        lv_lo, lv_hi = r.level
+        step = self._level_step()
+        out = []
+        for i in range(r.anchors):
+            p: dict[str, Any] = {}
+            if len(self.cfg.criteria) > 1:
+                p["criterion"] = self.cfg.criteria[i % len(self.cfg.criteria)]
+            if lv_hi - lv_lo >= 1e-12:
+                level = lv_hi if r.anchors == 1 else lv_lo + (lv_hi - lv_lo) * i / (r.anchors - 1)
+                if step is not None:  # on the suggest_float grid, or Optuna would not use the value
+                    level = lv_lo + round((level - lv_lo) / step) * step
+                p["level"] = round(min(max(level, lv_lo), lv_hi), 6)
+            for n in self.names:
+                if self._offset_span(n):
+                    p[f"d:{n}"] = 0.0
+            out.append(p)
+        return out

@@ -29,7 +29,7 @@ from optuna.trial import FrozenTrial, TrialState
 from .config import SearchConfig
 
 __all__ = ["open_storage", "make_sampler", "open_study", "recover_stale_trials", "make_objective", "run_study",
-           "STUDY_ATTR", "metric_names", "directions"]
+           "STUDY_ATTR", "metric_names", "directions", "enqueue_anchors"]
 
 #: Study user attribute holding the config, its fingerprint and the base model's metrics.
 STUDY_ATTR = "autoprune"
@@ -404,6 +404,16 @@ def make_objective(cfg: SearchConfig, problem: Any, space: Any) -> Callable[[opt
     return objective
 
 
+def enqueue_anchors(study: optuna.Study, space: Any, log: Callable[[str], None]) -> None:
+    """Enqueue the ``ratios.anchors`` trials of a newly created study (see ``RatioSpace.anchor_params``)."""
+    params = space.anchor_params() if space is not None else []
+    for p in params:
+        study.enqueue_trial(p, skip_if_exists=True)
+    if params:
+        levels = ", ".join(f"{p['level']:.2f}" for p in params if "level" in p)
+        log(f"enqueued {len(params)} anchor trial(s) at the guide's allocation" + (f" (levels {levels})" if levels else ""))
+
+
 def n_complete(study: optuna.Study) -> int:
     return len(study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)))
 
@@ -431,6 +441,7 @@ def run_study(cfg: SearchConfig, problem: Any, space: Any, *, storage: optuna.st
         study.set_user_attr(STUDY_ATTR, {"config": cfg.to_dict(), "source": cfg.source, "fingerprint": fp,
                                          "base": problem.base_metrics(), "groups": list(problem.group_names),
                                          "created": time.time()})
+        enqueue_anchors(study, space, log)
     elif attrs.get("fingerprint") != fp:
         warnings.warn(f"study {cfg.study!r} was created from a different config (model, data, ratio space, "
                       "criteria or fine-tuning changed); its earlier trials measured something else. Use a new "

@@ -259,13 +259,13 @@ def _weights_digest(problem: Any) -> str:
 
 
 def prepare_study(cfg: SearchConfig, problem: Any, storage: optuna.storages.BaseStorage, *, seed: int,
-                  log: Callable[[str], None] | None = None) -> optuna.Study:
+                  log: Callable[[str], None] | None = None, space: Any = None) -> optuna.Study:
     """Create or load the study of ``cfg`` with the config's sampler (seeded with ``seed``) and record what the local
     search records: metric names, and the ``autoprune`` study attribute (config, fingerprint, base metrics, groups),
     warning when the study was made from another config. Also records the base weights' digest and warns when this
     process's base model differs (e.g. pretrained on other hardware): use ``model.weights`` for multi-machine runs.
     """
-    from .study import STUDY_ATTR, make_sampler, metric_names, open_study
+    from .study import STUDY_ATTR, enqueue_anchors, make_sampler, metric_names, open_study
 
     log = log or (lambda s: None)
     study = _retrying(lambda: open_study(cfg, storage, sampler=make_sampler(cfg, seed)))
@@ -279,6 +279,7 @@ def prepare_study(cfg: SearchConfig, problem: Any, storage: optuna.storages.Base
         value = {"config": cfg.to_dict(), "source": cfg.source, "fingerprint": fp, "base": problem.base_metrics(),
                  "groups": list(problem.group_names), "created": time.time()}
         _retrying(lambda: study.set_user_attr(STUDY_ATTR, value))
+        _retrying(lambda: enqueue_anchors(study, space, log))
     elif attrs.get("fingerprint") != fp:
         warnings.warn(f"study {cfg.study!r} was created from a different config (model, data, ratio space, "
                       "criteria or fine-tuning changed); its earlier trials measured something else. Use a new "
@@ -423,7 +424,7 @@ def _work(cfg: SearchConfig, st: optuna.storages.RDBStorage, shown: str, *, hear
     from .study import make_objective
 
     cfg, problem, space, existing = setup_problem(cfg, st, log)
-    study = prepare_study(cfg, problem, st, seed=worker_seed(cfg, existing), log=log)
+    study = prepare_study(cfg, problem, st, seed=worker_seed(cfg, existing), log=log, space=space)
     objective = make_objective(cfg, problem, space)
     grace = grace_period if grace_period is not None else 2 * heartbeat_interval
     poll = poll_interval if poll_interval is not None else max(0.5, min(5.0, heartbeat_interval / 2))
