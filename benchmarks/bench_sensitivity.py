@@ -252,7 +252,8 @@ def main() -> None:
         + (f"loaded from cache (--skip-timing; {table.seconds:.1f} s when computed), " if table.from_cache
            else f"**{t_fresh:.1f} s** fresh, ")
         + f"{t_cached:.2f} s from cache. "
-        f"Base val accuracy {100 * table.base_accuracy:.2f}%, {table.base_macs:,} MACs.",
+        f"Base val accuracy {100 * table.base_accuracy:.2f}% (after the BN re-estimation every pruned model gets: "
+        f"{100 * (table.reference_accuracy or table.base_accuracy):.2f}%, the reference of the drops), {table.base_macs:,} MACs.",
         "",
         f"(b) allocations at {100 * args.macs:.0f}% MACs kept, criterion {args.criterion}, fine-tune "
         f"{args.finetune_epochs} epoch(s) x {args.finetune_batches or 'all'} batches of {args.batch_size}, "
