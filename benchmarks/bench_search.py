@@ -118,10 +118,14 @@ def main(argv=None) -> int:
         + (f", uniform {hv_uniform:.4f}" if hv_uniform is not None else ""))
     matched = []
     for u in uni:
-        best = front.best_under(macs=u["macs_fraction"])
+        # matched at the budget: the best trial keeping at most the MACs the uniform allocation was given (both
+        # land within 1% below it); `strict_*`: at most the uniform model's exact MACs
+        best = front.best_under(macs=u["level"])
+        strict = front.best_under(macs=u["macs_fraction"])
         row = {"level": u["level"], "uniform_macs": u["macs_fraction"], "uniform_val": u["accuracy"],
                "trial": best.number if best else None, "search_macs": best.macs_fraction if best else None,
-               "search_val": best.accuracy if best else None}
+               "search_val": best.accuracy if best else None, "strict_trial": strict.number if strict else None,
+               "strict_val": strict.accuracy if strict else None}
         if args.test:
             row["uniform_test"] = u.get("test_accuracy")
             if best is not None:
@@ -131,8 +135,9 @@ def main(argv=None) -> int:
                 model, out = front.rebuild(best.number)
                 row["search_test"] = evaluate(model, front.problem().data, split="test").accuracy
         matched.append(row)
-        log(f"  at <= {u['macs_fraction']:.1%} MACs: uniform {u['accuracy']:.2%}, search "
-            + (f"{best.accuracy:.2%} (trial {best.number}, {best.macs_fraction:.1%})" if best else "-")
+        log(f"  budget {u['level']:.0%} MACs: uniform {u['accuracy']:.2%} ({u['macs_fraction']:.2%}), search "
+            + (f"{best.accuracy:.2%} (trial {best.number}, {best.macs_fraction:.2%})" if best else "-")
+            + (f"; at <= {u['macs_fraction']:.2%}: {strict.accuracy:.2%} (trial {strict.number})" if strict else "")
             + (f"; test: uniform {row['uniform_test']:.2%}, search {row.get('search_test', float('nan')):.2%}"
                if args.test else ""))
     if args.out:
