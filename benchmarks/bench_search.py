@@ -15,7 +15,9 @@ Recorded figures (2026-11-22, CPU: the 2-vCPU development VM, shared with other 
 quickstart.yaml (ResNet-20, synthetic 16x16, 16 trials, NSGA-II, threads 1): 28.4 s wall at load ~2 (10.1 s setup,
 1.1 s per trial), 52.6 s at load 5-8. Hypervolume (ref. accuracy 0.595): search 0.126, uniform baseline 0.085;
 at <= 49.5% of the MACs 78.0% vs 71.5% (base 79.5%, 200 validation images).
-ResNet-56 / CIFAR-10-JPEG: not recorded yet (needs a GPU).
+ResNet-56 / CIFAR-10-JPEG, CPU (benchmarks/configs/resnet56_cifar10_jpeg_cpu.yaml, 36 trials x 60 batches, val = a
+test half): 1,403 s; hypervolume search 0.0949 vs uniform 0.0609; at 30/40/50/60% of the MACs the front beats uniform
+by 6.7/6.5/5.2/3.3 points on the untouched test half (docs/search.md, docs/search_resnet56_cpu.json).
 """
 from __future__ import annotations
 
@@ -65,6 +67,38 @@ def uniform_baseline(front, levels, log=print, test=False):
     return out
 
 
+def plot_comparison(result: dict, path: str) -> None:
+    """Front (val accuracy vs MAC fraction) with the uniform baseline and, where measured, both on the test split."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    front = sorted(result["front"], key=lambda r: r["macs_fraction"])
+    ax.step([100 * r["macs_fraction"] for r in front], [100 * r["accuracy"] for r in front], where="post",
+            color="C0", lw=1)
+    ax.plot([100 * r["macs_fraction"] for r in front], [100 * r["accuracy"] for r in front], "o", color="C0",
+            label=f"search front, val ({result['trials']} trials)")
+    uni = result.get("uniform") or []
+    ax.plot([100 * u["macs_fraction"] for u in uni], [100 * u["accuracy"] for u in uni], "s--", color="C3",
+            label="uniform ratios, val")
+    matched = [m for m in result.get("matched") or [] if m.get("search_test") is not None]
+    if matched:
+        ax.plot([100 * m["search_macs"] for m in matched], [100 * m["search_test"] for m in matched], "o",
+                mfc="none", color="C0", ms=10, label="matched front trial, test")
+        ax.plot([100 * m["uniform_macs"] for m in matched], [100 * m["uniform_test"] for m in matched], "s",
+                mfc="none", color="C3", ms=10, label="uniform, test")
+    ax.set_xlabel("MACs kept (% of the unpruned model)")
+    ax.set_ylabel("accuracy (%)")
+    ax.set_title(f"{result['config']}: search front vs uniform baseline")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--config", default=str(ROOT / "search_spaces" / "quickstart.yaml"))
@@ -79,7 +113,14 @@ def main(argv=None) -> int:
                     help="also evaluate each uniform model and the best front trial under its MACs (rebuilt) on the "
                          "test split")
     ap.add_argument("--out", help="write the results as JSON here")
+    ap.add_argument("--plot", help="write a PNG of the front and the uniform baseline here")
+    ap.add_argument("--replot", metavar="JSON", help="only redraw --plot from a JSON written by --out")
     args = ap.parse_args(argv)
+    if args.replot:
+        if not args.plot:
+            ap.error("--replot needs --plot PATH")
+        plot_comparison(json.loads(Path(args.replot).read_text()), args.plot)
+        return 0
 
     import torch
 
@@ -145,6 +186,9 @@ def main(argv=None) -> int:
             "config": cfg.name, "trials": cfg.n_trials, "device": device, "date": time.strftime("%Y-%m-%d"),
             "wall_s": total, "setup_s": setup, "trial_s": trial_s, "base": base, "front": front.to_dicts(),
             "uniform": uni, "matched": matched, "hv_ref": ref, "hv_search": hv_search, "hv_uniform": hv_uniform}, indent=2))
+    if args.plot:
+        plot_comparison({"config": cfg.name, "trials": cfg.n_trials, "front": front.to_dicts(), "uniform": uni,
+                         "matched": matched}, args.plot)
     return 0
 
 
