@@ -356,6 +356,7 @@ def sensitivity(
     groups: Iterable[str] | None = None,
     batch_size: int = 256,
     bn_batch_size: int = 128,
+    bn_augment: bool = False,
     criterion_kwargs: Mapping[str, Any] | None = None,
     refresh: bool = False,
     graph: Any = None,
@@ -364,7 +365,9 @@ def sensitivity(
 
     ``data``: a :class:`~autoprune.data.DataBundle` (val split for measurements, train split for BN statistics and
     activation scores). ``eval_batches``: evaluate on a fixed random subset of ``eval_batches * batch_size`` val
-    images (None = the whole val split). ``bn_batches=0`` keeps the stored BN statistics. ``metric``:
+    images (None = the whole val split). ``bn_batches=0`` keeps the stored BN statistics. ``bn_augment``: re-estimate
+    BN on training augmentation (crop + flip) — closer to the statistics a model trained with that augmentation
+    stored (on the shared ResNet-56, 88.2% vs 85.0% without, against 88.2% stored). ``metric``:
     ``"accuracy"`` (s = Δacc/ΔMACs) or ``"loss"`` (s = Δloss/ΔMACs). ``groups`` restricts the analysis to some
     groups. ``cache_dir=False`` disables the disk cache; ``refresh=True`` recomputes and overwrites it.
     ``criterion_kwargs`` go to :func:`autoprune.scoring.score_groups` (e.g. ``num_batches``, ``hook``).
@@ -399,6 +402,7 @@ def sensitivity(
             "criterion": criterion, "criterion_kwargs": _jsonable(criterion_kwargs), "ratios": ratios,
             "bn_batches": int(bn_batches), "bn_batch_size": int(bn_batch_size), "eval_batches": eval_batches,
             "batch_size": int(batch_size), "metric": metric, "groups": group_filter,
+            **({"bn_augment": True} if bn_augment else {}),  # absent when False: earlier caches stay valid
             "input_shape": [list(x.shape) for x in (example_inputs if isinstance(example_inputs, (tuple, list))
                                                     else (example_inputs,))],
         }
@@ -434,7 +438,7 @@ def sensitivity(
         import copy
 
         ref_model = copy.deepcopy(model).to(device)
-        recalibrate_bn(ref_model, data, batches=bn_batches, batch_size=bn_batch_size)
+        recalibrate_bn(ref_model, data, batches=bn_batches, batch_size=bn_batch_size, augment=bn_augment)
         ref = evaluate(ref_model, val, batch_size=batch_size, device=device)
         del ref_model
     base_macs = graph.macs()
@@ -453,7 +457,7 @@ def sensitivity(
             if n_rm not in done:
                 pruned = graph.prune_channels(removal).to(device)
                 if bn_batches > 0:
-                    recalibrate_bn(pruned, data, batches=bn_batches, batch_size=bn_batch_size)
+                    recalibrate_bn(pruned, data, batches=bn_batches, batch_size=bn_batch_size, augment=bn_augment)
                 ev = evaluate(pruned, val, batch_size=batch_size, device=device)
                 done[n_rm] = (ev.accuracy, ev.loss)
                 del pruned

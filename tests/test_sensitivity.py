@@ -142,3 +142,18 @@ def test_loss_metric_eval_subset_and_group_filter(model, bundle):
         sensitivity(model, bundle, ratios=(0.0, 1.0), progress=False, cache_dir=False)
     with pytest.raises(ValueError, match="metric"):
         sensitivity(model, bundle, metric="f1", progress=False, cache_dir=False)
+
+
+def test_bn_augment_reestimates_on_augmented_batches(model, bundle, tmp_path):
+    import copy
+
+    first = ChannelGraph(model, EX).prunable_groups[0].name
+    kw = dict(ratios=(0.5,), bn_batches=1, bn_batch_size=32, progress=False, groups=[first])
+    plain = sensitivity(model, bundle, cache_dir=tmp_path, **kw)
+    aug = sensitivity(model, bundle, cache_dir=tmp_path, bn_augment=True, **kw)
+    assert not aug.from_cache and aug.key != plain.key  # its own cache entry
+    ref = evaluate(recalibrate_bn(copy.deepcopy(model), bundle, batches=1, batch_size=32, augment=True), bundle.val,
+                   batch_size=256)
+    assert (aug.reference_accuracy, aug.reference_loss) == pytest.approx((ref.accuracy, ref.loss))
+    assert aug.reference_loss != pytest.approx(plain.reference_loss)
+    assert sensitivity(model, bundle, cache_dir=tmp_path, bn_augment=True, **kw).from_cache
