@@ -24,6 +24,7 @@ loads the table (``table.from_cache`` is then True) without evaluating anything.
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import os
@@ -433,14 +434,15 @@ def sensitivity(
 
     val = _val_split(data, eval_batches, batch_size)
     base = evaluate(model, val, batch_size=batch_size, device=device)
-    ref = base
-    if bn_batches > 0:
-        import copy
 
-        ref_model = copy.deepcopy(model).to(device)
-        recalibrate_bn(ref_model, data, batches=bn_batches, batch_size=bn_batch_size, augment=bn_augment)
-        ref = evaluate(ref_model, val, batch_size=batch_size, device=device)
-        del ref_model
+    def measure(m: nn.Module) -> Any:
+        """What every pruned model gets: BN re-estimation (same batches each time), then evaluation."""
+        if bn_batches > 0:
+            recalibrate_bn(m, data, batches=bn_batches, batch_size=bn_batch_size, augment=bn_augment)
+        return evaluate(m, val, batch_size=batch_size, device=device)
+
+    # the reference: the unpruned model measured exactly like the pruned ones (a copy: `model` stays untouched)
+    ref = measure(copy.deepcopy(model).to(device)) if bn_batches > 0 else base
     base_macs = graph.macs()
     base_params = graph.macs(params=True)
 
@@ -455,12 +457,8 @@ def sensitivity(
             removal = graph.plan({name: r}, scores)
             n_rm = len(removal.get(name, ()))
             if n_rm not in done:
-                pruned = graph.prune_channels(removal).to(device)
-                if bn_batches > 0:
-                    recalibrate_bn(pruned, data, batches=bn_batches, batch_size=bn_batch_size, augment=bn_augment)
-                ev = evaluate(pruned, val, batch_size=batch_size, device=device)
+                ev = measure(graph.prune_channels(removal).to(device))
                 done[n_rm] = (ev.accuracy, ev.loss)
-                del pruned
             acc, loss = done[n_rm]
             macs_saved = base_macs - graph.macs(removal) if n_rm else 0
             params_saved = base_params - graph.macs(removal, params=True) if n_rm else 0
