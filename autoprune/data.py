@@ -679,13 +679,20 @@ def _carve(labels: Tensor, val_fraction: float, num_train: int | None, seed: int
     return torch.sort(train).values, torch.sort(val).values
 
 
-def _split_test(n: int, val_fraction: float, seed: int) -> tuple[Tensor, Tensor]:
-    """Seeded disjoint (val indices, test indices) of an ``n``-image test split (``val_from="test"``)."""
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(int(seed)))
-    n_val = int(round(n * val_fraction))
-    if not 0 < n_val < n:
-        raise ValueError(f"val_fraction={val_fraction} of {n} test images leaves an empty val or test split")
-    return perm[:n_val].sort().values, perm[n_val:].sort().values
+def _split(train_labels: Tensor, n_test: int, val_fraction: float, val_from: str, num_train: int | None,
+           seed: int) -> tuple[Tensor, Tensor, Tensor | None]:
+    """(train indices, val indices, test indices or None = the whole test split). ``val_from="train"``: val is
+    carved from the training images (:func:`_carve`); ``"test"``: val is a seeded random ``val_fraction`` of the
+    ``n_test`` test images and test the disjoint rest, every training image stays for training."""
+    if val_from == "train":
+        tr_idx, va_idx = _carve(train_labels, val_fraction, num_train, seed)
+        return tr_idx, va_idx, None
+    tr_idx, _ = _carve(train_labels, 0.0, num_train, seed)
+    perm = torch.randperm(n_test, generator=torch.Generator().manual_seed(int(seed)))
+    n_val = int(round(n_test * val_fraction))
+    if not 0 < n_val < n_test:
+        raise ValueError(f"val_fraction={val_fraction} of {n_test} test images leaves an empty val or test split")
+    return tr_idx, perm[:n_val].sort().values, perm[n_val:].sort().values
 
 
 _OPTIONS = {
@@ -759,13 +766,10 @@ def load_data(
                       num_workers=kw.get("num_workers"))
         full = StreamSplit(arrays["train"], name="train", **common)
         test = StreamSplit(arrays["test"], name="test", **common)
-        if val_from == "test":
-            tr_idx, _ = _carve(full.labels, 0.0, num_train, seed)
-            va_idx, te_idx = _split_test(len(test), val_fraction, seed)
-            val, test = test.subset(va_idx, "val"), test.subset(te_idx, "test")
-        else:
-            tr_idx, va_idx = _carve(full.labels, val_fraction, num_train, seed)
-            val = full.subset(va_idx, "val")
+        tr_idx, va_idx, te_idx = _split(full.labels, len(test), val_fraction, val_from, num_train, seed)
+        val = (test if val_from == "test" else full).subset(va_idx, "val")
+        if te_idx is not None:
+            test = test.subset(te_idx, "test")
         return DataBundle(
             name=key, train=full.subset(tr_idx, "train"), val=val, test=test, num_classes=k,
             image_size=tuple(arrays["size"]), mean=mean, std=std, classes=classes, device=dev,
@@ -775,14 +779,12 @@ def load_data(
     tx, ty = arrays["train_x"], arrays["train_y"]
     # Split on the CPU first, so the device only ever holds the images actually used.
     mk = lambda x, y, nm: TensorSplit(x, y, mean=mean, std=std, num_classes=k, name=nm, padding=pad, device=dev)  # noqa: E731
-    if val_from == "test":
-        tr_idx, _ = _carve(ty, 0.0, num_train, seed)
-        va_idx, te_idx = _split_test(len(arrays["test_y"]), val_fraction, seed)
-        vx, vy = arrays["test_x"][va_idx], arrays["test_y"][va_idx]
-        sx, sy = arrays["test_x"][te_idx], arrays["test_y"][te_idx]
-    else:
-        tr_idx, va_idx = _carve(ty, val_fraction, num_train, seed)
-        vx, vy, sx, sy = tx[va_idx], ty[va_idx], arrays["test_x"], arrays["test_y"]
+    sx, sy = arrays["test_x"], arrays["test_y"]
+    tr_idx, va_idx, te_idx = _split(ty, len(sy), val_fraction, val_from, num_train, seed)
+    vx, vy = (sx, sy) if val_from == "test" else (tx, ty)
+    vx, vy = vx[va_idx], vy[va_idx]
+    if te_idx is not None:
+        sx, sy = sx[te_idx], sy[te_idx]
     return DataBundle(
         name=key,
         train=mk(tx[tr_idx], ty[tr_idx], "train"),
