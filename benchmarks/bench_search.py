@@ -157,7 +157,10 @@ def main(argv=None) -> int:
     hv_uniform = hypervolume_2d([(u["accuracy"], u["macs_fraction"]) for u in uni], ref) if uni else None
     log(f"hypervolume (ref acc {ref[0]:.3f}, MACs 1.0): search {hv_search:.4f}"
         + (f", uniform {hv_uniform:.4f}" if hv_uniform is not None else ""))
+    from autoprune.train import evaluate
+
     matched = []
+    search_test: dict[int, float] = {}  # trial number -> test accuracy: two budgets may pick the same trial
     for u in uni:
         # matched at the budget: the best trial keeping at most the MACs the uniform allocation was given (both
         # land within 1% below it); `strict_*`: at most the uniform model's exact MACs
@@ -171,10 +174,10 @@ def main(argv=None) -> int:
             row["uniform_test"] = u.get("test_accuracy")
             if best is not None:
                 # the search selected its trials on val: the matched comparison on the untouched test split
-                from autoprune.train import evaluate
-
-                model, out = front.rebuild(best.number)
-                row["search_test"] = evaluate(model, front.problem().data, split="test").accuracy
+                if best.number not in search_test:
+                    model, _ = front.rebuild(best.number)
+                    search_test[best.number] = evaluate(model, front.problem().data, split="test").accuracy
+                row["search_test"] = search_test[best.number]
         matched.append(row)
         log(f"  budget {u['level']:.0%} MACs: uniform {u['accuracy']:.2%} ({u['macs_fraction']:.2%}), search "
             + (f"{best.accuracy:.2%} (trial {best.number}, {best.macs_fraction:.2%})" if best else "-")

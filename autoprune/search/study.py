@@ -406,7 +406,7 @@ def make_objective(cfg: SearchConfig, problem: Any, space: Any) -> Callable[[opt
 
 def enqueue_anchors(study: optuna.Study, space: Any, log: Callable[[str], None]) -> None:
     """Enqueue the ``ratios.anchors`` trials of a newly created study (see ``RatioSpace.anchor_params``)."""
-    params = space.anchor_params() if space is not None else []
+    params = space.anchor_params()
     for p in params:
         study.enqueue_trial(p, skip_if_exists=True)
     if params:

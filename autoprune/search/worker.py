@@ -259,10 +259,10 @@ def _weights_digest(problem: Any) -> str:
 
 
 def prepare_study(cfg: SearchConfig, problem: Any, storage: optuna.storages.BaseStorage, *, seed: int,
-                  log: Callable[[str], None] | None = None, space: Any = None) -> optuna.Study:
+                  space: Any, log: Callable[[str], None] | None = None) -> optuna.Study:
     """Create or load the study of ``cfg`` with the config's sampler (seeded with ``seed``) and record what the local
     search records: metric names, and the ``autoprune`` study attribute (config, fingerprint, base metrics, groups),
-    warning when the study was made from another config. Also records the base weights' digest and warns when this
+    warning when the study was made from another config; a new study gets ``space``'s anchor trials. Also records the base weights' digest and warns when this
     process's base model differs (e.g. pretrained on other hardware): use ``model.weights`` for multi-machine runs.
     """
     from .study import STUDY_ATTR, enqueue_anchors, make_sampler, metric_names, open_study
