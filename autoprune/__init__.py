@@ -10,7 +10,7 @@ Public entry points (everything else may change):
 - :func:`sensitivity`, :func:`allocate`, :func:`prune_to_budget` -- FLOP-normalized sensitivity and budgets;
 - :func:`search`, :func:`load_front` -- the Optuna search and its Pareto front.
 """
-from .allocate import Allocation, allocate
+from .allocation import Allocation, allocate
 from .budget import BudgetResult, prune_to_budget
 from .compare import compare_criteria
 from .criteria import available_criteria, get_criterion, register_criterion
@@ -20,11 +20,11 @@ from .io import load, save
 from .models import get_model
 from .data import load_data
 from .scoring import score
-from .search import ParetoFront, load_front, search
-from .sensitivity import SensitivityTable, sensitivity
+from .study import ParetoFront, load_front, search
+from .sensitivity_analysis import SensitivityTable, sensitivity
 from .train import evaluate, finetune, recalibrate_bn
 
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "ChannelGraph", "ChannelGroup", "TraceError", "PruneError", "count_macs", "count_params", "get_model",

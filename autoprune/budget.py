@@ -4,8 +4,8 @@
 >>> result.model, result.ratios, result.accuracy, result.macs, result.params
 >>> result.save("resnet56-half.pt")
 
-Steps: channel scores (one pass) -> per-group ratios (:func:`autoprune.allocate.allocate`; with
-``allocation="sensitivity"`` the sensitivity table of :func:`autoprune.sensitivity.sensitivity` is computed, or
+Steps: channel scores (one pass) -> per-group ratios (:func:`autoprune.allocation.allocate`; with
+``allocation="sensitivity"`` the sensitivity table of :func:`autoprune.sensitivity_analysis.sensitivity` is computed, or
 loaded from its cache, first) -> physical pruning -> BatchNorm re-estimation -> fine-tuning -> evaluation.
 ``result.macs`` is measured with :func:`autoprune.count_macs` on the returned model.
 """
@@ -30,7 +30,7 @@ class BudgetResult:
     ``model``."""
 
     model: nn.Module
-    ratios: Any  # autoprune.allocate.Allocation ({group: ratio} with .macs/.params/.target)
+    ratios: Any  # autoprune.allocation.Allocation ({group: ratio} with .macs/.params/.target)
     accuracy: float
     loss: float
     macs: int
@@ -101,15 +101,15 @@ def prune_to_budget(
     count (int). ``allocation``: ``"sensitivity"``, ``"uniform"``, ``"srr"`` (see :mod:`autoprune.allocate`) or an
     explicit {group: ratio} mapping (then no budget search; ``macs`` is ignored). ``criterion`` orders channels
     within a group (activation criteria use the train split). ``sensitivity_kwargs`` go to
-    :func:`autoprune.sensitivity.sensitivity` (e.g. ``ratios``, ``eval_batches``, ``cache_dir``), ``finetune_kwargs``
+    :func:`autoprune.sensitivity_analysis.sensitivity` (e.g. ``ratios``, ``eval_batches``, ``cache_dir``), ``finetune_kwargs``
     to :func:`autoprune.train.finetune` (e.g. ``lr``, ``max_batches``), ``allocate_kwargs`` to
-    :func:`autoprune.allocate.allocate`, ``score_kwargs`` to :func:`autoprune.scoring.score_groups`.
+    :func:`autoprune.allocation.allocate`, ``score_kwargs`` to :func:`autoprune.scoring.score_groups`.
     ``finetune_epochs=0`` only re-estimates BatchNorm statistics on ``bn_batches`` batches.
     """
-    from .allocate import Allocation, allocate
+    from .allocation import Allocation, allocate
     from .flops import count_macs, count_params
     from .scoring import score_groups
-    from .sensitivity import cpu_graph, sensitivity
+    from .sensitivity_analysis import cpu_graph, sensitivity
     from .train import _model_device, evaluate, finetune, recalibrate_bn
 
     times: dict[str, float] = {}

@@ -1,6 +1,6 @@
 """Reports of a pruning search: Pareto-front plot (PNG), an HTML page, and per-group ratio bar charts.
 
->>> from autoprune.search import load_front
+>>> from autoprune.study import load_front
 >>> from autoprune.report import make_report
 >>> make_report(load_front("search_spaces/quickstart.yaml"), "runs/quickstart/report")
 

@@ -6,7 +6,7 @@
 
 Runs the search in a fresh run directory (``--run-dir``; default a temporary one), then the *uniform baseline*:
 the same model, criterion (the config's first), fine-tuning and evaluation, with one ratio for every group
-(:func:`autoprune.allocate.allocate`, ``method="uniform"``) at each ``--levels`` budget (fraction of MACs kept).
+(:func:`autoprune.allocation.allocate`, ``method="uniform"``) at each ``--levels`` budget (fraction of MACs kept).
 Both fronts are compared by their 2-D hypervolume in (accuracy, MAC fraction) space, reference point
 (``--hv-ref-acc``, default base accuracy - 0.2; MAC fraction 1.0): higher is better.
 
@@ -48,11 +48,11 @@ def uniform_baseline(front, levels, log=print, test=False):
     for level in levels:
         t0 = time.perf_counter()
         try:
-            from autoprune.allocate import allocate
+            from autoprune.allocation import allocate
 
             ratios = dict(allocate(prob.graph, macs=float(level), method="uniform", scores=prob.scores(crit)))
         except ImportError:  # allocate not available: the search's own uniform guide
-            from autoprune.search.space import RatioSpace
+            from autoprune.study.space import RatioSpace
 
             ratios = RatioSpace(cfg, prob)._uniform(float(level))
         removal = prob.removal(ratios, crit)
@@ -126,7 +126,7 @@ def main(argv=None) -> int:
 
     import optuna
 
-    from autoprune.search import hypervolume_2d, load_config, search
+    from autoprune.study import hypervolume_2d, load_config, search
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
 

@@ -103,8 +103,8 @@ def _rates(study) -> dict[str, float]:
 def run(args: argparse.Namespace) -> tuple[list[dict], str]:
     import optuna
 
-    from autoprune.search import check_config
-    from autoprune.search.space import RatioSpace
+    from autoprune.study import check_config
+    from autoprune.study.space import RatioSpace
 
     tmp = Path(tempfile.mkdtemp(prefix="bench-workers-"))
     cores = os.cpu_count() or 1

@@ -1,4 +1,4 @@
-"""Tests for autoprune.budget.prune_to_budget and the CLI commands of autoprune.cli_budget."""
+"""Tests for autoprune.budget.prune_to_budget and the CLI commands of autoprune.cli.budget."""
 from __future__ import annotations
 
 import argparse
@@ -14,7 +14,7 @@ import yaml
 
 from autoprune import count_macs, count_params
 from autoprune.budget import BudgetResult, prune_to_budget
-from autoprune.cli_budget import add_subcommands, load_model_and_data, parse_budget
+from autoprune.cli.budget import add_subcommands, load_model_and_data, parse_budget
 from autoprune.data import load_data
 
 EX = torch.zeros(1, 3, 32, 32)

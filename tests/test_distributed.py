@@ -141,7 +141,7 @@ def test_ray_backend_search_lands_in_the_optuna_storage(tmp_path):
     assert out.returncode == 0 and "3 complete trials" in out.stdout, out.stdout + out.stderr
 
     # Same trial function, same base model: rebuilding a Ray trial locally reproduces its loss exactly.
-    from autoprune.search import load_front
+    from autoprune.study import load_front
 
     front = load_front(cfg)
     t = done[0]
@@ -321,7 +321,7 @@ def _silent_listener() -> socket.socket:
 
 
 def test_unreachable_database_fails_fast(tmp_path):
-    from autoprune.search.worker import StorageUnreachable, open_rdb_storage
+    from autoprune.study.worker import StorageUnreachable, open_rdb_storage
 
     closed = f"postgresql://autoprune:s3cret@127.0.0.1:{free_port()}/studies"
     t0 = time.time()
@@ -349,7 +349,7 @@ def test_unreachable_database_fails_fast(tmp_path):
     assert time.time() - t0 < 30  # mostly the interpreter's start and imports
 
     # A journal file is not a shared database.
-    from autoprune.search.worker import run_worker
+    from autoprune.study.worker import run_worker
 
     with pytest.raises(ValueError, match="database storage"):
         run_worker(cfg, storage=str(tmp_path / "j.journal"))
@@ -357,14 +357,14 @@ def test_unreachable_database_fails_fast(tmp_path):
 
 @needs_postgres
 def test_missing_database_names_it(pg):
-    from autoprune.search.worker import StorageUnreachable, open_rdb_storage
+    from autoprune.study.worker import StorageUnreachable, open_rdb_storage
 
     with pytest.raises(StorageUnreachable, match='database "nosuchdb" does not exist.*createdb'):
         open_rdb_storage(pg.url("nosuchdb"))
 
 
 def test_unreachable_ray_address_fails_fast(tmp_path):
-    from autoprune.search.ray_backend import RayUnreachable, connect, search_ray
+    from autoprune.study.ray_backend import RayUnreachable, connect, search_ray
 
     import ray
 
@@ -404,10 +404,10 @@ def test_unreachable_ray_address_fails_fast(tmp_path):
 def test_cli_flags():
     import argparse
 
-    from autoprune import cli_distributed
+    from autoprune.cli import distributed as cli_distributed
 
     sub = argparse.ArgumentParser().add_subparsers()
-    from autoprune import cli_search
+    from autoprune.cli import search as cli_search
 
     cli_search.add_subcommands(sub)
     cli_distributed.add_subcommands(sub)
@@ -422,7 +422,7 @@ def test_cli_flags():
 
 def test_autoprune_cli_has_the_distributed_commands():
     """``autoprune worker`` and ``autoprune search --backend ray`` on the main command (cli._EXTENSIONS lists
-    autoprune.cli_distributed after autoprune.cli_search)."""
+    autoprune.cli.distributed after autoprune.cli.search)."""
     from autoprune.cli import build_parser
 
     parser = build_parser()

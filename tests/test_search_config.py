@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from autoprune.search import ConfigError, check_against_graph, group_bounds, load_config
+from autoprune.study import ConfigError, check_against_graph, group_bounds, load_config
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -138,7 +138,7 @@ def test_yaml_errors(tmp_path):
 
 
 def test_cli_help_for_every_subcommand(capsys):
-    from autoprune.cli_search import add_subcommands
+    from autoprune.cli.search import add_subcommands
 
     parser = argparse.ArgumentParser(prog="autoprune")
     add_subcommands(parser.add_subparsers(dest="command"))

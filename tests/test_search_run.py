@@ -55,8 +55,8 @@ def run(tmp_path_factory):
         (d / "tinynet.py").write_text(textwrap.dedent(TINYNET))
         path = d / "tiny.yaml"
         path.write_text(CONFIG.format(run=d / "run", cache=d / "cache"))
-        from autoprune.search import load_config
-        from autoprune.search.study import open_study
+        from autoprune.study import load_config
+        from autoprune.study.local import open_study
 
         cfg = load_config(path)
         # Two fixed trials first: nothing pruned (100% of the MACs: over the 50% budget) and 70% everywhere.
@@ -64,7 +64,7 @@ def run(tmp_path_factory):
         names = ["0", "3", "6"]  # the prunable groups of tinynet: its three convs
         study.enqueue_trial({"criterion": "l1", **{f"r:{n}": 0.0 for n in names}})
         study.enqueue_trial({"criterion": "l2", **{f"r:{n}": 0.7 if n != "3" else 0.5 for n in names}})
-        from autoprune.search import search
+        from autoprune.study import search
 
         front = search(path)
         yield cfg, path, front
@@ -94,7 +94,7 @@ def test_constraints_keep_infeasible_trials_off_the_front(run):
     t0 = front.study.trials[0]
     assert t0.constraints["max_macs"] == pytest.approx(0.5)
     # A stricter budget given afterwards filters the stored trials again.
-    from autoprune.search import ParetoFront
+    from autoprune.study import ParetoFront
 
     strict = ParetoFront(front.study, cfg.replace(constraints=type(cfg.constraints)(max_macs=0.3)))
     assert all(r.macs_fraction <= 0.3 for r in strict)
@@ -150,7 +150,7 @@ def test_export_reproduces_accuracy(run, tmp_path):
 
     assert count_macs(loaded, torch.zeros(1, 3, 12, 12)) == rec.macs
     # From the storage alone (config stored in the study), a fresh front rebuilds the same model.
-    from autoprune.search import load_front
+    from autoprune.study import load_front
 
     again = load_front(storage=str(cfg.run_path / "optuna.journal"))
     m2, o2 = again.rebuild(rec.number)
@@ -161,7 +161,7 @@ def test_export_reproduces_accuracy(run, tmp_path):
 
 def test_resume_when_complete_runs_nothing(run):
     cfg, path, front = run
-    from autoprune.search import search
+    from autoprune.study import search
 
     again = search(path)
     assert len(again.all) == cfg.n_trials and len(again.study.trials) == len(front.study.trials)
@@ -171,7 +171,7 @@ def test_resume_when_complete_runs_nothing(run):
 
 def test_report_and_pareto_command(run, tmp_path, capsys):
     cfg, path, front = run
-    from autoprune.cli_search import main
+    from autoprune.cli.search import main
     from autoprune.report import make_report
 
     paths = make_report(front, tmp_path / "rep")
@@ -181,7 +181,7 @@ def test_report_and_pareto_command(run, tmp_path, capsys):
     assert "Pareto front" in html and "<td>no</td>" in html  # the infeasible trial is listed as such
     assert main(["pareto", str(path)]) == 0
     out = capsys.readouterr().out
-    from autoprune.search import load_front
+    from autoprune.study import load_front
 
     now = load_front(path)  # (an earlier test may have added a trial)
     assert "unpruned" in out and f"{len(now)} on the front of {len(now.all)} complete trials" in out
@@ -194,11 +194,11 @@ def test_report_and_pareto_command(run, tmp_path, capsys):
 
 def test_no_constraints_means_unconstrained_study(tmp_path):
     """Without budgets no constraint is set, and optuna treats the study as unconstrained."""
-    from autoprune.search import load_config
+    from autoprune.study import load_config
 
     cfg = load_config({"name": "u", "model": {"name": "resnet20"}, "data": {"dataset": "synthetic"}})
     assert cfg.constraints.active() == {}
-    from autoprune.search.study import make_sampler
+    from autoprune.study.local import make_sampler
 
     assert isinstance(make_sampler(cfg), optuna.samplers.NSGAIISampler)
     assert isinstance(make_sampler(cfg.replace(sampler=type(cfg.sampler)(name="tpe"))), optuna.samplers.TPESampler)
@@ -218,7 +218,7 @@ def test_guided_search(tmp_path, guide):
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        from autoprune.search import search
+        from autoprune.study import search
 
         front = search(path)
     finally:
@@ -234,7 +234,7 @@ def test_guided_search(tmp_path, guide):
         assert 0.2 <= a["level"] <= 0.5 and set(t.params) == {"criterion", "level", "d:0", "d:3", "d:6"}
         assert 0.0 <= a["ratios"]["3"] <= 0.5 and all(0.0 <= r <= 0.75 for r in a["ratios"].values())
         # the ratio is the allocation at the level plus the offset (clipped to the bounds)
-        from autoprune.search.space import RatioSpace
+        from autoprune.study.space import RatioSpace
 
         space_alloc = space_alloc or RatioSpace(front.config, front.problem())
         base = space_alloc.allocation(a["level"])

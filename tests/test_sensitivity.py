@@ -11,7 +11,7 @@ import autoprune.train as train_mod
 from autoprune import ChannelGraph, count_macs
 from autoprune.data import load_data
 from autoprune.scoring import score_groups
-from autoprune.sensitivity import SensitivityTable, sensitivity, sensitivity_cache_dir
+from autoprune.sensitivity_analysis import SensitivityTable, sensitivity, sensitivity_cache_dir
 from autoprune.train import evaluate, recalibrate_bn
 
 RATIOS = (0.25, 0.5, 0.75)

@@ -1,11 +1,11 @@
 """Command line of the distributed search: ``autoprune worker`` and ``autoprune search --backend ray``.
 
 ``add_subcommands(subparsers)`` registers ``worker``; when a ``search`` subcommand is already registered on the same
-subparsers (``autoprune.cli_search`` runs first in ``autoprune.cli._EXTENSIONS``), it also gives that subcommand the
+subparsers (``autoprune.cli.search`` runs first in ``autoprune.cli._EXTENSIONS``), it also gives that subcommand the
 backend flags (``--backend ray --address --cpus-per-trial --gpus-per-trial ...``): ``--backend local`` (the default)
-runs the search command unchanged, ``--backend ray`` runs :func:`autoprune.search.ray_backend.search_ray`.
+runs the search command unchanged, ``--backend ray`` runs :func:`autoprune.study.ray_backend.search_ray`.
 
-``autoprune.cli`` lists this module after ``autoprune.cli_search`` in ``_EXTENSIONS``.
+``autoprune.cli`` lists this module after ``autoprune.cli.search`` in ``_EXTENSIONS``.
 """
 from __future__ import annotations
 
@@ -42,7 +42,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
     --grace seconds without heartbeat) and run again by another worker."""
     import optuna
 
-    from .search.worker import StorageUnreachable, run_worker
+    from ..study.worker import StorageUnreachable, run_worker
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _sigterm_to_keyboard_interrupt()
@@ -72,8 +72,8 @@ def cmd_search_ray(args: argparse.Namespace) -> int:
     Optuna storage."""
     import optuna
 
-    from .search.ray_backend import RayUnreachable, search_ray
-    from .search.worker import StorageUnreachable
+    from ..study.ray_backend import RayUnreachable, search_ray
+    from ..study.worker import StorageUnreachable
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     _sigterm_to_keyboard_interrupt()
@@ -131,7 +131,7 @@ def add_backend_arguments(parser: argparse.ArgumentParser) -> None:
 
 def add_subcommands(subparsers: Any) -> None:
     """Register ``worker``; add the backend flags to an already registered ``search`` subcommand."""
-    from .search.worker import DEFAULT_GRACE, DEFAULT_HEARTBEAT, DEFAULT_MAX_RETRY
+    from ..study.worker import DEFAULT_GRACE, DEFAULT_HEARTBEAT, DEFAULT_MAX_RETRY
 
     w = subparsers.add_parser("worker", help="run trials of a search shared in PostgreSQL (any number of workers)",
                               description=cmd_worker.__doc__)
@@ -159,8 +159,8 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m autoprune.cli_distributed ...``: the same as the ``autoprune`` command."""
-    from .cli import main as cli_main
+    """``python -m autoprune.cli.distributed ...``: the same as the ``autoprune`` command."""
+    from .main import main as cli_main
 
     return cli_main(argv)
 

@@ -94,7 +94,7 @@ SCHEMA: dict[str, dict[str, str]] = {
         "default": "[low, high] bounds of every group's ratio (default [0.0, 0.9])",
         "groups": "{fnmatch pattern: [low, high]} bounds for matching groups (later patterns win)",
         "step": "discretisation step of the searched ratios (default continuous)",
-        "sensitivity": "guided sensitivity/srr: keyword arguments for autoprune.sensitivity (section)",
+        "sensitivity": "guided sensitivity/srr: keyword arguments for autoprune.sensitivity_analysis (section)",
     },
     "constraints": {
         "max_macs": "keep at most this fraction of the base model's MACs",
@@ -453,7 +453,7 @@ def _data(raw: Any, base: Path | None) -> DataSpec:
     if raw is None:
         raise ConfigError("missing required section 'data' (at least data.dataset)")
     d = _section(raw, "data")
-    from ..data import DATASETS, _OPTIONS
+    from .data import DATASETS, _OPTIONS
 
     if "dataset" not in d:
         raise ConfigError(f"data.dataset is required (one of {', '.join(DATASETS)})")
@@ -495,7 +495,7 @@ def _data(raw: Any, base: Path | None) -> DataSpec:
 
 
 def _criteria(raw: Any) -> list[str]:
-    from ..criteria import available_criteria
+    from .criteria import available_criteria
 
     if raw is None:
         return ["l1"]
@@ -548,13 +548,13 @@ def _ratios(raw: Any) -> RatioSpec:
     spec.anchors = _int(d.get("anchors", 0), "ratios.anchors", lo=0)
     sens = d.get("sensitivity") or {}
     if not isinstance(sens, Mapping):
-        raise ConfigError(f"ratios.sensitivity: expected a mapping of autoprune.sensitivity options, got {_show(sens)}")
+        raise ConfigError(f"ratios.sensitivity: expected a mapping of autoprune.sensitivity_analysis options, got {_show(sens)}")
     if sens and spec.guide != "sensitivity":
         raise ConfigError(f"ratios.sensitivity only applies to guide: sensitivity (guide is {spec.guide})")
     try:
         import inspect
 
-        from ..sensitivity import sensitivity as _sens_fn
+        from .sensitivity_analysis import sensitivity as _sens_fn
     except ImportError:
         _sens_fn = None
     if _sens_fn is not None:
@@ -619,7 +619,7 @@ def _sampler(raw: Any) -> SamplerSpec:
 
 def _finetune(raw: Any) -> FinetuneSpec:
     d = _section(raw, "finetune")
-    from ..train import SCHEDULES
+    from .train import SCHEDULES
 
     return FinetuneSpec(
         epochs=_int(d.get("epochs", 1), "finetune.epochs", lo=0),

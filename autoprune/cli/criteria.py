@@ -7,8 +7,8 @@ from typing import Any
 
 
 def _cmd_compare(args: argparse.Namespace) -> int:
-    from .cli_budget import load_config, load_model_and_data
-    from .compare import compare_criteria
+    from .budget import load_config, load_model_and_data
+    from ..compare import compare_criteria
 
     cfg = load_config(args.config)
     model, data = load_model_and_data(cfg, base_dir=os.path.dirname(os.path.abspath(args.config)), device=args.device)

@@ -9,7 +9,7 @@ This module is the only place that imports Ray. :func:`search_ray` (``autoprune 
 * runs ``tune.Tuner(tune.with_resources(trainable, {"cpu": c, "gpu": g}), tune_config=TuneConfig(
   search_alg=OptunaSearch(define-by-run space, metric=[...], mode=[...], sampler=<the config's sampler>,
   storage=<the search's storage>, study_name=<the study>), num_samples=...))``. The trainable runs the local
-  search's trial function (:func:`autoprune.search.study.make_objective`) on an ``optuna.trial.FixedTrial`` of the
+  search's trial function (:func:`autoprune.study.local.make_objective`) on an ``optuna.trial.FixedTrial`` of the
   proposed parameters; the trial's user attributes and constraints travel back with its metrics and are written into
   the Optuna trial before it is told COMPLETE. Fractional ``gpus_per_trial`` (0.25) runs several trials per GPU.
 * repeats with the missing count until ``n_trials`` trials are COMPLETE (failed trials are replaced), so the study
@@ -216,10 +216,10 @@ def _worker_state(payload: Mapping[str, Any]) -> tuple[Any, Any, Any, Callable]:
     if key in _WORKER_STATE:
         return _WORKER_STATE[key]
     _WORKER_STATE.clear()
-    from .config import load_config
+    from ..config import load_config
     from .problem import Problem
     from .space import RatioSpace
-    from .study import make_objective
+    from .local import make_objective
 
     d = json.loads(payload["config"])
     wdir = Path(tempfile.gettempdir()) / "autoprune-ray" / key
@@ -378,22 +378,22 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
                storage_path: str | None = None, max_rounds: int = 5, log: Callable[[str], None] | None = None,
                **rdb: Any) -> Any:
     """Run (or resume) the search of ``config`` with its trials on a Ray cluster; return its
-    :class:`~autoprune.search.ParetoFront` (see the module docstring).
+    :class:`~autoprune.study.ParetoFront` (see the module docstring).
 
     ``cpus_per_trial``/``gpus_per_trial``: resources reserved per trial (``gpus_per_trial=0.25``: four trials share
     a GPU). ``max_concurrent``: cap on simultaneous trials. ``ship_code``: upload this autoprune package to the
     cluster (``runtime_env`` ``py_modules``); ``runtime_env`` adds to the job's runtime environment (e.g. ``pip`` or
     ``working_dir`` for a ``module:function`` model). ``max_failures``: Tune's retries of a trial whose actor or node
     died. ``storage_path``: Ray Tune's result directory (default ``<run_dir>/ray``). ``rdb``: options of
-    :func:`autoprune.search.worker.open_rdb_storage` for a database storage.
+    :func:`autoprune.study.worker.open_rdb_storage` for a database storage.
 
     Raises :class:`RayUnreachable` when the cluster cannot be reached (within ``connect_timeout`` s), and
-    :class:`~autoprune.search.worker.StorageUnreachable` for an unusable database URL, both before any data or model
+    :class:`~autoprune.study.worker.StorageUnreachable` for an unusable database URL, both before any data or model
     is built.
     """
     from . import ParetoFront
-    from .config import load_config
-    from .study import directions, make_sampler, metric_names, n_complete, recover_on_start, worker_info
+    from ..config import load_config
+    from .local import directions, make_sampler, metric_names, n_complete, recover_on_start, worker_info
     from .worker import open_search_storage, prepare_study, setup_problem, worker_seed
 
     log = log or (lambda s: None)

@@ -10,7 +10,7 @@ from typing import Any, Iterator, Sequence
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import SearchConfig
+from ..config import SearchConfig
 
 __all__ = ["TrialRecord", "ParetoFront", "front_records", "trial_records", "pareto_filter", "hypervolume_2d"]
 
@@ -118,7 +118,7 @@ def hypervolume_2d(points: Sequence[tuple[float, float]], ref: tuple[float, floa
 class ParetoFront(Sequence[TrialRecord]):
     """Feasible non-dominated trials of a search, sorted by MACs (ascending).
 
-    >>> front = autoprune.search.search("search_spaces/quickstart.yaml")
+    >>> front = autoprune.study.search("search_spaces/quickstart.yaml")
     >>> for r in front: print(r.number, r.accuracy, r.macs_fraction)
     >>> r = front.best_under(macs=0.5)          # best accuracy keeping <= 50% of the MACs
     >>> model = front.export(r.number, "pruned.pt")
@@ -128,7 +128,7 @@ class ParetoFront(Sequence[TrialRecord]):
         self.study = study
         attrs = study.user_attrs.get("autoprune") or {}
         if config is None and attrs.get("config"):
-            from .config import load_config
+            from ..config import load_config
 
             try:
                 config = load_config(attrs["config"])

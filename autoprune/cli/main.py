@@ -6,6 +6,8 @@ import importlib
 import sys
 from typing import Sequence
 
+from .._version import __version__
+
 __all__ = ["main", "build_parser"]
 
 
@@ -41,13 +43,13 @@ def _cmd_macs(args: argparse.Namespace) -> int:
 
 
 # Subcommand modules that add their own parsers: each has add_subcommands(subparsers).
-_EXTENSIONS = ("autoprune.cli_search", "autoprune.cli_budget", "autoprune.cli_criteria", "autoprune.cli_distributed")
+_EXTENSIONS = ("autoprune.cli.search", "autoprune.cli.budget", "autoprune.cli.criteria", "autoprune.cli.distributed")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Find how many channels each layer of a "
                                      "trained CNN can lose: channel analysis, pruning, sensitivity and search.")
-    parser.add_argument("--version", action="version", version="autoprune 0.1.0")
+    parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     for name, fn, doc in (("groups", _cmd_groups, "list a model's channel groups"),

@@ -12,7 +12,7 @@ its target: ``target * (1 - tol) <= achieved <= target``.
 
 Methods
 -------
-``"sensitivity"`` (methods.md §3, needs a :class:`~autoprune.sensitivity.SensitivityTable`):
+``"sensitivity"`` (methods.md §3, needs a :class:`~autoprune.sensitivity_analysis.SensitivityTable`):
     ``r_l(tau)`` = the largest grid ratio with damage per MAC saved ``s_l(r) <= tau`` (0 if none). MACs(tau) is a
     non-increasing step function of tau whose steps are the measured ``s`` values, so tau is bisected over the
     sorted distinct ``s`` values (exact): the smallest tau whose allocation meets the budget. The grid is coarse (a
@@ -619,7 +619,7 @@ def allocate(
 ) -> Allocation:
     """Per-group ratios meeting a budget: ``macs`` / ``params`` to KEEP (float fraction in (0, 1] or int count).
 
-    ``sens_or_graph``: a :class:`~autoprune.sensitivity.SensitivityTable` (required for ``method="sensitivity"``;
+    ``sens_or_graph``: a :class:`~autoprune.sensitivity_analysis.SensitivityTable` (required for ``method="sensitivity"``;
     then pass ``graph=`` or ``model=`` + ``example_inputs=``), a :class:`~autoprune.graph.ChannelGraph`, or a model
     (with ``example_inputs``). Channel order within a group: ``scores`` if given, else the table's scores, else
     ``criterion`` (weight-based). ``max_ratio`` caps each group for uniform/SRR (always at most channels-1); the
@@ -632,7 +632,7 @@ def allocate(
     Raises ``ValueError`` for an infeasible budget, saying how much at most can be removed.
     """
     from .graph import ChannelGraph
-    from .sensitivity import SensitivityTable
+    from .sensitivity_analysis import SensitivityTable
 
     if method not in METHODS:
         raise ValueError(f"unknown allocation method {method!r}; choose one of {', '.join(METHODS)}")
@@ -660,7 +660,7 @@ def allocate(
             raise ValueError("pass example_inputs= (e.g. torch.zeros(1, 3, 32, 32)) together with model=")
         graph = ChannelGraph(model, example_inputs)
     if method == "sensitivity" and table is None:
-        raise ValueError("method='sensitivity' needs a SensitivityTable (autoprune.sensitivity.sensitivity(...)) "
+        raise ValueError("method='sensitivity' needs a SensitivityTable (autoprune.sensitivity_analysis.sensitivity(...)) "
                          "as first argument")
 
     names = [g.name for g in graph.prunable_groups]

@@ -2,7 +2,7 @@
 
 ``autoprune worker CONFIG --storage postgresql://USER@HOST:5432/DB`` (or :func:`run_worker`) starts one worker;
 start as many as you like, on as many machines as can reach the database. Each worker runs the local search's trial
-function (:func:`autoprune.search.study.make_objective`) on trials it takes from the shared study:
+function (:func:`autoprune.study.local.make_objective`) on trials it takes from the shared study:
 
 * Storage: Optuna's ``RDBStorage`` with heartbeats (``heartbeat_interval``, ``grace_period``) and
   ``RetryHeartbeatStaleTrialCallback`` (formerly ``RetryFailedTrialCallback``): a worker that dies mid-trial
@@ -18,7 +18,7 @@ function (:func:`autoprune.search.study.make_objective`) on trials it takes from
   (password hidden) and what to check; a missing driver names the package to install.
 
 The helpers :func:`open_rdb_storage` and :func:`prepare_study` are shared with the Ray backend
-(:mod:`autoprune.search.ray_backend`).
+(:mod:`autoprune.study.ray_backend`).
 """
 from __future__ import annotations
 
@@ -35,7 +35,7 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import SearchConfig
+from ..config import SearchConfig
 
 __all__ = ["run_worker", "WorkerResult", "open_rdb_storage", "open_search_storage", "is_rdb_url", "redact_url",
            "check_reachable", "StorageUnreachable", "prepare_study", "worker_seed", "retry_callback",
@@ -215,11 +215,11 @@ def retry_callback(max_retry: int | None = DEFAULT_MAX_RETRY) -> Callable[[optun
 
 def open_search_storage(cfg: SearchConfig, storage: str | None = None, **rdb: Any) -> optuna.storages.BaseStorage:
     """The search's storage: database URLs through :func:`open_rdb_storage` (heartbeats, retries, fail-fast), other
-    storages (journal files) as ``autoprune.search.study.open_storage`` opens them."""
+    storages (journal files) as ``autoprune.study.local.open_storage`` opens them."""
     url = storage if storage is not None else cfg.storage
     if is_rdb_url(url):
         return open_rdb_storage(url, **rdb)
-    from .study import open_storage
+    from .local import open_storage
 
     return open_storage(cfg, storage)
 
@@ -265,7 +265,7 @@ def prepare_study(cfg: SearchConfig, problem: Any, storage: optuna.storages.Base
     warning when the study was made from another config; a new study gets ``space``'s anchor trials. Also records the base weights' digest and warns when this
     process's base model differs (e.g. pretrained on other hardware): use ``model.weights`` for multi-machine runs.
     """
-    from .study import STUDY_ATTR, enqueue_anchors, make_sampler, metric_names, open_study
+    from .local import STUDY_ATTR, enqueue_anchors, make_sampler, metric_names, open_study
 
     log = log or (lambda s: None)
     study = _retrying(lambda: open_study(cfg, storage, sampler=make_sampler(cfg, seed)))
@@ -381,7 +381,7 @@ def run_worker(config: Any, *, storage: str | None = None, n_trials: int | None 
     ``KeyboardInterrupt`` (Ctrl-C; the CLI maps SIGTERM to it) fails the running trial, enqueues its retry, and is
     re-raised.
     """
-    from .config import load_config
+    from ..config import load_config
 
     log = log or (lambda s: None)
     t_start = time.perf_counter()
@@ -421,7 +421,7 @@ def setup_problem(cfg: SearchConfig, st: optuna.storages.BaseStorage, log: Calla
 def _work(cfg: SearchConfig, st: optuna.storages.RDBStorage, shown: str, *, heartbeat_interval: int,
           grace_period: int | None, poll_interval: float | None, max_failures: int, log: Callable[[str], None],
           t_start: float) -> WorkerResult:
-    from .study import make_objective
+    from .local import make_objective
 
     cfg, problem, space, existing = setup_problem(cfg, st, log)
     study = prepare_study(cfg, problem, st, seed=worker_seed(cfg, existing), log=log, space=space)

@@ -1,6 +1,6 @@
 """Pruning-ratio search: an Optuna multi-objective study over per-group pruning ratios (and criteria).
 
->>> from autoprune.search import search
+>>> from autoprune.study import search
 >>> front = search("search_spaces/quickstart.yaml")       # runs, or resumes, the study
 >>> print(front.table())
 >>> best = front.best_under(macs=0.5)
@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-from .config import (ConfigError, SearchConfig, check_against_graph, group_bounds, load_config)
+from ..config import (ConfigError, SearchConfig, check_against_graph, group_bounds, load_config)
 from .pareto import ParetoFront, TrialRecord, hypervolume_2d, pareto_filter
 
 __all__ = ["search", "load_front", "load_config", "check_config", "SearchConfig", "ConfigError", "ParetoFront",
@@ -46,7 +46,7 @@ def search(config: str | os.PathLike | Mapping[str, Any] | SearchConfig, *, n_tr
     workers are failed and retried). Several processes may run the same config at once to share the work.
     """
     from .space import RatioSpace
-    from .study import open_storage, run_study
+    from .local import open_storage, run_study
 
     cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
     with cfg.cpu_threads():
@@ -66,7 +66,7 @@ def load_front(config: str | os.PathLike | Mapping[str, Any] | SearchConfig | No
     """
     import optuna
 
-    from .study import open_storage
+    from .local import open_storage
 
     cfg = load_config(config, storage=storage, study_name=study_name) if config is not None else None
     st = open_storage(cfg, storage)

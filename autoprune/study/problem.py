@@ -24,7 +24,7 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
-from .config import SearchConfig
+from ..config import SearchConfig
 
 __all__ = ["Problem", "TrialOutcome", "build_base_model", "load_weights", "removal_digest"]
 
@@ -232,7 +232,7 @@ class Problem:
         """Sensitivity table for guided allocation (``autoprune.sensitivity``, cached on disk by that module)."""
         if self._sens is None:
             try:
-                from ..sensitivity import sensitivity
+                from ..sensitivity_analysis import sensitivity
             except ImportError as e:
                 raise ImportError(f"ratios.guide={self.cfg.ratios.guide!r} needs autoprune.sensitivity, which is not "
                                   f"available ({e}); use ratios.guide: uniform or ratios.mode: per_group") from None

@@ -6,11 +6,11 @@ Both take a small YAML config::
     data: {name: imagefolder, root: ~/.cache/cifar10-jpeg, val_fraction: 0.1, seed: 0}
     criterion: ezcrop                  # optional (default l1 for sensitivity, ezcrop for prune)
     ratios: [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9]   # optional sensitivity grid
-    sensitivity: {bn_batches: 5, eval_batches: null}       # optional, passed to autoprune.sensitivity.sensitivity
+    sensitivity: {bn_batches: 5, eval_batches: null}       # optional, passed to autoprune.sensitivity_analysis.sensitivity
     finetune: {epochs: 2, lr: 0.01}                          # optional, passed to autoprune.train.finetune
 
 Command-line options override the config. The lead wires :func:`add_subcommands` into ``autoprune/cli.py``;
-``python -m autoprune.cli_budget ...`` runs the two commands standalone.
+``python -m autoprune.cli.budget ...`` runs the two commands standalone.
 """
 from __future__ import annotations
 
@@ -76,8 +76,8 @@ def load_model_and_data(cfg: dict[str, Any], base_dir: str | os.PathLike | None 
     """
     import torch
 
-    from .data import load_data
-    from .models import get_model
+    from ..data import load_data
+    from ..models import get_model
 
     mcfg = cfg.get("model")
     if mcfg is None:
@@ -149,7 +149,7 @@ def _ratios(text: str | None) -> list[float] | None:
 
 def cmd_sensitivity(args: argparse.Namespace) -> int:
     """Run the sensitivity analysis; write table.json, table.txt and table.png into ``--out``."""
-    from .sensitivity import DEFAULT_RATIOS, sensitivity
+    from ..sensitivity_analysis import DEFAULT_RATIOS, sensitivity
 
     cfg = load_config(args.config)
     model, data = load_model_and_data(cfg, base_dir=Path(args.config).resolve().parent, device=args.device)
@@ -180,7 +180,7 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
 
 def cmd_prune(args: argparse.Namespace) -> int:
     """Prune to a budget, fine-tune, evaluate, save the model and a JSON summary."""
-    from .budget import prune_to_budget
+    from ..budget import prune_to_budget
 
     cfg = load_config(args.config)
     model, data = load_model_and_data(cfg, base_dir=Path(args.config).resolve().parent, device=args.device)
@@ -280,8 +280,8 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m autoprune.cli_budget ...``: the same as the ``autoprune`` command."""
-    from .cli import main as cli_main
+    """``python -m autoprune.cli.budget ...``: the same as the ``autoprune`` command."""
+    from .main import main as cli_main
 
     return cli_main(argv)
 

@@ -1,6 +1,6 @@
 """``autoprune search | pareto | report | export | dashboard``: the pruning-ratio search from the command line.
 
-``autoprune.cli`` registers these through :func:`add_subcommands`; ``python -m autoprune.cli_search ...`` runs them
+``autoprune.cli`` registers these through :func:`add_subcommands`; ``python -m autoprune.cli.search ...`` runs them
 on their own.
 """
 from __future__ import annotations
@@ -24,7 +24,7 @@ def _add_source(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
 
 
 def _front(args: argparse.Namespace):
-    from .search import load_front
+    from ..study import load_front
 
     if not args.config and not args.storage:
         raise ValueError("give a search config, or --storage (and --study)")
@@ -35,8 +35,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     """Run a pruning search described by a YAML file, or resume it: the same command continues an interrupted
     search (completed trials are kept; trials of killed workers are failed and tried again) until N trials are
     complete. Start the same command in several terminals to share the work on one machine."""
-    from .search import check_config, search
-    from .search.space import RatioSpace
+    from ..study import check_config, search
+    from ..study.space import RatioSpace
 
     import optuna
 
@@ -79,7 +79,7 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 def _cmd_report(args: argparse.Namespace) -> int:
     """Write pareto.png (accuracy vs MACs), ratios.png (per-group ratios of chosen trials) and report.html."""
-    from .report import make_report
+    from ..report import make_report
 
     front = _front(args)
     out = args.out
@@ -106,8 +106,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard on the study's storage (open http://HOST:PORT/ in a browser; on a remote machine
     forward the port first, e.g. ssh -L 8080:localhost:8080 HOST)."""
-    from .search import load_config
-    from .search.study import open_storage, storage_label
+    from ..study import load_config
+    from ..study.local import open_storage, storage_label
 
     try:
         import optuna_dashboard
@@ -167,8 +167,8 @@ def add_subcommands(subparsers: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m autoprune.cli_search ...``: the same as the ``autoprune`` command."""
-    from .cli import main as cli_main
+    """``python -m autoprune.cli.search ...``: the same as the ``autoprune`` command."""
+    from .main import main as cli_main
 
     return cli_main(argv)
 

@@ -7,8 +7,8 @@
     a global budget ``level`` (fraction of MACs kept) plus one offset ``d:<group>`` in ``[-offset, +offset]`` per
     group; the ratio is ``clip(allocation(level)[group] + offset, low, high)``, where the allocation comes from the
     sensitivity table (``guide: sensitivity``), from structural redundancy (``guide: srr``; both via
-    :func:`autoprune.allocate.allocate`), or is the uniform ratio meeting the level (``guide: uniform``, computed
-    here). Only ``sensitivity`` runs a sensitivity analysis (once; cached on disk by :mod:`autoprune.sensitivity`).
+    :func:`autoprune.allocation.allocate`), or is the uniform ratio meeting the level (``guide: uniform``, computed
+    here). Only ``sensitivity`` runs a sensitivity analysis (once; cached on disk by :mod:`autoprune.sensitivity_analysis`).
 
 The criterion is the categorical parameter ``criterion`` when ``criteria`` lists several.
 """
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .config import SearchConfig, group_bounds
+from ..config import SearchConfig, group_bounds
 
 __all__ = ["RatioSpace"]
 
@@ -50,7 +50,7 @@ class RatioSpace:
                 base = self._uniform(key)
             else:
                 try:
-                    from ..allocate import allocate
+                    from ..allocation import allocate
                 except ImportError as e:
                     raise ImportError(f"ratios.guide={self.cfg.ratios.guide!r} needs autoprune.allocate, which is "
                                       f"not available ({e}); use ratios.guide: uniform or ratios.mode: "

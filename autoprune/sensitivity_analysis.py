@@ -11,7 +11,7 @@ batches (no fine-tuning), and measures on the validation split
 - ``macs_saved`` / ``params_saved``: exact conv+linear MACs (and parameters) removed, including the shrunken
   inputs of the layers that read the group (``graph.macs``);
 - ``damage_per_mac = d_acc / macs_saved`` (or ``d_loss / macs_saved`` with ``metric="loss"``): the damage per MAC
-  saved ``s_l(r)`` that :func:`autoprune.allocate.allocate` thresholds.
+  saved ``s_l(r)`` that :func:`autoprune.allocation.allocate` thresholds.
 
 Channels are scored once for all groups (one scoring pass); which channels a ratio removes is
 ``graph.plan`` of those scores (``floor(r * channels)`` lowest, stable sort), and the scores are stored in the table
@@ -72,7 +72,7 @@ class SensitivityTable:
     """Result of :func:`sensitivity`: the unpruned baseline and one :class:`SensitivityRow` per (group, ratio).
 
     ``scores`` ({group: per-channel scores}) records the channel order the rows were measured with, so that
-    :func:`autoprune.allocate.allocate` removes the same channels. ``from_cache`` is not serialized.
+    :func:`autoprune.allocation.allocate` removes the same channels. ``from_cache`` is not serialized.
     """
 
     base_accuracy: float

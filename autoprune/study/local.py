@@ -10,7 +10,7 @@
   ``n_trials`` trials are COMPLETE, so nothing completed is lost and the count is made up.
 * Sampler: pinned explicitly (``NSGAIISampler`` by default, ``TPESampler``), seeded. Optuna 5 deprecates the
   samplers' ``constraints_func``; budgets are set with ``trial.set_constraint`` inside the objective, which both
-  samplers and ``study.best_trials`` read. :class:`~autoprune.search.ParetoFront` filters by feasibility again.
+  samplers and ``study.best_trials`` read. :class:`~autoprune.study.ParetoFront` filters by feasibility again.
 """
 from __future__ import annotations
 
@@ -26,7 +26,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
-from .config import SearchConfig
+from ..config import SearchConfig
 
 __all__ = ["open_storage", "make_sampler", "open_study", "recover_stale_trials", "make_objective", "run_study",
            "STUDY_ATTR", "metric_names", "directions", "enqueue_anchors"]
