@@ -28,6 +28,14 @@ Methods
     repeatedly remove one channel from the group with the largest redundancy ``R``, recompute ``R`` for that group,
     until the budget is met.
 
+Channel rounding (``round_to=k``, for hardware that prefers channel counts in multiples of 8 or 16): every pruned
+group keeps a multiple of k channels, at least k (a group left whole keeps its own count; a group of at most k
+channels is left whole). The method runs as above; its result is then moved to the nearest lattice counts and
+landed with the method's own priority (more channels from the groups it would prune next until the budget is met,
+then give-backs towards the tolerance band), k channels at a time. The budget is still met; the tolerance band may
+be out of reach at that granularity (``info["within_tol"]`` says so). An infeasible rounded budget raises the same
+error as above.
+
 Within a group, channels are always removed in ascending score order (the table's scores, explicit ``scores``,
 or ``criterion``), exactly as :meth:`ChannelGraph.plan` does, so ``graph.prune(allocation, scores=...)`` and
 ``graph.prune_channels(allocation.remove)`` give the model whose MACs were accounted for.
@@ -42,7 +50,8 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-__all__ = ["Allocation", "allocate", "sensitivity_ratios", "layer_redundancy", "group_features", "METHODS"]
+__all__ = ["Allocation", "allocate", "sensitivity_ratios", "layer_redundancy", "group_features", "round_count",
+           "round_ratios", "check_round_to", "METHODS"]
 
 METHODS = ("sensitivity", "uniform", "srr")
 
@@ -105,6 +114,44 @@ class Allocation(dict):
         return "\n".join(lines)
 
 
+# ---------------------------------------------------------------------------------------------- round_to
+
+
+def check_round_to(round_to: Any) -> int:
+    """``round_to`` as an int >= 1, or a ValueError naming the problem (1 = no rounding)."""
+    if isinstance(round_to, bool) or not isinstance(round_to, numbers.Integral) or int(round_to) < 1:
+        raise ValueError(f"round_to={round_to!r}: give a positive integer k (remaining channels become multiples of "
+                         "k, e.g. 8); 1 means no rounding")
+    return int(round_to)
+
+
+def round_count(channels: int, removed: int, round_to: int) -> int:
+    """Channels to remove from a group of ``channels`` so that it keeps a multiple of ``round_to`` (the nearest
+    one to ``channels - removed``, a tie keeping more): never fewer than ``round_to`` channels kept; 0 removed stays
+    0; a group of at most ``round_to`` channels is left whole."""
+    k = check_round_to(round_to)
+    if removed <= 0 or k == 1:
+        return max(int(removed), 0)
+    if channels <= k:
+        return 0
+    kept = channels - int(removed)
+    q = max(1, int(math.floor(kept / k + 0.5)))
+    return max(channels - q * k, 0)
+
+
+def round_ratios(ratios: Mapping[str, float], channels: Mapping[str, int], round_to: int) -> dict[str, float]:
+    """{group: ratio} -> ratios whose remaining channel counts are multiples of ``round_to`` (see
+    :func:`round_count`; the count before rounding is ``floor(ratio * channels)``, as :meth:`ChannelGraph.plan`
+    counts). Used for sampled ratios in searches; budgets are then checked on the rounded model.
+    ``channels``: {group: channel count}, e.g. ``{g.name: g.channels for g in graph.prunable_groups}``."""
+    out = {}
+    for g, r in ratios.items():
+        c = int(channels[g])
+        n = min(int(math.floor(float(r) * c + 1e-9)), c - 1)
+        out[g] = round_count(c, n, round_to) / c
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------- problem
 
 
@@ -128,10 +175,13 @@ class _Problem:
     """Channel counts per group -> removal, MACs/params, and the budget slack (memoised)."""
 
     def __init__(self, graph: Any, names: list[str], scores: Mapping[str, torch.Tensor],
-                 targets: dict[str, int], tol: float) -> None:
+                 targets: dict[str, int], tol: float, round_to: int = 1) -> None:
         self.graph = graph
         self.names = names
         self.C = {n: graph.group(n).channels for n in names}
+        self.round_to = int(round_to)
+        self.k = 1  # the step of fill/polish/beam_fill: 1 while a method searches, round_to when snapping (_finish)
+        self.caps: dict[str, int] = {}  # the method's per-group maximum of channels removed
         self.order: dict[str, np.ndarray] = {}
         for n in names:
             s = torch.as_tensor(scores[n], dtype=torch.float64).cpu()
@@ -142,6 +192,35 @@ class _Problem:
         self.tol = float(tol)
         self._memo: dict[tuple, dict[str, int]] = {}
         self.evaluations = 0
+
+    # counts on the lattice: with step k a group keeps its channels, or a multiple of k (at least k) below them
+    def allowed(self, g: str, k: int | None = None) -> list[int]:
+        """Channel counts that group ``g`` may lose (ascending): ``C - j*k`` for ``1 <= j*k < C``, and 0."""
+        k = self.k if k is None else k
+        c = self.C[g]
+        if k <= 1:
+            return list(range(c))
+        return [0] + sorted(c - j * k for j in range(1, (c - 1) // k + 1))
+
+    def up(self, g: str, n: int) -> int | None:
+        """The next allowed count above ``n`` (None at the top)."""
+        if self.k <= 1:
+            return n + 1 if n + 1 < self.C[g] else None
+        return next((a for a in self.allowed(g) if a > n), None)
+
+    def down(self, g: str, n: int) -> int | None:
+        """The allowed count below ``n`` (None at 0)."""
+        if self.k <= 1:
+            return n - 1 if n > 0 else None
+        return next((a for a in reversed(self.allowed(g)) if a < n), None)
+
+    def floor_allowed(self, g: str, n: int, k: int | None = None) -> int:
+        """The largest allowed count <= ``n``."""
+        return max(a for a in self.allowed(g, k) if a <= n)
+
+    def nearest_allowed(self, g: str, n: int, k: int | None = None) -> int:
+        """The allowed count nearest ``n`` (a tie keeps more channels)."""
+        return min(self.allowed(g, k), key=lambda a: (abs(a - n), a))
 
     def removal(self, n: Mapping[str, int]) -> dict[str, list[int]]:
         return {g: sorted(self.order[g][:k].tolist()) for g, k in n.items() if k > 0}
@@ -172,14 +251,15 @@ class _Problem:
         taken, else the one that overshoots least."""
         n = dict(n)
         while self.slack(self.cost(n)) < 0:
-            cands = [g for g in self.names if n[g] < caps.get(g, 0)]
+            nxt = {g: self.up(g, n[g]) for g in self.names}
+            cands = [g for g in self.names if nxt[g] is not None and nxt[g] <= caps.get(g, 0)]  # type: ignore[operator]
             if not cands:
                 break
-            cands.sort(key=lambda g: (priority(g, n[g] + 1), -self.C[g], g))
+            cands.sort(key=lambda g: (priority(g, nxt[g]), -self.C[g], g))  # type: ignore[arg-type]
             best = None
             for g in cands:
                 m = dict(n)
-                m[g] += 1
+                m[g] = nxt[g]  # type: ignore[assignment]
                 sl = self.slack(self.cost(m))
                 if sl <= self.tol:
                     best = m
@@ -213,7 +293,8 @@ class _Problem:
                         break
                     m = dict(n)
                     for h in combo:
-                        m[h] -= 1
+                        d = self.down(h, m[h])
+                        m[h] = -1 if d is None else d
                     if any(m[h] < lower.get(h, 0) for h in combo):
                         continue
                     if self.slack(self.cost(m)) < 0:
@@ -246,9 +327,10 @@ class _Problem:
             cands = []
             for st in frontier:
                 for g in self.names:
-                    if st[g] < caps.get(g, 0):
+                    u = self.up(g, st[g])
+                    if u is not None and u <= caps.get(g, 0):
                         m = dict(st)
-                        m[g] += 1
+                        m[g] = u
                         k = key(m)
                         if k not in seen:
                             seen.add(k)
@@ -310,14 +392,58 @@ def _infeasible(prob: _Problem, caps: Mapping[str, int], how: str) -> ValueError
     return ValueError("; ".join(parts))
 
 
-def _finish(prob: _Problem, n: Mapping[str, int], method: str, info: dict[str, Any]) -> Allocation:
+def _lattice_caps(prob: _Problem, caps: Mapping[str, int]) -> dict[str, int]:
+    return {g: prob.floor_allowed(g, caps[g], prob.round_to) for g in prob.names}
+
+
+def _check_feasible(prob: _Problem, caps: dict[str, int], how: str) -> None:
+    """Raise the infeasible-budget error when even ``caps`` (and, with ``round_to``, the caps rounded to the
+    lattice) do not meet the budget; remember the caps for :func:`_finish`."""
+    prob.caps = caps
+    if not prob.meets(caps):
+        raise _infeasible(prob, caps, how)
+    if prob.round_to > 1:
+        lcaps = _lattice_caps(prob, caps)
+        if not prob.meets(lcaps):
+            raise _infeasible(prob, lcaps, f"{how}, remaining channels rounded to multiples of {prob.round_to}")
+
+
+def _snap(prob: _Problem, n: Mapping[str, int], priority: Callable[[str, int], float] | None,
+          damage: Callable[[Mapping[str, int]], float] | None) -> tuple[dict[str, int], str]:
+    """Move a state onto the ``round_to`` lattice (each group keeps its channels or a multiple of k, at least k):
+    the nearest lattice count per group, then the same landing as the methods use (more channels from the groups of
+    lowest ``priority`` until the budget is met, give-backs towards the tolerance band), one lattice step at a
+    time. The budget stays met: the lattice caps meet it (:func:`_check_feasible`)."""
+    caps = _lattice_caps(prob, prob.caps)
+    snapped = {g: min(prob.nearest_allowed(g, n[g], prob.round_to), caps[g]) for g in prob.names}
+    if priority is None:
+        priority = lambda g, k: k / prob.C[g]  # noqa: E731  (as even as possible)
+    if damage is None:
+        damage = lambda m: float(sum((m[g] / prob.C[g]) ** 2 for g in prob.names))  # noqa: E731
+    prob.k = prob.round_to
+    try:
+        best, how = prob.land(snapped, None, {g: 0 for g in prob.names}, caps, priority, damage)
+    finally:
+        prob.k = 1
+    if prob.slack(prob.cost(best)) < 0:  # unreachable after _check_feasible; never return a state over budget
+        raise _infeasible(prob, caps, f"remaining channels rounded to multiples of {prob.round_to}")
+    return best, how
+
+
+def _finish(prob: _Problem, n: Mapping[str, int], method: str, info: dict[str, Any], *,
+            priority: Callable[[str, int], float] | None = None,
+            damage: Callable[[Mapping[str, int]], float] | None = None) -> Allocation:
+    info = dict(info)
+    if prob.round_to > 1:
+        info["round_to"] = prob.round_to
+        if any(c != prob.floor_allowed(g, c, prob.round_to) for g, c in n.items()):
+            n, info["rounded_by"] = _snap(prob, n, priority, damage)
     c = prob.cost(n)
     rm = prob.removal(n)
     macs = c["macs"]
     params = c.get("params")
     if params is None:
         params = prob.graph.macs(rm, params=True)
-    info = dict(info)
     sl = prob.slack(c)
     info.update(slack=sl, within_tol=bool(0 <= sl <= prob.tol), cost_evaluations=prob.evaluations)
     return Allocation(
@@ -359,8 +485,22 @@ def _alloc_sensitivity(prob: _Problem, table: Any, refine: bool) -> Allocation:
     zero = {g: 0 for g in prob.names}
     if prob.meets(zero):
         return _finish(prob, zero, "sensitivity", {"tau": None})
-    if not prob.meets(caps):
-        raise _infeasible(prob, caps, f"the largest measured ratio, {max(table.ratios):g}")
+
+    def s_hat(g: str, k: int) -> float:  # interpolated damage per MAC saved with k channels removed
+        pts = curves[g]
+        if not pts:
+            return math.inf
+        return float(np.interp(k / prob.C[g], [p[0] for p in pts], [p[1] for p in pts]))
+
+    # cumulative damage of a state: sum over groups of the interpolated damage (s * MACs saved), 0 at ratio 0
+    dmg_curves = {g: ([0.0] + [r.ratio for r in table.curve(g)], [0.0] + [r.damage_per_mac * r.macs_saved
+                                                                         for r in table.curve(g)])
+                  for g in prob.names if curves[g]}
+
+    def damage(m: Mapping[str, int]) -> float:
+        return float(sum(np.interp(m[g] / prob.C[g], *dmg_curves[g]) for g in dmg_curves))
+
+    _check_feasible(prob, caps, f"the largest measured ratio, {max(table.ratios):g}")
 
     def n_at(tau: float) -> dict[str, int]:
         return {g: max([k for _, s, k in curves[g] if s <= tau], default=0) for g in prob.names}
@@ -373,7 +513,7 @@ def _alloc_sensitivity(prob: _Problem, table: Any, refine: bool) -> Allocation:
     lo_state = states[i - 1] if i > 0 else zero
     info: dict[str, Any] = {"tau": tau, "tau_index": i, "taus": len(taus)}
     if not refine or prob.slack(prob.cost(hi_state)) <= prob.tol:
-        return _finish(prob, hi_state, "sensitivity", info)
+        return _finish(prob, hi_state, "sensitivity", info, priority=s_hat, damage=damage)
 
     # 1) interpolate the groups that changed between the neighbouring thresholds
     changed = [g for g in prob.names if hi_state[g] != lo_state[g]]
@@ -396,26 +536,12 @@ def _alloc_sensitivity(prob: _Problem, table: Any, refine: bool) -> Allocation:
     best = interp(t_hi)
     info["interpolated"] = t_hi
     if prob.slack(prob.cost(best)) <= prob.tol:
-        return _finish(prob, best, "sensitivity", info)
+        return _finish(prob, best, "sensitivity", info, priority=s_hat, damage=damage)
 
     # 2) one channel at a time by lowest interpolated damage per MAC (greedy, then local repairs)
-    def s_hat(g: str, k: int) -> float:
-        pts = curves[g]
-        if not pts:
-            return math.inf
-        return float(np.interp(k / prob.C[g], [p[0] for p in pts], [p[1] for p in pts]))
-
-    # cumulative damage of a state: sum over groups of the interpolated damage (s * MACs saved), 0 at ratio 0
-    dmg_curves = {g: ([0.0] + [r.ratio for r in table.curve(g)], [0.0] + [r.damage_per_mac * r.macs_saved
-                                                                         for r in table.curve(g)])
-                  for g in prob.names if curves[g]}
-
-    def damage(m: Mapping[str, int]) -> float:
-        return float(sum(np.interp(m[g] / prob.C[g], *dmg_curves[g]) for g in dmg_curves))
-
     best, how = prob.land(interp(t_lo), best, zero, caps, s_hat, damage)
     info["refined_by"] = how
-    return _finish(prob, best, "sensitivity", info)
+    return _finish(prob, best, "sensitivity", info, priority=s_hat, damage=damage)
 
 
 def sensitivity_ratios(table: Any, tau: float) -> dict[str, float]:
@@ -435,8 +561,7 @@ def _alloc_uniform(prob: _Problem, max_ratio: float, refine: bool) -> Allocation
     zero = {g: 0 for g in prob.names}
     if prob.meets(zero):
         return _finish(prob, zero, "uniform", {"uniform_ratio": 0.0})
-    if not prob.meets(caps):
-        raise _infeasible(prob, caps, f"max_ratio={max_ratio:g}, at most channels-1")
+    _check_feasible(prob, caps, f"max_ratio={max_ratio:g}, at most channels-1")
 
     def n_at(r: float) -> dict[str, int]:
         return {g: min(int(math.floor(r * prob.C[g] + 1e-9)), caps[g]) for g in prob.names}
@@ -446,9 +571,6 @@ def _alloc_uniform(prob: _Problem, max_ratio: float, refine: bool) -> Allocation
     i = _bisect_sorted(prob, states)
     hi_state = states[i]
     info: dict[str, Any] = {"uniform_ratio": bps[i]}
-    if not refine or prob.slack(prob.cost(hi_state)) <= prob.tol:
-        return _finish(prob, hi_state, "uniform", info)
-    lo_state = states[i - 1] if i > 0 else zero
 
     def near_uniform(g: str, k: int) -> float:
         return k / prob.C[g]
@@ -456,13 +578,17 @@ def _alloc_uniform(prob: _Problem, max_ratio: float, refine: bool) -> Allocation
     def spread(m: Mapping[str, int]) -> float:  # distance from the uniform ratio
         return float(sum((m[g] / prob.C[g] - bps[i]) ** 2 for g in prob.names))
 
+    if not refine or prob.slack(prob.cost(hi_state)) <= prob.tol:
+        return _finish(prob, hi_state, "uniform", info, priority=near_uniform, damage=spread)
+    lo_state = states[i - 1] if i > 0 else zero
+
     # first only the groups that change at the next step, then any group
     best, how = prob.land(lo_state, hi_state, lo_state, hi_state, near_uniform, spread)
     if prob.slack(prob.cost(best)) > prob.tol:
         best, how = prob.land(lo_state, best, zero, caps, near_uniform, spread)
     info["uniform_ratio_below"] = bps[i - 1] if i > 0 else 0.0
     info["refined_by"] = how
-    return _finish(prob, best, "uniform", info)
+    return _finish(prob, best, "uniform", info, priority=near_uniform, damage=spread)
 
 
 # ------------------------------------------------------------------------------------------------------ SRR
@@ -551,8 +677,7 @@ def _alloc_srr(prob: _Problem, max_ratio: float, options: Mapping[str, Any]) -> 
     zero = {g: 0 for g in prob.names}
     if prob.meets(zero):
         return _finish(prob, zero, "srr", {})
-    if not prob.meets(caps):
-        raise _infeasible(prob, caps, f"max_ratio={max_ratio:g}, at most channels-1")
+    _check_feasible(prob, caps, f"max_ratio={max_ratio:g}, at most channels-1")
 
     dists = {g: _pairwise(group_features(prob.graph, g)) for g in prob.names}
     gamma = opts["gamma"]
@@ -595,7 +720,8 @@ def _alloc_srr(prob: _Problem, max_ratio: float, options: Mapping[str, Any]) -> 
         n, how = prob.land(last, n, zero, caps, lambda g, k: -R[g],
                            lambda m: -sum(R[g] * m[g] for g in prob.names))
         info["refined_by"] = how
-    return _finish(prob, n, "srr", info)
+    return _finish(prob, n, "srr", info, priority=lambda g, k: -R[g],
+                   damage=lambda m: -sum(R[g] * m[g] for g in prob.names))
 
 
 # ------------------------------------------------------------------------------------------------------ public
@@ -616,6 +742,7 @@ def allocate(
     max_ratio: float = 0.9,
     refine: bool = True,
     srr_options: Mapping[str, Any] | None = None,
+    round_to: int = 1,
 ) -> Allocation:
     """Per-group ratios meeting a budget: ``macs`` / ``params`` to KEEP (float fraction in (0, 1] or int count).
 
@@ -627,7 +754,9 @@ def allocate(
     target (see the module docstring). ``refine=False`` skips the final interpolation/greedy steps (pure tau
     threshold / pure uniform ratio). ``srr_options``: ``gamma`` (absolute distance threshold; default None = the
     ``gamma_quantile``, 0.05, quantile of all within-group filter distances of the model), ``ell`` (covering radius,
-    default gamma), ``w_components`` (0.35), ``w_cover`` (0.65) -- all unverified constants.
+    default gamma), ``w_components`` (0.35), ``w_cover`` (0.65) -- all unverified constants. ``round_to=k``: every
+    pruned group keeps a multiple of k channels (at least k; a group left whole keeps its count, and a group of at
+    most k channels is left whole), the budget still met (see the module docstring).
 
     Raises ``ValueError`` for an infeasible budget, saying how much at most can be removed.
     """
@@ -642,6 +771,7 @@ def allocate(
         raise ValueError(f"tol must be in [0, 1), got {tol}")
     if not (0.0 < max_ratio < 1.0):
         raise ValueError(f"max_ratio must be in (0, 1), got {max_ratio}")
+    round_to = check_round_to(round_to)
 
     table = None
     if isinstance(sens_or_graph, SensitivityTable):
@@ -685,7 +815,7 @@ def allocate(
     t = _resolve_target(params, base["params"], "params")
     if t is not None:
         targets["params"] = t
-    prob = _Problem(graph, names, scores, targets, tol)  # type: ignore[arg-type]
+    prob = _Problem(graph, names, scores, targets, tol, round_to)  # type: ignore[arg-type]
     prob.base = base  # type: ignore[attr-defined]
 
     if method == "sensitivity":
