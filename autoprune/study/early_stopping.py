@@ -1,0 +1,293 @@
+"""Multi-objective early stopping of search trials: asynchronous successive halving on non-dominated sorting.
+
+A trial fine-tunes in *rungs*: fractions of its fine-tuning budget (``0`` = after pruning and BatchNorm
+re-estimation, before any step). At each rung it records its objective values (accuracy so far, MAC and parameter
+fractions) and compares them with the values every other trial recorded at the *same* rung, in all objectives at
+once: the results are sorted into non-dominated fronts, and the trial goes on only if it lies on the first front or
+if fewer than ``ceil(n / reduction_factor)`` of the ``n`` results lie on fronts strictly better than its own.
+Otherwise it cannot be expected to reach the front and is stopped.
+
+This follows multi-objective asynchronous successive halving (MO-ASHA; Schmucker et al., 2021, "Multi-objective
+multi-fidelity hyperparameter optimization with application to fairness"; Salinas et al., 2021), as Syne Tune's
+``MOASHA`` implements it: promotion is decided when a trial *reaches* a rung, against whatever results are there
+(asynchronous: no trial waits for a rung to fill), from a non-dominated ranking, keeping about ``1/eta`` of a
+rung's trials. Two choices differ: whole fronts are promoted (no tie-breaking inside the boundary front: every trial
+of the first front continues, whatever the quota), and nothing is decided before a rung holds ``min_results``
+results, so the first trials of a study are never stopped on a handful of comparisons.
+
+Optuna's pruners and Ray's ASHA are single-objective (``trial.report`` raises in multi-objective studies), hence
+this module. Rung results live in the study's storage, as the user attribute :data:`RUNG_ATTR` of each trial
+(``{"<steps>": [values...]}``), so they survive restarts and every worker (local processes on a journal file,
+PostgreSQL workers) sees the others'. Results are keyed by the number of fine-tuning steps, so only results after the
+same amount of fine-tuning are compared. A stopped trial raises :class:`TrialStopped`, a subclass of
+``optuna.TrialPruned``: Optuna records it as PRUNED (never COMPLETE with a partial accuracy), with its last values in
+the user attribute :data:`STOP_ATTR`.
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import optuna
+from optuna.trial import TrialState
+
+__all__ = ["RUNG_ATTR", "STOP_ATTR", "Rungs", "Decision", "TrialStopped", "RungStore", "EarlyStopper",
+           "TrialMonitor", "nondominated_ranks", "promotes", "default_rungs", "rungs_from"]
+
+#: Trial user attribute with the trial's rung results: ``{"<fine-tuning steps>": [objective values]}``.
+RUNG_ATTR = "rung_results"
+#: Trial user attribute of a stopped trial: where it stopped and its last values.
+STOP_ATTR = "early_stopped"
+
+#: Trial states whose rung results count. A FAIL trial was interrupted (its retry records its own results).
+_COUNTED = (TrialState.RUNNING, TrialState.COMPLETE, TrialState.PRUNED)
+
+
+def default_rungs(reduction_factor: float = 3.0) -> tuple[float, ...]:
+    """``(0, 1/eta)``: BatchNorm re-estimation only, then a ``1/eta`` of the fine-tuning budget, then the full
+    budget (not a rung: a trial that gets there completes)."""
+    return (0.0, round(1.0 / reduction_factor, 6))
+
+
+@dataclass(frozen=True)
+class Rungs:
+    """Where trials are compared (``fractions`` of the fine-tuning budget, each in [0, 1); the full budget is the
+    end, not a rung), how many are kept (about ``1 / reduction_factor`` of a rung's results) and from how many results
+    on a rung comparisons start (``min_results``; default ``ceil(reduction_factor)``)."""
+
+    fractions: tuple[float, ...] = field(default_factory=default_rungs)
+    reduction_factor: float = 3.0
+    min_results: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.reduction_factor, (int, float)) or not self.reduction_factor > 1:
+            raise ValueError(f"early_stopping.reduction_factor must be a number > 1 (e.g. 3: keep about a third "
+                             f"at each rung), got {self.reduction_factor!r}")
+        fr = tuple(float(f) for f in self.fractions)
+        if not fr or any(not (0.0 <= f < 1.0) for f in fr):
+            raise ValueError(f"early_stopping.rungs must be a non-empty list of fractions of the fine-tuning budget in "
+                             f"[0, 1) (e.g. [0, 0.33]: after BatchNorm re-estimation and after a third), got "
+                             f"{list(self.fractions)!r}")
+        object.__setattr__(self, "fractions", tuple(sorted(set(fr))))
+        if self.min_results is not None and (not isinstance(self.min_results, int) or self.min_results < 2):
+            raise ValueError(f"early_stopping.min_results must be an integer >= 2, got {self.min_results!r}")
+
+    @property
+    def min_count(self) -> int:
+        return self.min_results if self.min_results is not None else max(2, math.ceil(self.reduction_factor))
+
+    def milestones(self, total_steps: int) -> list[int]:
+        """Fine-tuning step counts of the rungs for a budget of ``total_steps`` (distinct, below the total)."""
+        steps = sorted({int(round(f * total_steps)) for f in self.fractions})
+        return [s for s in steps if s < total_steps]
+
+
+@dataclass(frozen=True)
+class Decision:
+    """What a rung decided for one trial: ``promote`` (go on) or stop; ``rank`` is its non-dominated front (0 =
+    first), ``better`` how many results lie on strictly better fronts, ``n`` the results on the rung (its own
+    included), ``quota`` = ``ceil(n / reduction_factor)``."""
+
+    promote: bool
+    step: int
+    rank: int
+    better: int
+    n: int
+    quota: int
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"promote": self.promote, "step": self.step, "rank": self.rank, "better": self.better, "n": self.n,
+                "quota": self.quota}
+
+
+class TrialStopped(optuna.TrialPruned):
+    """Raised inside a trial that early stopping stopped: Optuna records the trial as PRUNED."""
+
+    def __init__(self, decision: Decision, values: Sequence[float]) -> None:
+        super().__init__(f"stopped at {decision.step} fine-tuning steps: {decision.better} of {decision.n} results "
+                         f"on this rung are on better fronts (quota {decision.quota})")
+        self.decision = decision
+        self.values = list(values)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# ranking
+
+
+def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
+    """Front index of every point under non-dominated sorting (all objectives minimised; 0 = non-dominated).
+
+    Written out (O(n^2 m), n = results on one rung, a few hundred at most) rather than borrowed from Optuna, whose
+    ``_fast_non_domination_rank`` is private API."""
+    n = len(points)
+    pts = [tuple(float(v) for v in p) for p in points]
+
+    def dominates(a: tuple[float, ...], b: tuple[float, ...]) -> bool:
+        return all(x <= y for x, y in zip(a, b)) and any(x < y for x, y in zip(a, b))
+
+    dominated_by = [[j for j in range(n) if dominates(pts[i], pts[j])] for i in range(n)]
+    count = [0] * n
+    for i in range(n):
+        for j in dominated_by[i]:
+            count[j] += 1
+    ranks = [-1] * n
+    current = [i for i in range(n) if count[i] == 0]
+    r = 0
+    while current:
+        nxt = []
+        for i in current:
+            ranks[i] = r
+            for j in dominated_by[i]:
+                count[j] -= 1
+                if count[j] == 0:
+                    nxt.append(j)
+        current, r = nxt, r + 1
+    return ranks
+
+
+def promotes(own: Sequence[float], others: Sequence[Sequence[float]], *, reduction_factor: float,
+             min_results: int, step: int = 0) -> Decision:
+    """Whether a trial whose (minimised) values at a rung are ``own`` goes on, given the other trials' values at
+    the same rung. See the module docstring for the rule."""
+    pts = [list(own)] + [list(o) for o in others]
+    n = len(pts)
+    quota = max(1, math.ceil(n / reduction_factor))
+    if n < min_results:
+        return Decision(True, step, 0, 0, n, quota)
+    ranks = nondominated_ranks(pts)
+    better = sum(1 for r in ranks[1:] if r < ranks[0])
+    return Decision(ranks[0] == 0 or better < quota, step, ranks[0], better, n, quota)
+
+
+# --------------------------------------------------------------------------------------------------------------
+# storage
+
+
+class RungStore:
+    """Rung results of a study, read from and written to its storage (trial user attributes)."""
+
+    def __init__(self, study: optuna.Study) -> None:
+        self.study = study
+
+    def record(self, trial: optuna.Trial, step: int, values: Sequence[float]) -> None:
+        own = dict(trial.user_attrs.get(RUNG_ATTR) or {})
+        own[str(int(step))] = [float(v) for v in values]
+        trial.set_user_attr(RUNG_ATTR, own)
+
+    def results(self, step: int, *, exclude: int | None = None) -> dict[int, list[float]]:
+        """``{trial number: values}`` recorded after ``step`` fine-tuning steps by trials that are running,
+        complete or stopped (a failed trial's results are left out: its retry records them again)."""
+        key = str(int(step))
+        out: dict[int, list[float]] = {}
+        for t in self.study.get_trials(deepcopy=False, states=_COUNTED):
+            if t.number == exclude:
+                continue
+            vals = (t.user_attrs.get(RUNG_ATTR) or {}).get(key)
+            if vals is not None:
+                out[t.number] = [float(v) for v in vals]
+        return out
+
+
+class EarlyStopper:
+    """Multi-objective successive halving for the trials of one study.
+
+    ``directions``: ``"maximize"``/``"minimize"`` per objective, in the order of the values recorded (the study's
+    objectives). One instance serves every trial of a process; all state is in the storage.
+    """
+
+    def __init__(self, rungs: Rungs | None = None, directions: Sequence[str] = ("maximize", "minimize"),
+                 *, names: Sequence[str] | None = None) -> None:
+        self.rungs = rungs or Rungs()
+        bad = [d for d in directions if d not in ("maximize", "minimize")]
+        if bad or not directions:
+            raise ValueError(f"directions must be 'maximize' or 'minimize' per objective, got {list(directions)}")
+        self.directions = list(directions)
+        self.names = list(names) if names is not None else [f"objective_{i}" for i in range(len(directions))]
+
+    def _minimised(self, values: Sequence[float]) -> list[float]:
+        if len(values) != len(self.directions):
+            raise ValueError(f"expected {len(self.directions)} objective values, got {len(values)}")
+        return [-float(v) if d == "maximize" else float(v) for v, d in zip(values, self.directions)]
+
+    def report(self, trial: optuna.Trial, step: int, values: Sequence[float],
+               study: optuna.Study | None = None) -> Decision:
+        """Record ``values`` (natural directions) of ``trial`` after ``step`` fine-tuning steps and decide."""
+        store = RungStore(study if study is not None else _study_of(trial))
+        store.record(trial, step, values)
+        others = store.results(step, exclude=trial.number)
+        return promotes(self._minimised(values), [self._minimised(v) for v in others.values()],
+                        reduction_factor=self.rungs.reduction_factor, min_results=self.rungs.min_count, step=step)
+
+    def stop(self, trial: optuna.Trial, decision: Decision, values: Sequence[float], *,
+             rung: int | None = None, images: int | None = None) -> TrialStopped:
+        """Mark ``trial`` as stopped (its last values and the decision as a user attribute) and return the
+        exception to raise."""
+        info = {"step": decision.step, "rung": rung, "images": images,
+                "values": dict(zip(self.names, (float(v) for v in values))), "decision": decision.to_dict(),
+                "time": time.time()}
+        trial.set_user_attr(STOP_ATTR, info)
+        return TrialStopped(decision, values)
+
+    def monitor(self, trial: optuna.Trial, measure: Callable[[], Sequence[float]], *,
+                batch_size: int | None = None, study: optuna.Study | None = None,
+                log: Callable[[str], None] | None = None) -> "TrialMonitor":
+        """A fine-tuning callback for ``trial`` (see :class:`TrialMonitor`)."""
+        return TrialMonitor(self, trial, measure, batch_size=batch_size, study=study, log=log)
+
+
+def _study_of(trial: Any) -> optuna.Study:
+    study = getattr(trial, "study", None)
+    if not isinstance(study, optuna.Study):
+        raise TypeError(f"early stopping needs a trial attached to a study (its storage holds the other trials' "
+                        f"rung results); got {type(trial).__name__}")
+    return study
+
+
+class TrialMonitor:
+    """Checks one trial at its rungs while it fine-tunes.
+
+    Call it as ``monitor(steps_done, total_steps)`` before the first step (``steps_done=0``) and after every step
+    (``autoprune.train.finetune(callback=...)`` does). At a rung it calls ``measure()`` for the objective values
+    of the model as it is now (accuracy on the evaluation split, MAC fraction...), records them and raises
+    :class:`TrialStopped` when the trial is stopped.
+    """
+
+    def __init__(self, stopper: EarlyStopper, trial: optuna.Trial, measure: Callable[[], Sequence[float]], *,
+                 batch_size: int | None = None, study: optuna.Study | None = None,
+                 log: Callable[[str], None] | None = None) -> None:
+        self.stopper, self.trial, self.measure = stopper, trial, measure
+        self.study = study if study is not None else _study_of(trial)
+        self.batch_size = batch_size
+        self.log = log or (lambda s: None)
+        self._milestones: list[int] | None = None
+        self.decisions: list[Decision] = []
+
+    def __call__(self, steps_done: int, total_steps: int) -> None:
+        if self._milestones is None:
+            self._milestones = self.stopper.rungs.milestones(int(total_steps))
+        if steps_done not in self._milestones:
+            return
+        rung = self._milestones.index(steps_done)
+        values = list(self.measure())
+        d = self.stopper.report(self.trial, steps_done, values, study=self.study)
+        self.decisions.append(d)
+        if not d.promote:
+            images = steps_done * self.batch_size if self.batch_size else None
+            self.log(f"trial {self.trial.number}: stopped at rung {rung} ({steps_done}/{total_steps} steps), "
+                     f"{d.better} of {d.n} results on better fronts")
+            raise self.stopper.stop(self.trial, d, values, rung=rung, images=images)
+
+
+def rungs_from(spec: Mapping[str, Any] | Rungs | None) -> Rungs:
+    """:class:`Rungs` from a config mapping ``{rungs, reduction_factor, min_results}`` (missing keys: defaults)."""
+    if isinstance(spec, Rungs):
+        return spec
+    d = dict(spec or {})
+    eta = d.get("reduction_factor", 3.0)
+    fractions = d.get("rungs")
+    if fractions is None:
+        Rungs(reduction_factor=eta)  # validates eta before it is used below
+        fractions = default_rungs(eta)
+    return Rungs(fractions=tuple(fractions), reduction_factor=eta, min_results=d.get("min_results"))
