@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
+from .data_adapter import DataLike, as_bundle, warn_if_not_held_out
+
 __all__ = ["BudgetResult", "prune_to_budget"]
 
 
@@ -78,7 +80,7 @@ class BudgetResult:
 
 def prune_to_budget(
     model: nn.Module,
-    data: Any,
+    data: DataLike,
     macs: float | int | None = 0.5,
     criterion: str = "ezcrop",
     allocation: str | Mapping[str, float] = "sensitivity",
@@ -105,6 +107,11 @@ def prune_to_budget(
     to :func:`autoprune.train.finetune` (e.g. ``lr``, ``max_batches``), ``allocate_kwargs`` to
     :func:`autoprune.allocation.allocate`, ``score_kwargs`` to :func:`autoprune.scoring.score_groups`.
     ``finetune_epochs=0`` only re-estimates BatchNorm statistics on ``bn_batches`` batches.
+
+    ``data``: a ``(train, val)`` pair of DataLoaders or Datasets of ``(image, label)`` (train: scores, BatchNorm
+    statistics, fine-tuning; val: every accuracy), a ``(train, val, test)`` triple (``evaluate_test``), or a
+    DataBundle from :func:`autoprune.load_data`. One DataLoader or Dataset alone serves both roles (with a warning:
+    its accuracies are measured on training images). ``example_inputs`` defaults to zeros shaped like one input.
     """
     from .allocation import Allocation, allocate
     from .flops import count_macs, count_params
@@ -115,11 +122,10 @@ def prune_to_budget(
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     dev = _model_device(model)
+    data = as_bundle(data)
+    warn_if_not_held_out(data, "prune_to_budget")
     if example_inputs is None:
-        shape = getattr(data, "input_shape", None)
-        if shape is None:
-            raise ValueError("pass example_inputs= (the data has no input_shape)")
-        example_inputs = torch.zeros((1, *shape))
+        example_inputs = torch.zeros((1, *data.input_shape))
     ex = tuple(x.to(dev) for x in example_inputs) if isinstance(example_inputs, (tuple, list)) \
         else example_inputs.to(dev)
     graph = cpu_graph(model, ex)  # surgery on the CPU; pruned models are moved to the model's device

@@ -10,6 +10,8 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
+from .data_adapter import DataLike, as_bundle, warn_if_not_held_out
+
 __all__ = ["compare_criteria", "CriteriaComparison", "CriteriaRow"]
 
 
@@ -73,7 +75,7 @@ class CriteriaComparison:
         return json.dumps(asdict(self), indent=1)
 
 
-def compare_criteria(model: nn.Module, data: Any, criteria: Sequence[str] | None = None,
+def compare_criteria(model: nn.Module, data: DataLike, criteria: Sequence[str] | None = None,
                      ratios: Sequence[float] = (0.3, 0.5, 0.7), *, recalibrate: bool = True, bn_batches: int = 10,
                      example_inputs: Any = None, score_batches: int = 5, seed: int = 0,
                      split: str = "val", progress: bool = True) -> CriteriaComparison:
@@ -82,7 +84,8 @@ def compare_criteria(model: nn.Module, data: Any, criteria: Sequence[str] | None
     Activation criteria are all scored in one pass over ``score_batches`` training batches. With ``recalibrate``,
     BatchNorm statistics are re-estimated on ``bn_batches`` batches (no weight changes) before evaluation.
     ``split`` is the split evaluated: the validation split carved from train by default; pass ``"test"`` when the
-    checkpoint was trained on the whole train split (its val accuracy is then inflated).
+    checkpoint was trained on the whole train split (its val accuracy is then inflated). ``data`` takes the forms
+    of :func:`autoprune.prune_to_budget`'s (a ``(train, val)`` pair of DataLoaders or Datasets, or a DataBundle).
     """
     from tqdm.auto import tqdm
 
@@ -92,6 +95,8 @@ def compare_criteria(model: nn.Module, data: Any, criteria: Sequence[str] | None
     from .train import evaluate, recalibrate_bn
 
     criteria = list(criteria or available_criteria())
+    data = as_bundle(data)
+    warn_if_not_held_out(data, "compare_criteria")
     if example_inputs is None:
         example_inputs = torch.zeros(1, *data.input_shape)
     model = model.eval()

@@ -39,7 +39,7 @@ __all__ = [
 
 DATASETS = ("cifar10", "cifar100", "imagefolder", "synthetic")
 
-# The shared CIFAR-10-JPEG checkpoints were trained with these statistics (see /work/shared/models/README.md);
+# The shared CIFAR-10-JPEG checkpoints were trained with these statistics (see ../shared/models/README.md);
 # using them for every data set keeps those checkpoints usable without a per-dataset table.
 DEFAULT_MEAN = (0.485, 0.456, 0.406)
 DEFAULT_STD = (0.229, 0.224, 0.225)
@@ -47,7 +47,7 @@ DEFAULT_STD = (0.229, 0.224, 0.225)
 # Bump when the cache file layout or a decoder/generator changes, so stale caches are not reused.
 _CACHE_VERSION = 1
 _IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
-_EXTRACT_HINT = "python /work/shared/data/cifar10_jpeg.py --out {root}"
+_EXTRACT_HINT = "python ../shared/data/cifar10_jpeg.py --out {root}"
 
 
 class DatasetLayoutError(ValueError):
@@ -319,22 +319,29 @@ Split = Union[TensorSplit, StreamSplit]
 
 @dataclass
 class DataBundle:
-    """Train/val/test splits of one data set, plus what a model needs to know about it."""
+    """Train/val/test splits of one data set, plus what a model needs to know about it.
+
+    :func:`load_data` builds one; :func:`autoprune.data_adapter.as_bundle` wraps a user's Dataset or DataLoader
+    (or a ``(train, val)`` pair of them) in one, with ``num_classes=None`` when the data does not say (the model's
+    output width is then used), ``test=None`` for a pair, and ``held_out=False`` when one object serves as both the
+    train and the val split.
+    """
 
     name: str
     train: Split
     val: Split
-    test: Split
-    num_classes: int
+    test: Split | None
+    num_classes: int | None
     image_size: tuple[int, int]
     mean: tuple[float, ...] = DEFAULT_MEAN
     std: tuple[float, ...] = DEFAULT_STD
     classes: list[str] = field(default_factory=list)
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     cache_path: str | None = None
+    held_out: bool = True
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
         """``(C, H, W)`` of one model input."""
         return self.train.input_shape
 
@@ -342,12 +349,17 @@ class DataBundle:
         """The split called ``name`` (``"train"``, ``"val"`` or ``"test"``)."""
         if name not in ("train", "val", "test"):
             raise ValueError(f"unknown split {name!r}; choose 'train', 'val' or 'test'")
-        return getattr(self, name)
+        sp = getattr(self, name)
+        if sp is None:
+            raise ValueError(f"this data has no {name!r} split: pass (train, val, test), or the {name} data itself "
+                             f"(e.g. evaluate(model, {name}_loader))")
+        return sp
 
     def __repr__(self) -> str:
+        n = lambda sp: "-" if sp is None else len(sp)  # noqa: E731
         return (
             f"DataBundle({self.name!r}, classes={self.num_classes}, size={self.image_size}, "
-            f"train={len(self.train)}, val={len(self.val)}, test={len(self.test)}, device={self.device})"
+            f"train={n(self.train)}, val={n(self.val)}, test={n(self.test)}, device={self.device})"
         )
 
 
@@ -451,6 +463,11 @@ def _scan_imagefolder(root: Path) -> tuple[list[str], list[tuple[str, int]], lis
         raise DatasetLayoutError(f"{root} has 'train/' but no 'test/' (or 'val/') folder; " + _layout_msg(root))
     classes, train = _scan_split(train_dir, root, None)
     _, test = _scan_split(test_dir, root, classes)
+    if len(classes) < 2:
+        raise DatasetLayoutError(
+            f"{train_dir} has one class folder ({classes[0]!r}); a classifier needs at least 2 classes: one "
+            "subfolder per class (train/<class>/<image>, test/<class>/<image>)"
+        )
     return classes, train, test
 
 
@@ -753,6 +770,8 @@ def load_data(
     std = tuple(kw.get("std", DEFAULT_STD))
 
     if key == "synthetic":
+        if int(kw.get("num_classes", 10)) < 2:
+            raise ValueError(f"num_classes={kw['num_classes']}: a classifier needs at least 2 classes")
         arrays = _load_synthetic(cache, image_size, seed, kw)
     elif key in ("cifar10", "cifar100"):
         arrays = _load_cifar(key, root, cache, image_size, kw)

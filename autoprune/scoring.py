@@ -23,6 +23,7 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
+from .data_adapter import DataLike, as_bundle
 from .graph.analysis import TI
 
 __all__ = ["score_groups", "score", "DEFAULT_HOOKS"]
@@ -91,19 +92,13 @@ def _combine(n_units: int, parts: Iterable[tuple[np.ndarray, torch.Tensor]]) -> 
 
 
 def _batches(data: Any, num_batches: int | None, batch_size: int, seed: int) -> Iterable:
-    if hasattr(data, "train") and hasattr(data.train, "batches"):
-        it = data.train.batches(batch_size, shuffle=True, augment=True, seed=seed)
-    elif hasattr(data, "batches"):
-        it = data.batches(batch_size, shuffle=True, augment=True, seed=seed)
-    else:
-        it = data
+    """``(x, y or None)`` training batches of ``data`` (any :data:`~autoprune.data_adapter.DataLike`, or a list of
+    batches)."""
+    it = as_bundle(data).train.batches(batch_size, shuffle=True, augment=True, seed=seed)
     for i, b in enumerate(it):
         if num_batches is not None and i >= num_batches:
             break
-        if isinstance(b, torch.Tensor):
-            yield b, None
-        else:
-            yield b[0], (b[1] if len(b) > 1 else None)
+        yield b
 
 
 def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] | None = None,
@@ -133,8 +128,8 @@ def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] |
             out[name] = _combine(g.channels, parts)
         return out
     if data is None:
-        raise ValueError(f"criterion {criterion!r} is activation-based and needs data (batches of (x, y) or a "
-                         "DataBundle from autoprune.load_data)")
+        raise ValueError(f"criterion {criterion!r} is activation-based and needs data: a DataLoader, a Dataset of "
+                         "(image, label), batches of (x, y) or a DataBundle from autoprune.load_data")
     return _activation_scores(graph, {criterion: crit}, names, data, hook, num_batches, batch_size, seed,
                               num_classes, device)[criterion]
 
@@ -167,8 +162,11 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
             gm.graph.call_function(_tap, (n, nname))
     gm.recompile()
 
+    data = as_bundle(data)
     if num_classes is None:
-        num_classes = getattr(data, "num_classes", None)
+        # None: the class-aware accumulators take the class count from the labels (absent classes weigh nothing)
+        num_classes = data.num_classes
+    needs_labels = sorted(c for c, crit in crits.items() if getattr(crit, "needs_labels", False))
 
     from .criteria import ActivationStats
 
@@ -186,8 +184,9 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
     try:
         with torch.no_grad():
             for x, y in _batches(data, num_batches, batch_size, seed):
-                if y is not None and num_classes is None:
-                    raise ValueError("pass num_classes= (or a DataBundle) for class-aware criteria")
+                if y is None and needs_labels:
+                    raise ValueError(f"criteria {needs_labels} compare classes and need labels, but "
+                                     f"{data.train.name} yields images alone; pass (images, labels) batches")
                 labels_box["y"] = None if y is None else y.to(device)
                 gm(x.to(device))
     finally:
@@ -205,18 +204,22 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
     return result
 
 
-def score(model: nn.Module, data: Any = None, criterion: str = "l1", *, example_inputs: Any = None,
+def score(model: nn.Module, data: DataLike | None = None, criterion: str = "l1", *, example_inputs: Any = None,
           **kwargs: Any) -> dict[str, torch.Tensor]:
     """Raw scores {group name: float64 tensor [channels]} of ``criterion`` on ``model`` (higher = more important).
 
-    ``example_inputs`` defaults to one image of ``data``. Keyword arguments go to :func:`score_groups` and the
-    criterion (e.g. ``alpha=0.25`` for ezcrop, ``hook="bn"``, ``num_batches=5``).
+    ``data`` (activation criteria only): a DataLoader, a Dataset of ``(image, label)``, a list of ``(x, y)``
+    batches, a ``(train, val)`` pair (train is used) or a DataBundle. Criteria that compare classes (tt, snr, fdr,
+    sd, di) take the class count from the labels; hrank and ezcrop need no labels. ``example_inputs`` defaults to
+    a zero tensor shaped like one input of ``data``. Keyword arguments go to :func:`score_groups` and the criterion
+    (e.g. ``alpha=0.25`` for ezcrop, ``hook="bn"``, ``num_batches=5``, ``num_classes``).
     """
     from .graph import ChannelGraph
 
+    if data is not None:
+        data = as_bundle(data)
     if example_inputs is None:
         if data is None:
             raise ValueError("pass example_inputs= (a tensor shaped like one input batch) or data")
-        x, _ = next(iter(_batches(data, 1, 2, 0)))
-        example_inputs = x[:1].cpu()
+        example_inputs = torch.zeros((1, *data.input_shape))
     return score_groups(ChannelGraph(model, example_inputs), criterion, data=data, **kwargs)

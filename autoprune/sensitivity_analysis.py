@@ -34,9 +34,10 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 import torch
+import torch.nn as nn
 
 from ._files import atomic_write
-import torch.nn as nn
+from .data_adapter import DataLike, as_bundle, warn_if_not_held_out
 
 __all__ = ["DEFAULT_RATIOS", "SensitivityRow", "SensitivityTable", "sensitivity", "sensitivity_cache_dir",
            "model_fingerprint", "data_fingerprint", "cpu_graph"]
@@ -249,6 +250,9 @@ def _split_fingerprint(sp: Any, full: bool) -> dict[str, Any]:
         out.update(shape=list(images.shape), sha=h.hexdigest(), padding=getattr(sp, "padding", None),
                    mean=list(getattr(sp, "mean", ())), std=list(getattr(sp, "std", ())))
         return out
+    if hasattr(sp, "fingerprint"):  # a user's Dataset or DataLoader (autoprune.data_adapter)
+        out["sha"] = sp.fingerprint(full)
+        return out
     samples = getattr(sp, "samples", None)
     if samples is not None:
         out["sha"] = hashlib.sha256(json.dumps([[str(p), int(y)] for p, y in samples]).encode()).hexdigest()
@@ -343,7 +347,7 @@ def _val_split(data: Any, eval_batches: int | None, batch_size: int) -> Any:
 
 def sensitivity(
     model: nn.Module,
-    data: Any,
+    data: DataLike,
     *,
     criterion: str = "l1",
     ratios: Sequence[float] = DEFAULT_RATIOS,
@@ -364,8 +368,9 @@ def sensitivity(
 ) -> SensitivityTable:
     """Prune each prunable group alone at each ratio, re-estimate BN, and measure the damage per MAC saved.
 
-    ``data``: a :class:`~autoprune.data.DataBundle` (val split for measurements, train split for BN statistics and
-    activation scores). ``eval_batches``: evaluate on a fixed random subset of ``eval_batches * batch_size`` val
+    ``data``: a ``(train, val)`` pair of DataLoaders or Datasets of ``(image, label)``, or a
+    :class:`~autoprune.data.DataBundle` (val split for measurements, train split for BN statistics and
+    activation scores); one DataLoader or Dataset alone serves both (with a warning). ``eval_batches``: evaluate on a fixed random subset of ``eval_batches * batch_size`` val
     images (None = the whole val split). ``bn_batches=0`` keeps the stored BN statistics. ``bn_augment``: re-estimate
     BN on training augmentation (crop + flip) — closer to the statistics a model trained with that augmentation
     stored (on the shared ResNet-56, 88.2% vs 85.0% without, against 88.2% stored). ``metric``:
@@ -383,15 +388,13 @@ def sensitivity(
     if not ratios or any(not (0.0 < r < 1.0) for r in ratios):
         raise ValueError(f"ratios must be numbers in (0, 1), got {ratios}")
     criterion_kwargs = dict(criterion_kwargs or {})
+    data = as_bundle(data)
+    warn_if_not_held_out(data, "sensitivity")
     if device is None:
-        val = getattr(data, "val", None)
-        device = getattr(val, "device", None) or _model_device(model)
+        device = data.val.device or _model_device(model)
     device = torch.device(device)
     if example_inputs is None:
-        shape = getattr(data, "input_shape", None)
-        if shape is None:
-            raise ValueError("pass example_inputs= (the data has no input_shape)")
-        example_inputs = torch.zeros((1, *shape))
+        example_inputs = torch.zeros((1, *data.input_shape))
 
     # -- cache lookup --------------------------------------------------------------------------------------------
     group_filter = sorted(groups) if groups is not None else None

@@ -1,8 +1,9 @@
 """Fine-tuning, evaluation and BatchNorm recalibration: the inner loop of every search trial.
 
-All three take a :class:`~autoprune.data.DataBundle` (or one of its splits) from
-:func:`autoprune.data.load_data`. Defaults favour throughput on CUDA (bf16 autocast, channels_last)
-and exact reproducibility on the CPU.
+All three take ``data`` in any form of :data:`autoprune.data_adapter.DataLike`: a
+:class:`~autoprune.data.DataBundle` (or one of its splits) from :func:`autoprune.data.load_data`, a map-style
+``Dataset`` of ``(image, label)``, a ``DataLoader``, or a ``(train, val)`` pair of these. Defaults favour
+throughput on CUDA (bf16 autocast, channels_last) and exact reproducibility on the CPU.
 """
 from __future__ import annotations
 
@@ -18,7 +19,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
-from .data import DataBundle, StreamSplit, TensorSplit
+from .data import StreamSplit, TensorSplit
+from .data_adapter import DataLike, as_bundle, check_labels
 
 __all__ = ["EvalResult", "FinetuneResult", "evaluate", "finetune", "recalibrate_bn"]
 
@@ -51,12 +53,16 @@ class EvalResult:
 # helpers
 
 
-def _split_of(data: Any, split: str) -> TensorSplit | StreamSplit:
-    if isinstance(data, DataBundle):
-        return data.split(split)
-    if hasattr(data, "batches") and hasattr(data, "num_classes"):
-        return data
-    raise TypeError(f"expected a DataBundle or a split from load_data(), got {type(data).__name__}")
+def _split_of(data: Any, split: str) -> Any:
+    """The split ``split`` of ``data`` (a single Dataset/DataLoader/split serves every split name)."""
+    return as_bundle(data).split(split)
+
+
+def _labels(y: Tensor | None, sp: Any, what: str) -> Tensor:
+    if y is None:
+        raise ValueError(f"{getattr(sp, 'name', 'the data')} yields images without labels; {what} needs "
+                         "(images, labels) pairs")
+    return y
 
 
 def _model_device(model: nn.Module) -> torch.device:
@@ -90,8 +96,9 @@ def _preserve_modes(model: nn.Module) -> Iterator[None]:
             m.training = t
 
 
-def check_num_classes(model: nn.Module, split: TensorSplit | StreamSplit, device: torch.device | None = None) -> None:
-    """Raise ``ValueError`` unless ``model`` maps one input of ``split`` to ``split.num_classes`` logits."""
+def check_num_classes(model: nn.Module, split: Any, device: torch.device | None = None) -> int:
+    """Raise ``ValueError`` unless ``model`` maps one input of ``split`` to ``split.num_classes`` logits (any width
+    when the data does not know its class count); returns the number of logits."""
     device = device or _model_device(model)
     x = torch.zeros((2, *split.input_shape), device=device)
     # eval mode: a forward in train mode would update BatchNorm running stats just to check a shape.
@@ -101,11 +108,12 @@ def check_num_classes(model: nn.Module, split: TensorSplit | StreamSplit, device
     if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
         raise ValueError(f"model must return (batch, num_classes) logits; got {shape} for input {tuple(x.shape)}")
-    if out.shape[1] != split.num_classes:
+    if split.num_classes is not None and out.shape[1] != split.num_classes:
         raise ValueError(
             f"model outputs {out.shape[1]} logits per image but the data has {split.num_classes} classes; "
             f"replace the classifier (e.g. its last nn.Linear) with one of {split.num_classes} outputs"
         )
+    return int(out.shape[1])
 
 
 def _lr_lambda(schedule: str, total: int) -> Any:
@@ -121,7 +129,7 @@ def _lr_lambda(schedule: str, total: int) -> Any:
 
 def finetune(
     model: nn.Module,
-    data: DataBundle | TensorSplit | StreamSplit,
+    data: DataLike,
     *,
     epochs: int = 1,
     lr: float = 0.01,
@@ -145,6 +153,11 @@ def finetune(
     moved there). ``amp`` (bf16 autocast) and ``channels_last`` default to on for CUDA, off otherwise.
     ``max_batches`` caps the batches per epoch (quick trials, benchmarks). Same ``seed`` on the CPU
     gives identical weights; the caller's global RNG state is left untouched.
+
+    ``data`` trains on its train split (a single Dataset or DataLoader is the train split). A Dataset is batched
+    with ``batch_size`` and shuffled with ``seed``; a DataLoader is used as it is (its batch size, order and
+    transforms). Data from :func:`~autoprune.data.load_data` is augmented (crop + flip) on the device; other data
+    keeps its own transforms. ``device`` then defaults to the model's device.
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
@@ -153,12 +166,13 @@ def finetune(
     split = _split_of(data, "train")
     if len(split) == 0:
         raise ValueError("the train split is empty")
-    dev = torch.device(device) if device is not None else split.device
+    dev = torch.device(device) if device is not None else (split.device or _model_device(model))
     use_amp = _default_amp(dev, amp)
     use_cl = dev.type == "cuda" if channels_last is None else bool(channels_last)
 
     model.to(dev)
-    check_num_classes(model, split, dev)
+    n_logits = check_num_classes(model, split, dev)
+    check = getattr(split, "checks_labels", False)
     if use_cl:
         model.to(memory_format=torch.channels_last)
 
@@ -166,6 +180,12 @@ def finetune(
     # (it is reshuffled into the next epoch), unless the whole split is smaller than one batch.
     drop_last = len(split) >= batch_size
     per_epoch = len(split) // batch_size if drop_last else 1
+    if hasattr(split, "num_batches"):  # a user's DataLoader: its own batches
+        per_epoch = split.num_batches() or 0
+        if not per_epoch and max_batches is None:
+            raise ValueError(f"{split.name} cannot tell its length (an iterable-style dataset); pass max_batches= "
+                             "(batches per epoch) to finetune")
+        per_epoch = per_epoch or int(max_batches)  # type: ignore[arg-type]
     if max_batches is not None:
         per_epoch = max(1, min(per_epoch, int(max_batches)))
     total = epochs * per_epoch
@@ -201,6 +221,11 @@ def finetune(
             for step, (x, y) in enumerate(batches):
                 if step >= per_epoch:
                     break
+                y = _labels(y, split, "fine-tuning")
+                if len(y) < 2:
+                    continue  # a user loader's last batch of one image: BatchNorm cannot train on it
+                if check:
+                    check_labels(y, n_logits)
                 x = x.to(dev, non_blocking=True)
                 y = y.to(dev, non_blocking=True)
                 if use_cl:
@@ -238,7 +263,7 @@ def finetune(
 @torch.no_grad()
 def evaluate(
     model: nn.Module,
-    data: DataBundle | TensorSplit | StreamSplit,
+    data: DataLike,
     *,
     split: str = "val",
     batch_size: int = 512,
@@ -247,22 +272,27 @@ def evaluate(
 ) -> EvalResult:
     """Top-1 accuracy and mean cross-entropy of ``model`` on a split (``"val"`` by default).
 
-    ``device`` defaults to the data's device (the model is moved there); ``amp`` defaults to bf16
+    A single Dataset or DataLoader is evaluated whatever ``split`` says; a ``(train, val)`` pair picks by name.
+    ``device`` defaults to the data's device, else the model's (the model is moved there); ``amp`` defaults to bf16
     autocast on CUDA. The model is evaluated in eval mode and its modes are restored afterwards.
     """
     sp = _split_of(data, split)
     if len(sp) == 0:
         raise ValueError(f"the {split!r} split is empty (val_fraction=0?); evaluate on another split")
-    dev = torch.device(device) if device is not None else sp.device
+    dev = torch.device(device) if device is not None else (sp.device or _model_device(model))
     use_amp = _default_amp(dev, amp)
     model.to(dev)
-    check_num_classes(model, sp, dev)
+    n_logits = check_num_classes(model, sp, dev)
+    check = getattr(sp, "checks_labels", False)
     correct = torch.zeros((), dtype=torch.int64, device=dev)
     loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
     n = 0
     with _preserve_modes(model):
         model.eval()
         for x, y in sp.batches(batch_size):
+            y = _labels(y, sp, "evaluation")
+            if check:
+                check_labels(y, n_logits)
             x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
             with _autocast(dev, use_amp):
                 out = model(x)
@@ -276,7 +306,7 @@ def evaluate(
 @torch.no_grad()
 def recalibrate_bn(
     model: nn.Module,
-    data: DataBundle | TensorSplit | StreamSplit,
+    data: DataLike,
     *,
     batches: int = 10,
     batch_size: int = 128,
@@ -313,6 +343,8 @@ def recalibrate_bn(
                                                   drop_last=drop_last)):
                 if i >= batches:
                     break
+                if len(x) < 2:
+                    continue  # a user loader's last batch of one image: BatchNorm cannot take statistics of it
                 model(x.to(dev, non_blocking=True))
         finally:
             for m, mom in zip(bns, momenta):

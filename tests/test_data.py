@@ -283,6 +283,16 @@ def test_wrong_layouts_explain_expected_layout(tmp_path):
         load_data("imagefolder", other, cache_dir=tmp_path)
 
 
+def test_imagefolder_with_one_class_is_refused(tmp_path):
+    one = tmp_path / "one"
+    _img(one / "train" / "cats" / "x.png")
+    _img(one / "test" / "cats" / "y.png")
+    with pytest.raises(DatasetLayoutError, match=r"one class folder \('cats'\).*at least 2 classes"):
+        load_data("imagefolder", one, cache_dir=tmp_path)
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        load_data("synthetic", cache_dir=tmp_path, num_classes=1)
+
+
 def test_split_folder_passed_as_root(cifar_slice, tmp_path):
     with pytest.raises(DatasetLayoutError, match="pass its parent"):
         load_data("imagefolder", cifar_slice / "train", cache_dir=tmp_path)
