@@ -1,32 +1,79 @@
 """autoprune: find how many channels each layer of a trained CNN can lose.
 
-Public entry points (everything else may change):
+The public API is what ``__all__`` lists, all of it named below (everything else may change). Every function taking
+``data`` accepts a ``torch.utils.data.DataLoader``, a map-style ``Dataset`` of ``(image, label)``, a ``(train, val)``
+pair of these, or a :class:`DataBundle` from :func:`load_data`.
 
-- :class:`ChannelGraph` -- channel dependency analysis and physical pruning;
+Channel graph and models:
+
+- :class:`ChannelGraph`, :class:`ChannelGroup` -- channel dependency analysis and physical pruning;
+  :class:`TraceError`, :class:`PruneError` -- what it raises when a model cannot be traced or pruned;
 - :func:`count_macs`, :func:`count_params` -- the papers' MAC convention, counted by fvcore;
-- :func:`save` / :func:`load` -- pruned models without pickled code;
-- :func:`score` and the criteria registry -- channel importance;
-- :func:`load_data`, :func:`finetune`, :func:`evaluate`, :func:`recalibrate_bn` -- the inner loop of a trial;
-- :func:`sensitivity`, :func:`allocate`, :func:`prune_to_budget` -- FLOP-normalized sensitivity and budgets;
-- :func:`search`, :func:`load_front` -- the Optuna search and its Pareto front.
+- :func:`get_model` -- the CIFAR ResNets/VGGs and torchvision classifiers by name;
+- :func:`save`, :func:`load` -- pruned models without pickled code.
+
+Channel importance:
+
+- :func:`score` -- per-channel scores of a criterion;
+- :func:`get_criterion`, :func:`register_criterion`, :func:`available_criteria` -- the criteria registry.
+
+Data and the inner loop of a trial:
+
+- :func:`load_data` -> :class:`DataBundle` -- cached, device-resident train/val/test splits;
+- :func:`finetune` -> :class:`FinetuneResult`, :func:`evaluate` -> :class:`EvalResult`, :func:`recalibrate_bn`.
+
+Sensitivity and budgets:
+
+- :func:`sensitivity` -> :class:`SensitivityTable` -- FLOP-normalized sensitivity of every group;
+- :func:`allocate` -> :class:`Allocation` -- per-group ratios meeting a MAC/parameter budget;
+- :func:`prune_to_budget` -> :class:`BudgetResult` -- one call from a trained model to a pruned, fine-tuned one;
+- :func:`compare_criteria` -> :class:`CriteriaComparison` -- criteria side by side at fixed ratios.
+
+Search:
+
+- :func:`search` -- the Optuna search of per-group ratios; :func:`load_front` -> :class:`ParetoFront`.
+
+:data:`__version__` is the package version.
 """
-from .allocation import Allocation, allocate
-from .budget import BudgetResult, prune_to_budget
-from .compare import compare_criteria
-from .criteria import available_criteria, get_criterion, register_criterion
+# To export a name: import it in its section below, add it to ``__all__`` in the same section, and name it in the
+# docstring above (tests/test_api.py checks all three, and that no function hides a submodule of the same name).
+from ._version import __version__
+
+# channel graph and models
 from .flops import count_macs, count_params
 from .graph import ChannelGraph, ChannelGroup, PruneError, TraceError
 from .io import load, save
 from .models import get_model
-from .data import load_data
-from .scoring import score
-from .study import ParetoFront, load_front, search
-from .sensitivity_analysis import SensitivityTable, sensitivity
-from .train import evaluate, finetune, recalibrate_bn
 
-from ._version import __version__
+# channel importance
+from .criteria import available_criteria, get_criterion, register_criterion
+from .scoring import score
+
+# data and the inner loop of a trial
+from .data import DataBundle, load_data
+from .train import EvalResult, FinetuneResult, evaluate, finetune, recalibrate_bn
+
+# sensitivity and budgets
+from .allocation import Allocation, allocate
+from .budget import BudgetResult, prune_to_budget
+from .compare import CriteriaComparison, compare_criteria
+from .sensitivity_analysis import SensitivityTable, sensitivity
+
+# search
+from .study import ParetoFront, load_front, search
 
 __all__ = [
-    "ChannelGraph", "ChannelGroup", "TraceError", "PruneError", "count_macs", "count_params", "get_model",
-    "save", "load", "score", "get_criterion", "register_criterion", "available_criteria",
+    "__version__",
+    # channel graph and models
+    "ChannelGraph", "ChannelGroup", "TraceError", "PruneError", "count_macs", "count_params", "get_model", "save",
+    "load",
+    # channel importance
+    "score", "get_criterion", "register_criterion", "available_criteria",
+    # data and the inner loop of a trial
+    "load_data", "DataBundle", "finetune", "FinetuneResult", "evaluate", "EvalResult", "recalibrate_bn",
+    # sensitivity and budgets
+    "sensitivity", "SensitivityTable", "allocate", "Allocation", "prune_to_budget", "BudgetResult",
+    "compare_criteria", "CriteriaComparison",
+    # search
+    "search", "load_front", "ParetoFront",
 ]
