@@ -1,36 +1,41 @@
-"""Search-space files: one YAML file describes a whole pruning search.
+"""The config schema of every command: one YAML file describes a model, its data and a whole pruning search.
 
-:func:`load_config` reads a file (or a dict) into a validated :class:`SearchConfig`. Every error is a
-:class:`ConfigError` (a ``ValueError``) naming the offending key, e.g.
+``autoprune search``, ``sensitivity``, ``prune``, ``compare-criteria``, ``export``, ``pareto``, ``report`` and
+``dashboard`` all read this schema through :func:`load_config`, which returns a validated :class:`SearchConfig`.
+Every error is a :class:`ConfigError` (a ``ValueError``) naming the file and the offending key, e.g.
 ``ratios.groups['layer4.*']: pattern matches no prunable group`` or
-``unknown key 'n_trial' at top level; did you mean 'n_trials'?``.
+``unknown key 'n_trial' in the top level; did you mean 'n_trials'?``.
+
+**One place for every key**: each key is a dataclass field below whose metadata holds its documentation and its
+check; its default is the field's default. :data:`SCHEMA` (allowed keys) and the reference tables of
+``docs/search.md`` (:func:`reference_markdown`) are derived from the dataclasses, and a test keeps the document
+equal to them.
 
 Two stages of checks:
 
 * :func:`load_config` -- keys, types, ranges, choices: everything that needs no model;
 * :func:`check_against_graph` -- what needs the model's channel groups: every ``ratios.groups`` pattern must match
   a prunable group, and the budget constraints must be reachable within the ratio bounds.
-
-The reference of every key, with defaults, is in ``docs/search.md`` and in :data:`SCHEMA` below.
 """
 from __future__ import annotations
 
 import contextlib
 import copy
+import dataclasses
 import difflib
 import fnmatch
 import hashlib
 import json
 import math
 import os
-from dataclasses import asdict, dataclass, field
+from dataclasses import MISSING, asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 __all__ = [
     "ConfigError", "SearchConfig", "ModelSpec", "PretrainSpec", "DataSpec", "RatioSpec", "ConstraintSpec",
     "SamplerSpec", "FinetuneSpec", "ScoringSpec", "load_config", "check_against_graph", "group_bounds",
-    "OBJECTIVES", "SAMPLERS", "GUIDES", "SCHEMA",
+    "reference_markdown", "OBJECTIVES", "SAMPLERS", "GUIDES", "SCHEMA",
 ]
 
 OBJECTIVES = ("accuracy", "macs", "params")
@@ -38,152 +43,302 @@ SAMPLERS = ("nsga2", "tpe")
 GUIDES = ("sensitivity", "srr", "uniform")
 MODES = ("guided", "per_group")
 
-#: Allowed keys per section, with a one-line description each (the reference of docs/search.md).
-SCHEMA: dict[str, dict[str, str]] = {
-    "": {
-        "name": "name of the search; default study name and run directory (default: the file's stem)",
-        "seed": "seed of the sampler, data split, scoring and fine-tuning (default 0)",
-        "n_trials": "number of COMPLETE trials to reach (default 50)",
-        "study_name": "Optuna study name (default: name)",
-        "storage": "Optuna storage URL, or a journal file path; default <run_dir>/optuna.journal",
-        "run_dir": "directory for the journal, pretrained base weights and reports (default runs/<name>)",
-        "device": "device for data and training (default: cuda when available, else cpu)",
-        "threads": "torch CPU threads while searching and exporting (default: torch's own setting)",
-        "model": "the model to prune (section)",
-        "data": "the data set (section)",
-        "criteria": "criterion name, or a list of names (then the criterion is searched)",
-        "ratios": "ratio parameterisation (section)",
-        "objectives": "list of objectives: accuracy (max), macs (min), params (min)",
-        "constraints": "budgets (section); infeasible trials never reach the Pareto front",
-        "sampler": "Optuna sampler (section)",
-        "finetune": "fine-tuning of every trial (section)",
-        "scoring": "data used by activation criteria (section)",
-    },
-    "model": {
-        "name": "package model (resnet56...), torchvision name (resnet50, torchvision:resnet50), "
-                "or module:function of your own code",
-        "kwargs": "keyword arguments for the model constructor (num_classes defaults to the data's)",
-        "weights": "state_dict file (torch.load weights_only) or an autoprune model file",
-        "input_shape": "[C, H, W] of one input (default: the data's)",
-        "pretrain": "train the base model first when there are no weights (section; for quick tests)",
-    },
-    "model.pretrain": {
-        "epochs": "training epochs (default 3)",
-        "lr": "learning rate (default 0.05)",
-        "batch_size": "batch size (default 128)",
-        "max_batches": "cap on batches per epoch (default none)",
-    },
-    "data": {
-        "dataset": "synthetic, cifar10, cifar100 or imagefolder",
-        "root": "data set directory (imagefolder: holds train/ and test/)",
-        "val_fraction": "fraction of the training images held out for validation (default 0.1)",
-        "val_from": "train (default) or test: carve val from the test images (checkpoints trained on all of train)",
-        "num_train": "keep only this many training images (default all)",
-        "image_size": "resize images to this size (int or [H, W]; default native)",
-        "eval_split": "split that trials are scored on: val (default) or test",
-        "cache_dir": "decoded-data cache (default $AUTOPRUNE_CACHE or ~/.cache/autoprune)",
-        "options": "extra load_data options (synthetic: num_classes, train_per_class...; imagefolder: stream...)",
-    },
-    "ratios": {
-        "mode": "guided (budget level + per-group offsets around an allocation) or per_group",
-        "guide": "guided mode: allocation the offsets are centred on: sensitivity (default), srr or uniform",
-        "level": "guided mode: [low, high] range of the searched budget level (fraction of MACs kept)",
-        "offset": "guided mode: per-group offsets are searched in [-offset, +offset] (default 0.1)",
-        "anchors": "guided mode: first run this many trials at the guide's own allocation (offsets 0) at evenly "
-                   "spaced levels (default 0)",
-        "default": "[low, high] bounds of every group's ratio (default [0.0, 0.9])",
-        "groups": "{fnmatch pattern: [low, high]} bounds for matching groups (later patterns win)",
-        "step": "discretisation step of the searched ratios (default continuous)",
-        "sensitivity": "guided sensitivity/srr: keyword arguments for autoprune.sensitivity_analysis (section)",
-    },
-    "constraints": {
-        "max_macs": "keep at most this fraction of the base model's MACs",
-        "max_params": "keep at most this fraction of the base model's parameters",
-        "min_accuracy": "reject trials below this validation accuracy (fraction in [0, 1])",
-        "finetune_infeasible": "fine-tune trials that break a MAC/param budget anyway (default false: they are "
-                               "only evaluated after pruning)",
-    },
-    "sampler": {
-        "name": "nsga2 (default) or tpe",
-        "seed": "sampler seed (default: the top-level seed)",
-        "population_size": "nsga2 population (default: n_trials // 4 clamped to [4, 50])",
-        "n_startup_trials": "tpe random start-up trials (default 10)",
-    },
-    "finetune": {
-        "epochs": "epochs per trial (default 1)",
-        "max_batches": "cap on batches per epoch (default none)",
-        "lr": "learning rate (default 0.01)",
-        "batch_size": "batch size (default 128)",
-        "schedule": "cosine (default), onecycle or constant",
-        "weight_decay": "weight decay (default 5e-4)",
-        "momentum": "SGD momentum (default 0.9)",
-        "label_smoothing": "label smoothing (default 0)",
-        "recalibrate_bn": "re-estimate BatchNorm statistics on this many batches before fine-tuning (default 0)",
-    },
-    "scoring": {
-        "num_batches": "batches of training data seen by activation criteria (default 5)",
-        "batch_size": "their batch size (default 128)",
-    },
-}
-
 
 class ConfigError(ValueError):
-    """An invalid search configuration; the message names the key."""
+    """An invalid configuration; the message names the key (and the file, when read from one)."""
 
 
 # ------------------------------------------------------------------------------------------------------------
-# dataclasses
+# one key = one field: its default, its documentation and its check
+
+
+@dataclass
+class _Ctx:
+    """What a check may need: the config file's folder (relative input paths) and the keys parsed before it."""
+
+    base: Path | None
+    values: dict[str, Any]
+
+
+Check = Callable[[Any, str, _Ctx], Any]
+
+
+def _key(default: Any = MISSING, doc: str = "", check: Check | None = None, *, shown: str | None = None,
+         section: type | None = None) -> Any:
+    """A config key: ``default`` (MISSING = required; a list, dict or section class is copied per instance),
+    ``doc`` (markdown, for docs/search.md), ``check(value, where, ctx) -> value`` (raises ConfigError), ``shown``
+    (how the default reads in the reference when it is computed), ``section`` (a nested section's dataclass)."""
+    md = {"doc": doc, "check": check, "shown": shown, "section": section}
+    if default is MISSING:
+        return field(metadata=md)
+    if isinstance(default, type):
+        return field(default_factory=default, metadata=md)
+    if isinstance(default, (list, dict)):
+        return field(default_factory=lambda d=default: copy.deepcopy(d), metadata=md)
+    return field(default=default, metadata=md)
+
+
+# -- checks (each returns the normalised value) ----------------------------------------------------------------
+
+
+def _c_int(lo: int | None = None) -> Check:
+    return lambda v, where, ctx: _int(v, where, lo=lo)
+
+
+def _c_float(lo: float | None = None, hi: float | None = None, lo_open: bool = False, hi_open: bool = False) -> Check:
+    return lambda v, where, ctx: _float(v, where, lo=lo, hi=hi, lo_open=lo_open, hi_open=hi_open)
+
+
+def _c_str(choices: tuple[str, ...] | Callable[[], tuple[str, ...]] | None = None) -> Check:
+    return lambda v, where, ctx: _str(v, where, choices=choices() if callable(choices) else choices)
+
+
+def _c_bool(v: Any, where: str, ctx: _Ctx) -> bool:
+    return _bool(v, where)
+
+
+def _c_bounds(v: Any, where: str, ctx: _Ctx) -> list[float]:
+    return _bounds(v, where)
+
+
+def _c_mapping(v: Any, where: str, ctx: _Ctx) -> dict:
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{where}: expected a mapping, got {_show(v)}")
+    return dict(v)
+
+
+def _c_input_path(v: Any, where: str, ctx: _Ctx) -> str:
+    return _resolve_input_path(_str(v, where), ctx.base)  # type: ignore[return-value]
+
+
+def _c_expanded(v: Any, where: str, ctx: _Ctx) -> str:
+    return os.path.expanduser(os.path.expandvars(_str(v, where)))  # type: ignore[arg-type]
+
+
+def _c_input_shape(v: Any, where: str, ctx: _Ctx) -> list[int]:
+    if not isinstance(v, (list, tuple)) or len(v) != 3 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in v):
+        raise ConfigError(f"{where}: expected [C, H, W] (three positive integers), got {_show(v)}")
+    return [int(s) for s in v]
+
+
+def _c_image_size(v: Any, where: str, ctx: _Ctx) -> list[int]:
+    size = [v, v] if isinstance(v, int) and not isinstance(v, bool) else v
+    if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
+            isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+        raise ConfigError(f"{where}: expected an integer or [H, W], got {_show(v)}")
+    return [int(s) for s in size]
+
+
+def _datasets() -> tuple[str, ...]:
+    from .data import DATASETS
+
+    return tuple(DATASETS)
+
+
+def _schedules() -> tuple[str, ...]:
+    from .train import SCHEDULES
+
+    return tuple(SCHEDULES)
+
+
+def _c_data_options(v: Any, where: str, ctx: _Ctx) -> dict:
+    from .data import _OPTIONS
+
+    opts = _c_mapping(v, where, ctx)
+    ds = ctx.values.get("dataset")
+    accepted = sorted(_OPTIONS.get(ds, ()))
+    for k in opts:
+        if k not in accepted:
+            close = difflib.get_close_matches(str(k), accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            raise ConfigError(f"unknown key {k!r} in {where} for dataset {ds}{hint} (accepted: {', '.join(accepted)})")
+    return opts
+
+
+def _c_criteria(v: Any, where: str, ctx: _Ctx) -> list[str]:
+    from .criteria import available_criteria
+
+    items = [v] if isinstance(v, str) else v
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ConfigError(f"{where}: expected a criterion name or a non-empty list of names, got {_show(v)}")
+    known = tuple(available_criteria())
+    out: list[str] = []
+    for i, c in enumerate(items):
+        _str(c, f"{where}[{i}]", choices=known)
+        if c in out:
+            raise ConfigError(f"{where}: {c!r} is listed twice")
+        out.append(c)
+    return out
+
+
+def _c_objectives(v: Any, where: str, ctx: _Ctx) -> list[str]:
+    want = {"accuracy": "max", "macs": "min", "params": "min"}
+    if isinstance(v, Mapping):
+        for k, d in v.items():
+            _str(k, where, choices=OBJECTIVES)
+            if d not in (want[k], want[k] + "imize"):
+                raise ConfigError(f"{where}.{k}: {k} is always {want[k]}imised, got {d!r}")
+        items = list(v)
+    elif isinstance(v, (list, tuple)):
+        items = list(v)
+    else:
+        raise ConfigError(f"{where}: expected a list such as [accuracy, macs], got {_show(v)}")
+    for i, o in enumerate(items):
+        _str(o, f"{where}[{i}]", choices=OBJECTIVES)
+    if len(set(items)) != len(items):
+        raise ConfigError(f"{where}: duplicates in {items}")
+    if "accuracy" not in items or len(items) < 2:
+        raise ConfigError(f"{where}: need accuracy and at least one of macs, params; got {items}")
+    return sorted(items, key=OBJECTIVES.index)
+
+
+def _c_level(v: Any, where: str, ctx: _Ctx) -> list[float]:
+    lv = [v, v] if _is_num(v) else v
+    if not isinstance(lv, (list, tuple)) or len(lv) != 2 or not all(_is_num(x) for x in lv):
+        raise ConfigError(f"{where}: expected [low, high] (fractions of MACs kept), got {_show(v)}")
+    lo, hi = float(lv[0]), float(lv[1])
+    if not (0.0 < lo <= hi <= 1.0):
+        raise ConfigError(f"{where}: must satisfy 0 < low <= high <= 1 (fraction of MACs kept), got [{lv[0]}, {lv[1]}]")
+    return [lo, hi]
+
+
+def _c_groups(v: Any, where: str, ctx: _Ctx) -> dict[str, list[float]]:
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{where}: expected a mapping {{pattern: [low, high]}}, got {_show(v)}")
+    out = {}
+    for pat, b in v.items():
+        if not isinstance(pat, str) or not pat:
+            raise ConfigError(f"{where}: patterns must be non-empty strings, got {pat!r}")
+        out[pat] = _bounds(b, f"{where}[{pat!r}]")
+    return out
+
+
+def _c_sensitivity(v: Any, where: str, ctx: _Ctx) -> dict:
+    import inspect
+
+    from .sensitivity_analysis import sensitivity as _sens_fn
+
+    if not isinstance(v, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of autoprune.sensitivity_analysis options, got {_show(v)}")
+    accepted = [p for p in inspect.signature(_sens_fn).parameters
+                if p not in ("model", "data", "example_inputs", "graph")]
+    for k in v:
+        if k not in accepted:
+            close = difflib.get_close_matches(str(k), accepted, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {', '.join(accepted)}"
+            raise ConfigError(f"unknown key {k!r} in {where}{hint}")
+    return dict(v)
+
+
+def _c_sampler_name(v: Any, where: str, ctx: _Ctx) -> str:
+    name = str(v).lower().replace("-", "").replace("_", "")
+    return _str({"nsgaii": "nsga2"}.get(name, name), where, choices=SAMPLERS)  # type: ignore[return-value]
+
+
+# ------------------------------------------------------------------------------------------------------------
+# the schema
 
 
 @dataclass
 class PretrainSpec:
-    epochs: int = 3
-    lr: float = 0.05
-    batch_size: int = 128
-    max_batches: int | None = None
+    """No weights: train the base model first (cached as ``<run_dir>/base-<hash>.pt``; for quick tests)."""
+
+    epochs: int = _key(3, "training epochs", _c_int(1))
+    lr: float = _key(0.05, "learning rate", _c_float(0.0, lo_open=True))
+    batch_size: int = _key(128, "batch size", _c_int(1))
+    max_batches: int | None = _key(None, "cap on batches per epoch", _c_int(1), shown="all")
 
 
 @dataclass
 class ModelSpec:
-    name: str
-    kwargs: dict = field(default_factory=dict)
-    weights: str | None = None
-    input_shape: list[int] | None = None
-    pretrain: PretrainSpec | None = None
+    """The model to prune. A bare string is read as `{name: ...}`."""
+
+    shorthand: ClassVar[str] = "name"
+
+    name: str = _key(doc="package model (`resnet56`, `vgg16_bn_cifar`...), torchvision name (`resnet50`, "
+                     "`torchvision:resnet50`), or `module:function` of your own code (imported from next to the "
+                     "config file or the working directory, called with `kwargs`)", check=_c_str())
+    kwargs: dict = _key({}, "keyword arguments of the constructor; package and torchvision models get `num_classes` "
+                        "from the data unless given", _c_mapping)
+    weights: str | None = _key(None, "a state_dict file (`torch.load(weights_only=True)`; `state_dict`/`model` "
+                               "entries of a checkpoint and `module.` prefixes are handled) or an autoprune model file "
+                               "(then an already-pruned model is pruned further)", _c_input_path,
+                               shown="none (random initialisation, or `pretrain`)")
+    input_shape: list[int] | None = _key(None, "`[C, H, W]` of one input; must equal the shape of a data sample "
+                                         "(checked)", _c_input_shape, shown="the data's")
+    pretrain: PretrainSpec | None = _key(None, "no weights: train the base model first (section)",
+                                         section=PretrainSpec, shown="none")
 
 
 @dataclass
 class DataSpec:
-    dataset: str
-    root: str | None = None
-    val_fraction: float = 0.1
-    val_from: str = "train"
-    num_train: int | None = None
-    image_size: list[int] | None = None
-    eval_split: str = "val"
-    cache_dir: str | None = None
-    options: dict = field(default_factory=dict)
+    """The data set (see docs/finetune.md)."""
+
+    dataset: str = _key(doc="`synthetic`, `cifar10`, `cifar100` or `imagefolder`", check=_c_str(_datasets))
+    root: str | None = _key(None, "data directory (`imagefolder`: holds `train/` and `test/` or `val/`)",
+                            _c_input_path, shown="none (required for imagefolder)")
+    val_fraction: float = _key(0.1, "fraction of the training images held out for validation; trials are scored "
+                               "on it", _c_float(0.0, 1.0, hi_open=True))
+    val_from: str = _key("train", "`train` or `test`: carve the val split from the test images instead "
+                         "(`val_fraction` of them; test keeps the rest) -- for checkpoints trained on the whole "
+                         "training split, whose train-carved val scores ~100%", _c_str(("train", "test")))
+    num_train: int | None = _key(None, "keep only this many training images", _c_int(1), shown="all")
+    image_size: list[int] | None = _key(None, "resize images to this size (int or `[H, W]`)", _c_image_size,
+                                        shown="native")
+    eval_split: str = _key("val", "split that trials are scored on: `val` or `test`", _c_str(("val", "test")))
+    cache_dir: str | None = _key(None, "decoded-data cache", _c_expanded,
+                                 shown="`$AUTOPRUNE_CACHE` or `~/.cache/autoprune`")
+    options: dict = _key({}, "extra `load_data` options: synthetic `num_classes`, `train_per_class`, "
+                         "`test_per_class`; cifar `download`; imagefolder `stream`, `num_workers`, "
+                         "`max_cached_size`; all `mean`, `std`, `padding`", _c_data_options)
+
+
+GUIDED_ONLY = ("guide", "level", "offset", "anchors", "sensitivity")
 
 
 @dataclass
 class RatioSpec:
-    mode: str = "per_group"
-    guide: str = "sensitivity"
-    level: list[float] | None = None
-    offset: float = 0.1
-    anchors: int = 0
-    default: list[float] = field(default_factory=lambda: [0.0, 0.9])
-    groups: dict[str, list[float]] = field(default_factory=dict)
-    step: float | None = None
-    sensitivity: dict = field(default_factory=dict)
+    """Ratio parameterisation. A ratio is the fraction of a group's channels removed, in `[0, 1)`."""
+
+    mode: str = _key("per_group", "`per_group` (one searched ratio per group) or `guided` (a searched budget level "
+                     "plus per-group offsets around an allocation)", _c_str(MODES))
+    guide: str = _key("sensitivity", "guided: what the offsets are centred on -- `sensitivity` (the damage-per-MAC "
+                      "allocation of `autoprune.allocate` from a sensitivity table, computed once and cached on "
+                      "disk), `srr` (structural redundancy, no table) or `uniform` (one ratio for all groups)",
+                      _c_str(GUIDES))
+    level: list[float] | None = _key(None, "guided: `[low, high]` of the searched budget level = fraction of MACs "
+                                     "the allocation keeps", _c_level,
+                                     shown="`[0.2, max_macs]`, or `[0.2, 0.9]` without a budget")
+    offset: float = _key(0.1, "guided: each group's ratio is `clip(allocation(level)[group] + offset_g, low, high)` "
+                         "with `offset_g` searched in `[-offset, offset]`", _c_float(0.0, 0.5))
+    anchors: int = _key(0, "guided: when the study is created, enqueue this many trials at the guide's own "
+                        "allocation (every offset 0) at evenly spaced levels, both ends included (criteria in "
+                        "turn). Not part of the study fingerprint", _c_int(0))
+    default: list[float] = _key([0.0, 0.9], "`[low, high]` bounds of every group's ratio", _c_bounds)
+    groups: dict[str, list[float]] = _key({}, "`{pattern: [low, high]}`: bounds for the groups whose name matches "
+                                          "the `fnmatch` pattern (`layer1.*`, `conv1`); in file order, later "
+                                          "patterns win. Equal bounds fix a group (`conv1: [0, 0]` never prunes it). "
+                                          "Group names: `autoprune groups CONFIG`", _c_groups)
+    step: float | None = _key(None, "discretisation step of the searched ratios/offsets",
+                              _c_float(0.0, 0.5, lo_open=True), shown="continuous")
+    sensitivity: dict = _key({}, "guided `sensitivity`: options of `autoprune.sensitivity_analysis.sensitivity` "
+                             "(`ratios`, `bn_batches`, `eval_batches`, `batch_size`, `criterion` -- default the first "
+                             "of `criteria` -- ...); `autoprune sensitivity CONFIG` uses them too", _c_sensitivity)
 
 
 @dataclass
 class ConstraintSpec:
-    max_macs: float | None = None
-    max_params: float | None = None
-    min_accuracy: float | None = None
-    finetune_infeasible: bool = False
+    """Budgets; infeasible trials never reach the Pareto front. `autoprune prune CONFIG` prunes to them."""
+
+    max_macs: float | None = _key(None, "keep at most this fraction of the base model's MACs",
+                                  _c_float(0.0, 1.0, lo_open=True), shown="none")
+    max_params: float | None = _key(None, "keep at most this fraction of its parameters",
+                                    _c_float(0.0, 1.0, lo_open=True), shown="none")
+    min_accuracy: float | None = _key(None, "reject trials below this validation accuracy (fraction in [0, 1])",
+                                      _c_float(0.0, 1.0), shown="none")
+    finetune_infeasible: bool = _key(False, "fine-tune trials over a MAC/parameter budget anyway (otherwise they "
+                                     "are only evaluated after pruning)", _c_bool)
 
     def active(self) -> dict[str, float]:
         return {k: v for k, v in (("max_macs", self.max_macs), ("max_params", self.max_params),
@@ -192,53 +347,72 @@ class ConstraintSpec:
 
 @dataclass
 class SamplerSpec:
-    name: str = "nsga2"
-    seed: int | None = None
-    population_size: int | None = None
-    n_startup_trials: int = 10
+    """The Optuna sampler. A bare string is read as `{name: ...}`."""
+
+    shorthand: ClassVar[str] = "name"
+
+    name: str = _key("nsga2", "`nsga2` (`optuna.samplers.NSGAIISampler`) or `tpe` (`TPESampler(multivariate=True, "
+                     "constant_liar=True)`)", _c_sampler_name)
+    seed: int | None = _key(None, "sampler seed", _c_int(), shown="the top-level `seed`")
+    population_size: int | None = _key(None, "NSGA-II population", _c_int(2),
+                                       shown="`n_trials // 4`, clamped to [4, 50]")
+    n_startup_trials: int = _key(10, "TPE random start-up trials", _c_int(0))
 
 
 @dataclass
 class FinetuneSpec:
-    epochs: int = 1
-    max_batches: int | None = None
-    lr: float = 0.01
-    batch_size: int = 128
-    schedule: str = "cosine"
-    weight_decay: float = 5e-4
-    momentum: float = 0.9
-    label_smoothing: float = 0.0
-    recalibrate_bn: int = 0
+    """Fine-tuning of every trial (and of `autoprune prune`), as `autoprune.train.finetune`."""
+
+    epochs: int = _key(1, "epochs per trial (0 = evaluate right after pruning)", _c_int(0))
+    max_batches: int | None = _key(None, "cap on batches per epoch", _c_int(1), shown="all")
+    lr: float = _key(0.01, "learning rate", _c_float(0.0, lo_open=True))
+    batch_size: int = _key(128, "batch size", _c_int(1))
+    schedule: str = _key("cosine", "`cosine`, `onecycle` or `constant`", _c_str(_schedules))
+    weight_decay: float = _key(5e-4, "weight decay", _c_float(0.0))
+    momentum: float = _key(0.9, "SGD momentum", _c_float(0.0, 1.0, hi_open=True))
+    label_smoothing: float = _key(0.0, "label smoothing", _c_float(0.0, 1.0, hi_open=True))
+    recalibrate_bn: int = _key(0, "re-estimate BatchNorm statistics on this many batches before fine-tuning",
+                               _c_int(0))
 
 
 @dataclass
 class ScoringSpec:
-    num_batches: int = 5
-    batch_size: int = 128
+    """Data seen by activation criteria (`hrank`, `ezcrop`, ...)."""
+
+    num_batches: int = _key(5, "training batches seen by activation criteria", _c_int(1))
+    batch_size: int = _key(128, "their batch size", _c_int(1))
 
 
-@dataclass
+@dataclass(kw_only=True)
 class SearchConfig:
-    """A validated search description (see :func:`load_config`)."""
+    """A validated config (see :func:`load_config`)."""
 
-    name: str
-    model: ModelSpec
-    data: DataSpec
-    criteria: list[str] = field(default_factory=lambda: ["l1"])
-    ratios: RatioSpec = field(default_factory=RatioSpec)
-    objectives: list[str] = field(default_factory=lambda: ["accuracy", "macs"])
-    constraints: ConstraintSpec = field(default_factory=ConstraintSpec)
-    sampler: SamplerSpec = field(default_factory=SamplerSpec)
-    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
-    scoring: ScoringSpec = field(default_factory=ScoringSpec)
-    n_trials: int = 50
-    seed: int = 0
-    study_name: str | None = None
-    storage: str | None = None
-    run_dir: str | None = None
-    device: str | None = None
-    threads: int | None = None
-    source: str | None = None  # the file it was read from (not a YAML key)
+    name: str = _key("search", "name of the search; default study name and run directory", _c_str(),
+                     shown="the file's stem")
+    seed: int = _key(0, "seed of the sampler, data split, scoring, model initialisation and fine-tuning", _c_int(0))
+    n_trials: int = _key(50, "number of COMPLETE trials to reach", _c_int(1))
+    study_name: str | None = _key(None, "Optuna study name", _c_str(), shown="`name`")
+    storage: str | None = _key(None, "Optuna storage URL, or a journal file path", _c_str(),
+                               shown="`<run_dir>/optuna.journal`")
+    run_dir: str | None = _key(None, "directory for the journal, pretrained base weights, reports and the outputs "
+                               "of `sensitivity`, `prune`, `compare-criteria`", _c_str(), shown="`runs/<name>`")
+    device: str | None = _key(None, "device for data and training", _c_str(), shown="cuda when available, else cpu")
+    threads: int | None = _key(None, "`torch.set_num_threads` while searching and exporting, restored after; an "
+                               "exported model is rebuilt with the same count, so CPU results match bit for bit",
+                               _c_int(1), shown="torch's own")
+    model: ModelSpec = _key(doc="the model to prune (section)", section=ModelSpec)
+    data: DataSpec = _key(doc="the data set (section)", section=DataSpec)
+    criteria: list[str] = _key(["l1"], "a criterion name (`l1`), or a list (`[l1, hrank, ezcrop]`): then the "
+                               "criterion is a searched categorical. Names: `autoprune.available_criteria()`",
+                               _c_criteria)
+    ratios: RatioSpec = _key(RatioSpec, "ratio parameterisation (section)", section=RatioSpec)
+    objectives: list[str] = _key(["accuracy", "macs"], "`[accuracy, macs]`, `[accuracy, macs, params]` or "
+                                 "`[accuracy, params]`; accuracy is maximised, the others minimised", _c_objectives)
+    constraints: ConstraintSpec = _key(ConstraintSpec, "budgets (section)", section=ConstraintSpec)
+    sampler: SamplerSpec = _key(SamplerSpec, "Optuna sampler (section)", section=SamplerSpec)
+    finetune: FinetuneSpec = _key(FinetuneSpec, "fine-tuning of every trial (section)", section=FinetuneSpec)
+    scoring: ScoringSpec = _key(ScoringSpec, "data used by activation criteria (section)", section=ScoringSpec)
+    source: str | None = field(default=None, metadata={"internal": True})  # the file it was read from (no key)
 
     # -- derived ---------------------------------------------------------------------------------------------
     @property
@@ -410,235 +584,73 @@ def _resolve_input_path(p: str | None, base: Path | None) -> str | None:
 
 
 # ------------------------------------------------------------------------------------------------------------
-# sections
+# parsing: one generic walk over the dataclasses, plus the rules that tie keys of a section together
 
 
-def _model(raw: Any, base: Path | None) -> ModelSpec:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    if raw is None:
-        raise ConfigError("missing required section 'model' (at least model.name)")
-    d = _section(raw, "model")
-    if "name" not in d:
-        raise ConfigError("model.name is required (e.g. resnet56, resnet50 or my_package.models:build)")
-    name = _str(d["name"], "model.name")
-    kwargs = d.get("kwargs") or {}
-    if not isinstance(kwargs, Mapping):
-        raise ConfigError(f"model.kwargs: expected a mapping, got {_show(kwargs)}")
-    shape = d.get("input_shape")
-    if shape is not None:
-        if not isinstance(shape, (list, tuple)) or len(shape) != 3 or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in shape):
-            raise ConfigError(f"model.input_shape: expected [C, H, W] (three positive integers), got {_show(shape)}")
-        shape = [int(s) for s in shape]
-    weights = d.get("weights")
-    if weights is not None:
-        _str(weights, "model.weights")
-        weights = _resolve_input_path(weights, base)
-    pre = None
-    if d.get("pretrain") is not None:
-        p = _section(d["pretrain"], "model.pretrain")
-        pre = PretrainSpec(
-            epochs=_int(p.get("epochs", 3), "model.pretrain.epochs", lo=1),
-            lr=_float(p.get("lr", 0.05), "model.pretrain.lr", lo=0.0, lo_open=True),
-            batch_size=_int(p.get("batch_size", 128), "model.pretrain.batch_size", lo=1),
-            max_batches=_int(p.get("max_batches"), "model.pretrain.max_batches", lo=1, optional=True),
-        )
-        if weights is not None:
-            raise ConfigError("model: give either weights or pretrain, not both")
-    return ModelSpec(name=name, kwargs=dict(kwargs), weights=weights, input_shape=shape, pretrain=pre)
+_SECTIONS: dict[str, type] = {"": SearchConfig, "model": ModelSpec, "model.pretrain": PretrainSpec, "data": DataSpec,
+                              "ratios": RatioSpec, "constraints": ConstraintSpec, "sampler": SamplerSpec,
+                              "finetune": FinetuneSpec, "scoring": ScoringSpec}
 
 
-def _data(raw: Any, base: Path | None) -> DataSpec:
-    if raw is None:
-        raise ConfigError("missing required section 'data' (at least data.dataset)")
-    d = _section(raw, "data")
-    from .data import DATASETS, _OPTIONS
+def _keys(cls: type) -> list[dataclasses.Field]:
+    return [f for f in fields(cls) if not f.metadata.get("internal")]
 
-    if "dataset" not in d:
-        raise ConfigError(f"data.dataset is required (one of {', '.join(DATASETS)})")
-    ds = _str(d["dataset"], "data.dataset", choices=DATASETS)
-    root = d.get("root")
-    if root is not None:
-        root = _resolve_input_path(_str(root, "data.root"), base)
-    elif ds == "imagefolder":
+
+#: Allowed keys per section with their documentation, derived from the dataclasses.
+SCHEMA: dict[str, dict[str, str]] = {sec: {f.name: f.metadata["doc"] for f in _keys(cls)}
+                                     for sec, cls in _SECTIONS.items()}
+
+
+def _required(f: dataclasses.Field) -> bool:
+    return f.default is MISSING and f.default_factory is MISSING  # type: ignore[misc]
+
+
+def _parse(cls: type, raw: Any, section: str, base: Path | None) -> Any:
+    shorthand = getattr(cls, "shorthand", None)
+    if isinstance(raw, str) and shorthand:
+        raw = {shorthand: raw}
+    d = _section(raw, section)
+    values: dict[str, Any] = {}
+    for f in _keys(cls):
+        where = _where(section, f.name)
+        if f.name not in d:
+            if _required(f):
+                raise ConfigError(f"{where} is required: {f.metadata['doc']}")
+            continue
+        v = d[f.name]
+        if v is None and f.default is None:
+            values[f.name] = None
+        elif f.metadata["section"] is not None:
+            values[f.name] = _parse(f.metadata["section"], v, where, base)
+        else:
+            values[f.name] = f.metadata["check"](v, where, _Ctx(base, values))
+    obj = cls(**values)
+    rule = _RULES.get(cls)
+    if rule is not None:
+        rule(obj, d)
+    return obj
+
+
+def _rule_model(m: ModelSpec, given: Mapping[str, Any]) -> None:
+    if m.weights is not None and m.pretrain is not None:
+        raise ConfigError("model: give either weights or pretrain, not both")
+
+
+def _rule_data(d: DataSpec, given: Mapping[str, Any]) -> None:
+    if d.dataset == "imagefolder" and d.root is None:
         raise ConfigError("data.root is required for dataset imagefolder (a directory with train/ and test/)")
-    size = d.get("image_size")
-    if size is not None:
-        if isinstance(size, int) and not isinstance(size, bool):
-            size = [size, size]
-        if not isinstance(size, (list, tuple)) or len(size) != 2 or not all(
-                isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
-            raise ConfigError(f"data.image_size: expected an integer or [H, W], got {_show(d.get('image_size'))}")
-        size = [int(s) for s in size]
-    opts = d.get("options") or {}
-    if not isinstance(opts, Mapping):
-        raise ConfigError(f"data.options: expected a mapping, got {_show(opts)}")
-    for k in opts:
-        if k not in _OPTIONS[ds]:
-            close = difflib.get_close_matches(str(k), sorted(_OPTIONS[ds]), n=1)
-            hint = f"; did you mean {close[0]!r}?" if close else ""
-            raise ConfigError(f"unknown key {k!r} in data.options for dataset {ds}{hint} "
-                              f"(accepted: {', '.join(sorted(_OPTIONS[ds]))})")
-    cache = d.get("cache_dir")
-    if cache is not None:
-        cache = os.path.expanduser(os.path.expandvars(_str(cache, "data.cache_dir")))
-    return DataSpec(
-        dataset=ds, root=root,
-        val_fraction=_float(d.get("val_fraction", 0.1), "data.val_fraction", lo=0.0, hi=1.0, hi_open=True),
-        val_from=_str(d.get("val_from", "train"), "data.val_from", choices=("train", "test")),
-        num_train=_int(d.get("num_train"), "data.num_train", lo=1, optional=True),
-        image_size=size,
-        eval_split=_str(d.get("eval_split", "val"), "data.eval_split", choices=("val", "test")),
-        cache_dir=cache, options=dict(opts),
-    )
 
 
-def _criteria(raw: Any) -> list[str]:
-    from .criteria import available_criteria
-
-    if raw is None:
-        return ["l1"]
-    items = [raw] if isinstance(raw, str) else raw
-    if not isinstance(items, (list, tuple)) or not items:
-        raise ConfigError(f"criteria: expected a criterion name or a non-empty list of names, got {_show(raw)}")
-    known = list(available_criteria())
-    out = []
-    for i, c in enumerate(items):
-        _str(c, f"criteria[{i}]", choices=tuple(known))
-        if c in out:
-            raise ConfigError(f"criteria: {c!r} is listed twice")
-        out.append(c)
-    return out
+def _rule_ratios(r: RatioSpec, given: Mapping[str, Any]) -> None:
+    guided_only = [k for k in GUIDED_ONLY if k in given]
+    if r.mode == "per_group" and guided_only:
+        raise ConfigError(f"ratios.{guided_only[0]} only applies to mode: guided (mode is per_group)")
+    if r.sensitivity and r.guide != "sensitivity":
+        raise ConfigError(f"ratios.sensitivity only applies to guide: sensitivity (guide is {r.guide})")
 
 
-def _ratios(raw: Any) -> RatioSpec:
-    d = _section(raw, "ratios")
-    mode = _str(d.get("mode", "per_group"), "ratios.mode", choices=MODES)
-    spec = RatioSpec(mode=mode)
-    if "default" in d:
-        spec.default = _bounds(d["default"], "ratios.default")
-    groups = d.get("groups") or {}
-    if not isinstance(groups, Mapping):
-        raise ConfigError(f"ratios.groups: expected a mapping {{pattern: [low, high]}}, got {_show(groups)}")
-    for pat, b in groups.items():
-        if not isinstance(pat, str) or not pat:
-            raise ConfigError(f"ratios.groups: patterns must be non-empty strings, got {pat!r}")
-        spec.groups[pat] = _bounds(b, f"ratios.groups[{pat!r}]")
-    if d.get("step") is not None:
-        spec.step = _float(d["step"], "ratios.step", lo=0.0, hi=0.5, lo_open=True)
-    guided_only = [k for k in ("guide", "level", "offset", "anchors", "sensitivity") if k in d]
-    if mode == "per_group":
-        if guided_only:
-            raise ConfigError(f"ratios.{guided_only[0]} only applies to mode: guided (mode is per_group)")
-        return spec
-    spec.guide = _str(d.get("guide", "sensitivity"), "ratios.guide", choices=GUIDES)
-    if d.get("level") is not None:
-        lv = d["level"]
-        if _is_num(lv):
-            lv = [lv, lv]
-        if not isinstance(lv, (list, tuple)) or len(lv) != 2 or not all(_is_num(x) for x in lv):
-            raise ConfigError(f"ratios.level: expected [low, high] (fractions of MACs kept), got {_show(d['level'])}")
-        lo, hi = float(lv[0]), float(lv[1])
-        if not (0.0 < lo <= hi <= 1.0):
-            raise ConfigError(f"ratios.level: must satisfy 0 < low <= high <= 1 (fraction of MACs kept), "
-                              f"got [{lv[0]}, {lv[1]}]")
-        spec.level = [lo, hi]
-    spec.offset = _float(d.get("offset", 0.1), "ratios.offset", lo=0.0, hi=0.5)
-    spec.anchors = _int(d.get("anchors", 0), "ratios.anchors", lo=0)
-    sens = d.get("sensitivity") or {}
-    if not isinstance(sens, Mapping):
-        raise ConfigError(f"ratios.sensitivity: expected a mapping of autoprune.sensitivity_analysis options, got {_show(sens)}")
-    if sens and spec.guide != "sensitivity":
-        raise ConfigError(f"ratios.sensitivity only applies to guide: sensitivity (guide is {spec.guide})")
-    try:
-        import inspect
-
-        from .sensitivity_analysis import sensitivity as _sens_fn
-    except ImportError:
-        _sens_fn = None
-    if _sens_fn is not None:
-        accepted = [p for p in inspect.signature(_sens_fn).parameters
-                    if p not in ("model", "data", "example_inputs", "graph")]
-        for k in sens:
-            if k not in accepted:
-                close = difflib.get_close_matches(str(k), accepted, n=1)
-                hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {', '.join(accepted)}"
-                raise ConfigError(f"unknown key {k!r} in ratios.sensitivity{hint}")
-    spec.sensitivity = dict(sens)
-    return spec
-
-
-def _objectives(raw: Any) -> list[str]:
-    if raw is None:
-        return ["accuracy", "macs"]
-    want = {"accuracy": "max", "macs": "min", "params": "min"}
-    if isinstance(raw, Mapping):
-        for k, v in raw.items():
-            _str(k, "objectives", choices=OBJECTIVES)
-            if v not in (want[k], want[k] + "imize"):
-                raise ConfigError(f"objectives.{k}: {k} is always {want[k]}imised, got {v!r}")
-        items = list(raw)
-    elif isinstance(raw, (list, tuple)):
-        items = list(raw)
-    else:
-        raise ConfigError(f"objectives: expected a list such as [accuracy, macs], got {_show(raw)}")
-    for i, o in enumerate(items):
-        _str(o, f"objectives[{i}]", choices=OBJECTIVES)
-    if len(set(items)) != len(items):
-        raise ConfigError(f"objectives: duplicates in {items}")
-    if "accuracy" not in items or len(items) < 2:
-        raise ConfigError(f"objectives: need accuracy and at least one of macs, params; got {items}")
-    return sorted(items, key=OBJECTIVES.index)
-
-
-def _constraints(raw: Any) -> ConstraintSpec:
-    d = _section(raw, "constraints")
-    return ConstraintSpec(
-        max_macs=_float(d.get("max_macs"), "constraints.max_macs", lo=0.0, hi=1.0, lo_open=True, optional=True),
-        max_params=_float(d.get("max_params"), "constraints.max_params", lo=0.0, hi=1.0, lo_open=True,
-                          optional=True),
-        min_accuracy=_float(d.get("min_accuracy"), "constraints.min_accuracy", lo=0.0, hi=1.0, optional=True),
-        finetune_infeasible=_bool(d.get("finetune_infeasible", False), "constraints.finetune_infeasible"),
-    )
-
-
-def _sampler(raw: Any) -> SamplerSpec:
-    if isinstance(raw, str):
-        raw = {"name": raw}
-    d = _section(raw, "sampler")
-    name = str(d.get("name", "nsga2")).lower().replace("-", "").replace("_", "")
-    name = {"nsgaii": "nsga2"}.get(name, name)
-    return SamplerSpec(
-        name=_str(name, "sampler.name", choices=SAMPLERS),
-        seed=_int(d.get("seed"), "sampler.seed", optional=True),
-        population_size=_int(d.get("population_size"), "sampler.population_size", lo=2, optional=True),
-        n_startup_trials=_int(d.get("n_startup_trials", 10), "sampler.n_startup_trials", lo=0),
-    )
-
-
-def _finetune(raw: Any) -> FinetuneSpec:
-    d = _section(raw, "finetune")
-    from .train import SCHEDULES
-
-    return FinetuneSpec(
-        epochs=_int(d.get("epochs", 1), "finetune.epochs", lo=0),
-        max_batches=_int(d.get("max_batches"), "finetune.max_batches", lo=1, optional=True),
-        lr=_float(d.get("lr", 0.01), "finetune.lr", lo=0.0, lo_open=True),
-        batch_size=_int(d.get("batch_size", 128), "finetune.batch_size", lo=1),
-        schedule=_str(d.get("schedule", "cosine"), "finetune.schedule", choices=SCHEDULES),
-        weight_decay=_float(d.get("weight_decay", 5e-4), "finetune.weight_decay", lo=0.0),
-        momentum=_float(d.get("momentum", 0.9), "finetune.momentum", lo=0.0, hi=1.0, hi_open=True),
-        label_smoothing=_float(d.get("label_smoothing", 0.0), "finetune.label_smoothing", lo=0.0, hi=1.0,
-                               hi_open=True),
-        recalibrate_bn=_int(d.get("recalibrate_bn", 0), "finetune.recalibrate_bn", lo=0),
-    )
-
-
-def _scoring(raw: Any) -> ScoringSpec:
-    d = _section(raw, "scoring")
-    return ScoringSpec(num_batches=_int(d.get("num_batches", 5), "scoring.num_batches", lo=1),
-                       batch_size=_int(d.get("batch_size", 128), "scoring.batch_size", lo=1))
+_RULES: dict[type, Callable[[Any, Mapping[str, Any]], None]] = {
+    ModelSpec: _rule_model, DataSpec: _rule_data, RatioSpec: _rule_ratios}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -646,11 +658,12 @@ def _scoring(raw: Any) -> ScoringSpec:
 
 
 def load_config(src: str | os.PathLike | Mapping[str, Any] | SearchConfig, **overrides: Any) -> SearchConfig:
-    """Read and validate a search description: a YAML file path, a dict with the same keys, or a config.
+    """Read and validate a config: a YAML file path, a dict with the same keys, or a config.
 
-    ``overrides`` replace top-level keys after reading (``n_trials=5``, ``storage=...``, ``study_name=...``).
-    Relative input paths (``model.weights``, ``data.root``) are looked up next to the YAML file first, then in the
-    working directory; outputs (``run_dir``, a journal ``storage`` path) are relative to the working directory.
+    ``overrides`` replace top-level keys after reading (``n_trials=5``, ``storage=...``, ``study_name=...``,
+    ``device=...``); ``None`` values are ignored. Relative input paths (``model.weights``, ``data.root``) are looked
+    up next to the YAML file first, then in the working directory; outputs (``run_dir``, a journal ``storage``
+    path) are relative to the working directory. Errors name the file (when there is one) and the key.
     """
     if isinstance(src, SearchConfig):
         raw: Any = src.to_dict()
@@ -660,7 +673,8 @@ def load_config(src: str | os.PathLike | Mapping[str, Any] | SearchConfig, **ove
     else:
         path = Path(os.fspath(src))
         if not path.exists():
-            raise FileNotFoundError(f"search config {str(path)!r} not found")
+            raise FileNotFoundError(f"config file {str(path)!r} not found (a YAML file such as "
+                                    "search_spaces/quickstart.yaml)")
         import yaml
 
         try:
@@ -673,44 +687,59 @@ def load_config(src: str | os.PathLike | Mapping[str, Any] | SearchConfig, **ove
         if isinstance(raw, Mapping):
             raw = dict(raw)
             raw.setdefault("name", path.stem)
-    if not isinstance(raw, Mapping):
-        raise ConfigError(f"a search config is a mapping of keys, got {_show(raw)}")
-    raw = dict(raw)
-    for k, v in overrides.items():
-        if v is not None:
-            raw[k] = v
-    _check_keys(raw, "")
-    name = _str(raw.get("name", "search"), "name")
-    cfg = SearchConfig(
-        name=name,
-        model=_model(raw.get("model"), base),
-        data=_data(raw.get("data"), base),
-        criteria=_criteria(raw.get("criteria")),
-        ratios=_ratios(raw.get("ratios")),
-        objectives=_objectives(raw.get("objectives")),
-        constraints=_constraints(raw.get("constraints")),
-        sampler=_sampler(raw.get("sampler")),
-        finetune=_finetune(raw.get("finetune")),
-        scoring=_scoring(raw.get("scoring")),
-        n_trials=_int(raw.get("n_trials", 50), "n_trials", lo=1),
-        seed=_int(raw.get("seed", 0), "seed", lo=0),
-        study_name=_str(raw.get("study_name"), "study_name", optional=True),
-        storage=_str(raw.get("storage"), "storage", optional=True),
-        run_dir=_str(raw.get("run_dir"), "run_dir", optional=True),
-        device=_str(raw.get("device"), "device", optional=True),
-        threads=_int(raw.get("threads"), "threads", lo=1, optional=True),
-        source=source,
-    )
-    r, c = cfg.ratios, cfg.constraints
-    if r.mode == "guided":
-        if r.level is None:
-            hi = c.max_macs if c.max_macs is not None else 0.9
-            r.level = [min(0.2, hi), hi]
-        if c.max_macs is not None and r.level[0] > c.max_macs + 1e-12:
-            raise ConfigError(f"constraints.max_macs={c.max_macs} cannot be met by any guided allocation: "
-                              f"ratios.level {r.level} keeps at least {r.level[0]:.0%} of the MACs; lower "
-                              f"ratios.level or relax the budget")
+    try:
+        if not isinstance(raw, Mapping):
+            raise ConfigError(f"a config is a mapping of keys, got {_show(raw)}")
+        raw = dict(raw)
+        for k, v in overrides.items():
+            if v is not None:
+                raw[k] = v
+        cfg = _parse(SearchConfig, raw, "", base)
+        cfg.source = source
+        r, c = cfg.ratios, cfg.constraints
+        if r.mode == "guided":
+            if r.level is None:
+                hi = c.max_macs if c.max_macs is not None else 0.9
+                r.level = [min(0.2, hi), hi]
+            if c.max_macs is not None and r.level[0] > c.max_macs + 1e-12:
+                raise ConfigError(f"constraints.max_macs={c.max_macs} cannot be met by any guided allocation: "
+                                  f"ratios.level {r.level} keeps at least {r.level[0]:.0%} of the MACs; lower "
+                                  f"ratios.level or relax the budget")
+    except ConfigError as e:
+        if source is None or str(e).startswith(f"{source}: "):
+            raise
+        raise ConfigError(f"{source}: {e}") from None
     return cfg
+
+
+def _shown_default(f: dataclasses.Field) -> str:
+    md = f.metadata
+    if md.get("shown"):
+        return md["shown"]
+    if md.get("section") is not None:
+        return "required section" if _required(f) else "section"
+    if _required(f):
+        return "required"
+    v = f.default_factory() if f.default is MISSING else f.default  # type: ignore[misc]
+    if isinstance(v, bool):
+        return f"`{str(v).lower()}`"
+    if isinstance(v, (list, dict, str, int, float)):
+        return f"`{json.dumps(v).replace(chr(34), '')}`"
+    return str(v)
+
+
+def reference_markdown() -> str:
+    """The key reference of docs/search.md (one table per section), generated from the dataclasses."""
+    out = []
+    for sec, cls in _SECTIONS.items():
+        title = "top level" if not sec else f"`{sec}`"
+        lines = [f"#### {title}", "", (cls.__doc__ or "").strip().split("\n\n")[0] if sec else
+                 "Sections are the keys whose default says *section*.", "",
+                 "| key | default | meaning |", "|---|---|---|"]
+        for f in _keys(cls):
+            lines.append(f"| `{f.name}` | {_shown_default(f)} | {f.metadata['doc']} |")
+        out.append("\n".join(lines))
+    return "\n\n".join(out) + "\n"
 
 
 def group_bounds(cfg: SearchConfig, names: list[str]) -> dict[str, tuple[float, float]]:
@@ -765,3 +794,4 @@ def check_against_graph(cfg: SearchConfig, graph: Any) -> None:
             raise ConfigError(f"constraints.{key}={limit} cannot be met: pruning every group to its upper bound "
                               f"still keeps {least:.1%} of the {what}; raise the upper bounds (ratios.default, "
                               f"ratios.groups) or relax the budget")
+

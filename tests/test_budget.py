@@ -1,7 +1,6 @@
-"""Tests for autoprune.budget.prune_to_budget and the CLI commands of autoprune.cli.budget."""
+"""Tests for autoprune.budget.prune_to_budget and the CLI commands of autoprune.cli.budget (sensitivity, prune)."""
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import sys
@@ -14,7 +13,11 @@ import yaml
 
 from autoprune import count_macs, count_params
 from autoprune.budget import BudgetResult, prune_to_budget
-from autoprune.cli.budget import add_subcommands, load_model_and_data, parse_budget
+from autoprune.build import build
+from autoprune.cli import main
+from autoprune.cli.common import parse_budget
+from autoprune.config import load_config
+from autoprune.io import load as load_model
 from autoprune.data import load_data
 
 EX = torch.zeros(1, 3, 32, 32)
@@ -103,18 +106,14 @@ def test_save_uses_autoprune_io(bundle, monkeypatch, tmp_path):
 def test_parse_budget():
     assert parse_budget("0.5") == 0.5 and parse_budget("50%") == 0.5
     assert parse_budget("62M") == 62_000_000 and parse_budget("1000") == 1000 and parse_budget(None) is None
-
-
-def _parser():
-    p = argparse.ArgumentParser(prog="autoprune")
-    add_subcommands(p.add_subparsers(dest="command", required=True))
-    return p
+    with pytest.raises(ValueError, match="budget 'half': expected a fraction"):
+        parse_budget("half")
 
 
 @pytest.mark.parametrize("cmd", ["sensitivity", "prune"])
 def test_help(cmd, capsys):
     with pytest.raises(SystemExit) as e:
-        _parser().parse_args([cmd, "--help"])
+        main([cmd, "--help"])
     assert e.value.code == 0
     out = capsys.readouterr().out
     assert "CONFIG" in out and ("--macs" in out) == (cmd == "prune")
@@ -122,46 +121,40 @@ def test_help(cmd, capsys):
 
 @pytest.fixture()
 def config(tmp_path, monkeypatch):
+    """A config of the search schema (docs/search.md): the one every command reads."""
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
     torch.save(tiny_cnn(seed=3).state_dict(), tmp_path / "w.pt")
-    cfg = {"model": {"builder": "test_budget:tiny_cnn", "weights": "w.pt"},  # relative to the config's folder
-           "data": {"name": "synthetic", "cache_dir": str(tmp_path / "data"), "device": "cpu",
-                    "train_per_class": 12, "test_per_class": 2, "val_fraction": 0.25},
-           "criterion": "l1", "ratios": [0.5], "sensitivity": {"bn_batches": 1},
+    cfg = {"model": {"name": "test_budget:tiny_cnn", "weights": "w.pt"},  # relative to the config's folder
+           "data": {"dataset": "synthetic", "image_size": 32, "val_fraction": 0.25,
+                    "options": {"train_per_class": 12, "test_per_class": 2}},
+           "device": "cpu", "run_dir": str(tmp_path / "run"), "criteria": "l1",
+           "ratios": {"mode": "guided", "sensitivity": {"ratios": [0.5], "bn_batches": 1}},
+           "constraints": {"max_macs": 0.6},
            "finetune": {"epochs": 1, "lr": 0.01, "batch_size": 32, "max_batches": 1}}
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     return path
 
 
-def test_load_model_and_data(config):
-    cfg = yaml.safe_load(config.read_text())
-    model, data = load_model_and_data(cfg, base_dir=config.parent)
+def test_build_from_config(config):
+    built = build(load_config(config))
     ref = tiny_cnn(seed=3)
-    assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), ref.state_dict().values()))
-    assert data.name == "synthetic" and len(data.val) == 30
-    with pytest.raises(ValueError, match="model"):
-        load_model_and_data({"data": cfg["data"]})
+    assert all(torch.equal(a, b) for a, b in zip(built.model.state_dict().values(), ref.state_dict().values()))
+    assert built.data.name == "synthetic" and len(built.data.val) == 30
+    assert tuple(built.example_inputs.shape) == (1, 3, 32, 32)
 
 
-def test_cli_sensitivity_and_prune(config, tmp_path, monkeypatch, capsys):
-    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
-    args = _parser().parse_args(["sensitivity", str(config), "--out", str(tmp_path / "s"), "--quiet"])
-    assert args.func(args) == 0
+def test_cli_sensitivity_and_prune(config, tmp_path, capsys):
+    assert main(["sensitivity", str(config), "--out", str(tmp_path / "s"), "--quiet"]) == 0
     assert {p.name for p in (tmp_path / "s").iterdir()} == {"sensitivity.json", "sensitivity.txt", "sensitivity.png"}
-    args = _parser().parse_args(["sensitivity", str(config), "--out", str(tmp_path / "s"), "--quiet"])
-    assert args.func(args) == 0 and "loaded from cache" in capsys.readouterr().out
+    assert main(["sensitivity", str(config), "--out", str(tmp_path / "s"), "--quiet"]) == 0
+    assert "loaded from cache" in capsys.readouterr().out
 
-    saved = []
-    fake = types.ModuleType("autoprune.io")
-    fake.save = lambda model, path: saved.append(path)  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "autoprune.io", fake)
-    import autoprune
-
-    monkeypatch.setattr(autoprune, "io", fake, raising=False)
-    out = tmp_path / "p" / "model.pt"
-    args = _parser().parse_args(["prune", str(config), "--macs", "60%", "--allocation", "uniform",
-                                 "--out", str(out), "--quiet"])
-    assert args.func(args) == 0 and saved == [out]
+    # the budget is the config's constraints.max_macs; --allocation overrides the config's guide
+    assert main(["prune", str(config), "--allocation", "uniform", "--quiet"]) == 0
+    out = tmp_path / "run" / "pruned.pt"
     summary = json.loads(out.with_suffix(".json").read_text())
     assert summary["allocation"] == "uniform" and summary["macs"] <= 0.6 * summary["base_macs"]
+    model = load_model(out, model=tiny_cnn())
+    assert count_macs(model, EX) == summary["macs"]

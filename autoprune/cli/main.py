@@ -1,77 +1,81 @@
-"""The ``autoprune`` command line. ``autoprune SUBCOMMAND --help`` documents each subcommand."""
+"""The ``autoprune`` command line: every subcommand is registered here, explicitly; ``autoprune SUBCOMMAND --help``
+documents each. The CLI parses, calls the library and prints; the work is done by the library.
+
+A user error (a bad config key, a missing or truncated file, a model that does not fit its data...) is printed as
+one paragraph naming the file or key and the fix, with exit status 2; ``--debug`` shows the traceback instead.
+"""
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
 from .._version import __version__
+from . import budget, criteria, distributed, inspection, search
 
-__all__ = ["main", "build_parser"]
-
-
-def _load_for_inspection(args: argparse.Namespace):
-    import torch
-
-    import autoprune as ap
-
-    model = ap.get_model(args.model)
-    if args.weights:
-        model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    x = torch.zeros(1, 3, args.size, args.size)
-    return ap, model.eval(), x
+__all__ = ["main", "build_parser", "USER_ERRORS"]
 
 
-def _cmd_groups(args: argparse.Namespace) -> int:
-    """Print the channel groups the engine finds, and why locked ones are locked."""
-    ap, model, x = _load_for_inspection(args)
-    graph = ap.ChannelGraph(model, x)
-    print(graph.summary())
-    print(f"\n{len(graph.prunable_groups)} of {len(graph.groups)} groups prunable; "
-          f"{graph.macs():,} MACs per image (conv + linear)")
-    return 0
+class _SubcommandParser(argparse.ArgumentParser):
+    """A subcommand's parser: options may sit between positionals (``autoprune export CONFIG --trial 3 OUT``), and
+    every subcommand takes ``--debug``.
 
+    argparse's plain parsing fills all positionals from the first run of them, so ``CONFIG --trial 3 OUT`` would
+    leave OUT unrecognised; ``parse_known_intermixed_args`` (public argparse API) collects positionals across the
+    options. It calls ``parse_known_args`` itself, hence the re-entry guard.
+    """
 
-def _cmd_macs(args: argparse.Namespace) -> int:
-    """Print MACs (conv + linear by default, the papers' convention) and parameters."""
-    ap, model, x = _load_for_inspection(args)
-    print(ap.count_macs(model, x, full=args.full))
-    if args.params:
-        print(ap.count_params(model))
-    return 0
+    _intermixing = False
 
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                          help="show the full traceback of an error")
 
-# Subcommand modules that add their own parsers: each has add_subcommands(subparsers).
-_EXTENSIONS = ("autoprune.cli.search", "autoprune.cli.budget", "autoprune.cli.criteria", "autoprune.cli.distributed")
+    def parse_known_args(self, args=None, namespace=None):  # type: ignore[override]
+        if self._intermixing:
+            return super().parse_known_args(args, namespace)
+        self._intermixing = True
+        try:
+            return self.parse_known_intermixed_args(args, namespace)
+        finally:
+            self._intermixing = False
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="autoprune", description="Find how many channels each layer of a "
-                                     "trained CNN can lose: channel analysis, pruning, sensitivity and search.")
+                                     "trained CNN can lose: channel analysis, pruning, sensitivity and search. "
+                                     "Every CONFIG is a YAML file of the schema in docs/search.md.")
     parser.add_argument("--version", action="version", version=f"autoprune {__version__}")
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-
-    for name, fn, doc in (("groups", _cmd_groups, "list a model's channel groups"),
-                          ("macs", _cmd_macs, "count a model's MACs with fvcore")):
-        p = sub.add_parser(name, help=doc, description=fn.__doc__)
-        p.add_argument("model", help="package model (resnet56, vgg16_bn_cifar...) or torchvision name")
-        p.add_argument("--weights", help="state_dict file to load (torch.load weights_only)")
-        p.add_argument("--size", type=int, default=32, help="input height/width (default 32)")
-        if name == "macs":
-            p.add_argument("--full", action="store_true", help="everything fvcore counts (BN, pooling...)")
-            p.add_argument("--params", action="store_true", help="also print the parameter count")
-        p.set_defaults(func=fn)
-
-    for mod in _EXTENSIONS:
-        try:
-            module = importlib.import_module(mod)
-        except ModuleNotFoundError as exc:
-            if exc.name != mod:
-                raise
-            continue
-        module.add_subcommands(sub)
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
+    search.add_subcommands(sub)        # search, pareto, report, export, dashboard
+    distributed.add_subcommands(sub)   # worker, and the Ray options of search
+    budget.add_subcommands(sub)        # sensitivity, prune
+    criteria.add_subcommands(sub)      # compare-criteria
+    inspection.add_subcommands(sub)    # groups, macs
     return parser
+
+
+def _user_errors() -> tuple[type[BaseException], ...]:
+    """Errors that mean bad input, not a bug: ConfigError and other ValueErrors, missing files and modules,
+    models that cannot be traced or pruned (the message names the line)."""
+    from ..graph import PruneError, TraceError
+
+    return (ValueError, OSError, ImportError, KeyError, TraceError, PruneError)
+
+
+USER_ERRORS = _user_errors()
+
+
+def _message(exc: BaseException) -> str:
+    if isinstance(exc, KeyError) and exc.args:
+        text = str(exc.args[0])
+    elif isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in str(exc):
+        text = f"{exc.filename}: {exc.strerror or exc}"
+    else:
+        text = str(exc) or type(exc).__name__
+    return " ".join(text.split())  # one paragraph
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -82,8 +86,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return int(args.func(args) or 0)
-    except (ValueError, FileNotFoundError, KeyError, ImportError) as exc:
-        print(f"autoprune {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if args.debug:
+            raise
+        print(f"autoprune {args.command}: error: {_message(exc)} (--debug shows the traceback)", file=sys.stderr)
         return 2
 
 

@@ -1,0 +1,272 @@
+"""Build what a config describes: the data, the base model (its weights or its pretraining) and an example input.
+
+One builder for every command: ``autoprune search`` (through :class:`autoprune.study.problem.Problem`),
+``sensitivity``, ``prune``, ``compare-criteria``, ``export`` and the inspection commands all get their model and data
+from here, so one config file means the same model and the same data everywhere.
+
+>>> from autoprune.config import load_config
+>>> from autoprune.build import build
+>>> built = build(load_config("search_spaces/quickstart.yaml"))
+>>> built.model, built.data, built.example_inputs
+
+Every problem a user can fix is a :class:`~autoprune.config.ConfigError` naming the key or the file.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import json
+import os
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+import torch.nn as nn
+
+from ._files import atomic_write
+from .config import ConfigError, ModelSpec, SearchConfig
+
+__all__ = ["Built", "build", "build_data", "build_model", "load_weights", "base_model", "example_inputs",
+           "read_checkpoint", "sensitivity_options", "finetune_options"]
+
+
+@dataclass
+class Built:
+    """What :func:`build` returns: the config, its data, the unpruned model (CPU, eval mode) and an example input."""
+
+    cfg: SearchConfig
+    data: Any
+    model: nn.Module
+    example_inputs: torch.Tensor
+
+
+def build_data(cfg: SearchConfig) -> Any:
+    """The :class:`~autoprune.data.DataBundle` of ``cfg.data`` (split seeded by ``cfg.seed``)."""
+    from .data import load_data
+
+    d = cfg.data
+    return load_data(d.dataset, d.root, val_fraction=d.val_fraction, val_from=d.val_from, seed=cfg.seed,
+                     num_train=d.num_train, image_size=d.image_size, cache_dir=d.cache_dir, device=cfg.device,
+                     **d.options)
+
+
+@contextlib.contextmanager
+def _extra_sys_path(paths: list[str]):
+    added = [p for p in paths if p and p not in sys.path]
+    sys.path[:0] = added
+    try:
+        yield
+    finally:
+        for p in added:
+            with contextlib.suppress(ValueError):
+                sys.path.remove(p)
+
+
+def build_model(spec: ModelSpec | SearchConfig, num_classes: int | None = None) -> nn.Module:
+    """The unpruned model named by ``spec`` (a :class:`ModelSpec`, or a config's ``model``); weights not loaded.
+
+    ``module:function`` names import ``module`` (searched also next to the config file and in the working directory)
+    and call ``function(**kwargs)``. Package and torchvision models get ``num_classes`` (the data's) unless
+    ``model.kwargs`` sets it.
+    """
+    source = None
+    if isinstance(spec, SearchConfig):
+        spec, source = spec.model, spec.source
+    name, kwargs = spec.name, dict(spec.kwargs)
+    if ":" in name and not name.startswith("torchvision:"):
+        mod_name, fn_name = name.split(":", 1)
+        extra = [str(Path(source).resolve().parent)] if source else []
+        with _extra_sys_path(extra + [os.getcwd()]):
+            try:
+                module = importlib.import_module(mod_name)
+            except ModuleNotFoundError as e:
+                raise ConfigError(f"model.name {name!r}: cannot import module {mod_name!r} ({e}); the module is "
+                                  "looked up next to the config file, in the working directory and on sys.path")
+        fn = getattr(module, fn_name, None)
+        if not callable(fn):
+            raise ConfigError(f"model.name {name!r}: module {mod_name!r} has no callable {fn_name!r}")
+        model = fn(**kwargs)
+        if not isinstance(model, nn.Module):
+            raise ConfigError(f"model.name {name!r} returned {type(model).__name__}, not a torch.nn.Module")
+        return model
+    from .models import get_model
+
+    if num_classes is not None:
+        kwargs.setdefault("num_classes", int(num_classes))
+    try:
+        return get_model(name, **kwargs)
+    except TypeError as e:  # a keyword the constructor does not take
+        raise ConfigError(f"model.kwargs: {name} does not accept them ({e})") from None
+
+
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
+    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file and the fix.
+
+    ``what`` names the file's role in the message (e.g. ``"model.weights"``).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: {path} not found")
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / ... for a bad file
+        size = os.path.getsize(path)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "WeightsUnpickler" in str(e):
+            fix = ("it holds pickled objects that weights_only loading refuses; save a plain state_dict "
+                   "(torch.save(model.state_dict(), path)) or an autoprune file (autoprune.save)")
+        else:
+            fix = ("it is truncated or corrupt (an interrupted download or copy?); copy or download it again, or "
+                   "re-save it with torch.save")
+        raise ValueError(f"{what}: cannot read {path} ({size:,} bytes): {fix}. torch said: {first}") from None
+
+
+def load_weights(model: nn.Module, path: str | os.PathLike, what: str = "model.weights") -> nn.Module:
+    """Load ``path`` into ``model``: a plain state_dict, a checkpoint dict with ``state_dict``/``model``, or an
+    autoprune model file (then the returned model is the pruned one it describes)."""
+    path = os.fspath(path)
+    obj = read_checkpoint(path, what)
+    if isinstance(obj, dict) and str(obj.get("format", "")).startswith("autoprune."):
+        from .io import load
+
+        return load(path, model=model)
+    if isinstance(obj, dict):
+        for key in ("state_dict", "model", "model_state_dict"):
+            if isinstance(obj.get(key), dict):
+                obj = obj[key]
+                break
+    if not isinstance(obj, dict):
+        raise ValueError(f"{what}: {path} holds {type(obj).__name__}, not a state_dict")
+    sd = {(k[7:] if k.startswith("module.") else k): v for k, v in obj.items()}
+    try:
+        model.load_state_dict(sd)
+    except RuntimeError as e:
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        shown = "; ".join(lines[1:4]) + (" ..." if len(lines) > 4 else "")
+        raise ValueError(f"{what}: {path} does not fit model {type(model).__name__} ({shown}); check model.name "
+                         "and model.kwargs (e.g. num_classes) against the checkpoint") from None
+    return model
+
+
+def _pretrained(model: nn.Module, cfg: SearchConfig, data: Any, log: Callable[[str], None],
+                progress: bool) -> nn.Module:
+    """Train the base model once (``model.pretrain``); cached in the run directory, keyed by the settings."""
+    from .train import finetune
+
+    p = cfg.model.pretrain
+    key = hashlib.sha256(json.dumps({"model": asdict(cfg.model), "data": asdict(cfg.data), "seed": cfg.seed},
+                                    sort_keys=True, default=str).encode()).hexdigest()[:12]
+    path = cfg.run_path / f"base-{key}.pt"
+    if path.exists():
+        try:
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+            log(f"base model: pretrained weights {path}")
+            return model
+        except Exception as e:  # a damaged cache file: train again (it is ours, not the user's)
+            warnings.warn(f"ignoring unreadable pretrained weights {path} ({e})")
+    log(f"base model: no weights given, training {cfg.model.name} for {p.epochs} epoch(s) (model.pretrain) -> {path}")
+    finetune(model, data, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, max_batches=p.max_batches,
+             seed=cfg.seed, progress=progress)
+    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    atomic_write(path, lambda f: torch.save(state, f))
+    return model
+
+
+def base_model(cfg: SearchConfig, data: Any, *, log: Callable[[str], None] | None = None,
+               progress: bool = False) -> nn.Module:
+    """The unpruned model of ``cfg`` on the CPU in eval mode: a seeded initialisation (so a rebuild gives the same
+    model), then ``model.weights`` loaded, or ``model.pretrain`` run (cached in the run directory)."""
+    log = log or (lambda s: None)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(cfg.seed)
+        model = build_model(cfg, getattr(data, "num_classes", None))
+    example_inputs(cfg, data, model)  # before pretraining: a model that cannot run on the data fails in one line
+    if cfg.model.weights:
+        model = load_weights(model, cfg.model.weights)
+    elif cfg.model.pretrain is not None:
+        model = _pretrained(model, cfg, data, log, progress)
+    return model.cpu().eval()
+
+
+def _sample_shape(data: Any) -> tuple[int, ...] | None:
+    """``(C, H, W)`` of one real sample of the data (what the model will be fed), or None when it has none."""
+    for name in ("val", "train", "test"):
+        split = getattr(data, name, None)
+        if split is None or not len(split):
+            continue
+        x, _ = next(iter(split.batches(1)))
+        return tuple(int(s) for s in x.shape[1:])
+    shape = getattr(data, "input_shape", None)
+    return tuple(shape) if shape is not None else None
+
+
+def example_inputs(cfg: SearchConfig, data: Any, model: nn.Module | None = None) -> torch.Tensor:
+    """``torch.zeros(1, C, H, W)`` for tracing and MAC counting, checked against the data and the model.
+
+    ``model.input_shape`` must equal the shape of a real data sample (a different size would make every MAC count
+    wrong without any error); the model must run on it (a wrong channel count is one message, not a traceback).
+    """
+    sample = _sample_shape(data)
+    shape = tuple(cfg.model.input_shape) if cfg.model.input_shape else sample
+    where = f" ({cfg.source})" if cfg.source else ""
+    if shape is None:
+        raise ConfigError(f"model.input_shape{where}: the data has no sample to take the input shape from; set "
+                          "model.input_shape: [C, H, W]")
+    if sample is not None and tuple(shape) != tuple(sample):
+        size = f"data.image_size {cfg.data.image_size}" if cfg.data.image_size else "native image size"
+        raise ConfigError(
+            f"model.input_shape{where} is {list(shape)} but a sample of the data ({cfg.data.dataset}, {size}) has "
+            f"shape {list(sample)}: MACs would be counted for inputs the model never sees. Remove model.input_shape "
+            f"(it defaults to the data's) or set data.image_size to [{shape[1]}, {shape[2]}]")
+    x = torch.zeros(1, *shape)
+    if model is not None:
+        try:
+            with torch.no_grad():
+                was = model.training
+                model.eval()
+                model(x)
+                model.train(was)
+        except Exception as e:  # any failure of the user's model on this shape: one line, not its traceback
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ConfigError(
+                f"model {cfg.model.name!r}{where} does not run on inputs of shape {list(shape)} (from "
+                f"{'model.input_shape' if cfg.model.input_shape else 'the data'}): {first}. Check data.image_size, "
+                "model.input_shape and the model's expected input (e.g. 3 colour channels)") from None
+    return x
+
+
+def sensitivity_options(cfg: SearchConfig, *, criterion: bool = True) -> dict[str, Any]:
+    """Keyword arguments of :func:`autoprune.sensitivity_analysis.sensitivity` for ``cfg``: ``ratios.sensitivity``
+    with the first of ``criteria`` as the default criterion (left out with ``criterion=False``). The guided search
+    and ``autoprune sensitivity`` use the same options, so the command computes the very table (and cache entry)
+    that the search reuses."""
+    opts = dict(cfg.ratios.sensitivity)
+    if criterion:
+        opts.setdefault("criterion", cfg.criteria[0])
+    else:
+        opts.pop("criterion", None)
+    return opts
+
+
+def finetune_options(cfg: SearchConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`autoprune.train.finetune` from ``cfg.finetune`` (all but ``epochs`` and
+    ``recalibrate_bn``, which are steps around it), with ``cfg.seed``."""
+    ft = cfg.finetune
+    return {"lr": ft.lr, "momentum": ft.momentum, "weight_decay": ft.weight_decay, "batch_size": ft.batch_size,
+            "schedule": ft.schedule, "label_smoothing": ft.label_smoothing, "max_batches": ft.max_batches,
+            "seed": cfg.seed}
+
+
+def build(cfg: SearchConfig, *, log: Callable[[str], None] | None = None, progress: bool = False) -> Built:
+    """Data, base model and a checked example input for ``cfg`` (see :func:`autoprune.config.load_config`)."""
+    log = log or (lambda s: None)
+    t0 = time.perf_counter()
+    data = build_data(cfg)
+    log(f"data: {data} ({time.perf_counter() - t0:.1f} s)")
+    model = base_model(cfg, data, log=log, progress=progress)
+    return Built(cfg=cfg, data=data, model=model, example_inputs=example_inputs(cfg, data))
