@@ -328,6 +328,7 @@ def test_half_precision_input() -> None:
         torch.testing.assert_close(a[k], b[k])
 
 
+@pytest.mark.cuda
 @pytest.mark.skipif(not CUDA, reason="no CUDA device")
 def test_cuda_matches_cpu() -> None:
     g = gen(12)
