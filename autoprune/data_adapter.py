@@ -52,7 +52,8 @@ def _xy(batch: Any, where: str, batched: bool = True) -> tuple[Tensor, Tensor | 
         kind = type(batch).__name__ + (f" of length {len(batch)}" if isinstance(batch, (tuple, list)) else "")
         raise TypeError(f"{where} yields items of type {kind}, not (images, labels); pass {_FORMS}")
     if not isinstance(x, Tensor):
-        raise TypeError(f"{where} yields images of type {type(x).__name__}, not tensors; add "
+        kind = f"{type(x).__module__}.{type(x).__qualname__}".removeprefix("builtins.")
+        raise TypeError(f"{where} yields images of type {kind}, not tensors; add "
                         "torchvision.transforms.ToTensor() (and Normalize) to the dataset's transform")
     if not x.is_floating_point():
         raise TypeError(f"{where} yields {x.dtype} images; models take float tensors: convert them "
