@@ -145,6 +145,9 @@ def finetune(
     channels_last: bool | None = None,
     progress: bool = True,
     max_batches: int | None = None,
+    teacher: nn.Module | None = None,
+    distill: Any = None,
+    callback: Any = None,
 ) -> FinetuneResult:
     """Fine-tune ``model`` in place on the train split with SGD; the model ends in eval mode.
 
@@ -158,6 +161,13 @@ def finetune(
     with ``batch_size`` and shuffled with ``seed``; a DataLoader is used as it is (its batch size, order and
     transforms). Data from :func:`~autoprune.data.load_data` is augmented (crop + flip) on the device; other data
     keeps its own transforms. ``device`` then defaults to the model's device.
+
+    ``teacher`` (e.g. the unpruned model) adds knowledge distillation: the loss becomes
+    ``(1 - alpha) * cross_entropy + alpha * T**2 * KL(teacher || student)`` on temperature-``T`` softened logits, with
+    ``distill={"alpha": 0.5, "temperature": 4.0}`` by default (:class:`autoprune.distill.Distiller`; one teacher
+    forward per batch in inference mode, bf16 on CUDA when ``amp``). The teacher is not changed.
+    ``callback(steps_done, total_steps)`` is called before the first step (0) and after every step; it may raise to
+    stop fine-tuning (early stopping of search trials, :mod:`autoprune.study.early_stopping`).
     """
     if schedule not in SCHEDULES:
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
@@ -189,6 +199,17 @@ def finetune(
     if max_batches is not None:
         per_epoch = max(1, min(per_epoch, int(max_batches)))
     total = epochs * per_epoch
+    kd = None
+    if teacher is not None:
+        from .distill import Distiller
+
+        if teacher is model:
+            raise ValueError("teacher is the model being fine-tuned; pass a separate model, e.g. the unpruned one "
+                             "(prune_to_budget and the search do), or copy.deepcopy(model) before pruning")
+        kd = Distiller.of(teacher, distill)
+    elif distill:
+        raise ValueError("distill options were given without a teacher; pass teacher= (e.g. the unpruned model)")
+    kd_ctx = kd.attached(dev, amp=use_amp, channels_last=use_cl) if kd is not None else contextlib.nullcontext()
 
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.SGD(
@@ -204,7 +225,8 @@ def finetune(
     losses: list[float] = []
     seen = 0
     fork_devices = [dev.index or 0] if dev.type == "cuda" else []
-    with torch.random.fork_rng(devices=fork_devices):
+    done = 0
+    with torch.random.fork_rng(devices=fork_devices), kd_ctx:
         torch.manual_seed(seed)  # dropout & co.; data order and augmentation get their own seeds below
         bar = tqdm(total=total * batch_size, unit="img", unit_scale=True, disable=not progress,
                    desc="finetune", leave=False, dynamic_ncols=True)
@@ -212,6 +234,8 @@ def finetune(
             torch.cuda.synchronize(dev)
         t0 = time.perf_counter()
         model.train()
+        if callback is not None:
+            callback(0, total)
         for epoch in range(epochs):
             # Accumulate on the device: reading loss.item() every step would synchronise CUDA each batch.
             loss_sum = torch.zeros((), device=dev)
@@ -232,11 +256,17 @@ def finetune(
                     x = x.contiguous(memory_format=torch.channels_last)
                 with _autocast(dev, use_amp):
                     out = model(x)
-                loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
+                if kd is not None:
+                    loss = kd(out, x, y, label_smoothing=label_smoothing)
+                else:
+                    loss = F.cross_entropy(out.float(), y, label_smoothing=label_smoothing)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
                 opt.step()
                 sched.step()
+                done += 1
+                if callback is not None:
+                    callback(done, total)
                 loss_sum += loss.detach() * len(y)
                 n_epoch += len(y)
                 bar.update(len(y))
