@@ -321,12 +321,12 @@ def _silent_listener() -> socket.socket:
 
 
 def test_unreachable_database_fails_fast(tmp_path):
-    from autoprune.study.worker import StorageUnreachable, open_rdb_storage
+    from autoprune.study.storage import StorageUnreachable, open_storage
 
     closed = f"postgresql://autoprune:s3cret@127.0.0.1:{free_port()}/studies"
     t0 = time.time()
     with pytest.raises(StorageUnreachable) as e:
-        open_rdb_storage(closed)
+        open_storage(storage=closed)
     assert time.time() - t0 < 5
     msg = str(e.value)
     assert "127.0.0.1" in msg and "connection refused" in msg and "s3cret" not in msg and "***" in msg
@@ -335,7 +335,7 @@ def test_unreachable_database_fails_fast(tmp_path):
         url = f"postgresql://autoprune@127.0.0.1:{s.getsockname()[1]}/studies"
         t0 = time.time()
         with pytest.raises(StorageUnreachable, match="did not answer|timeout"):
-            open_rdb_storage(url, connect_timeout=2)
+            open_storage(storage=url, connect_timeout=2)
         assert time.time() - t0 < 10
 
     # The worker command: exit status 2, the URL and the cause on stderr, in seconds.
@@ -357,10 +357,10 @@ def test_unreachable_database_fails_fast(tmp_path):
 
 @needs_postgres
 def test_missing_database_names_it(pg):
-    from autoprune.study.worker import StorageUnreachable, open_rdb_storage
+    from autoprune.study.storage import StorageUnreachable, open_storage
 
     with pytest.raises(StorageUnreachable, match='database "nosuchdb" does not exist.*createdb'):
-        open_rdb_storage(pg.url("nosuchdb"))
+        open_storage(storage=pg.url("nosuchdb"))
 
 
 def test_unreachable_ray_address_fails_fast(tmp_path):
@@ -402,22 +402,26 @@ def test_unreachable_ray_address_fails_fast(tmp_path):
 
 
 def test_cli_flags():
+    """``search`` is built in one place with its backend options (autoprune.cli.search); ``worker`` is registered by
+    autoprune.cli.distributed; neither touches the other's parser."""
     import argparse
 
     from autoprune.cli import distributed as cli_distributed
-
-    sub = argparse.ArgumentParser().add_subparsers()
     from autoprune.cli import search as cli_search
 
+    sub = argparse.ArgumentParser().add_subparsers()
     cli_search.add_subcommands(sub)
-    cli_distributed.add_subcommands(sub)
     p = sub.choices["search"]
     a = p.parse_args(["c.yaml", "--backend", "ray", "--address", "auto", "--gpus-per-trial", "0.25",
-                      "--cpus-per-trial", "2"])
+                      "--cpus-per-trial", "2", "--storage-patience", "30"])
     assert (a.backend, a.address, a.gpus_per_trial, a.cpus_per_trial) == ("ray", "auto", 0.25, 2.0)
+    assert a.storage_patience == 30.0
     assert p.parse_args(["c.yaml"]).backend == "local"
-    w = sub.choices["worker"].parse_args(["c.yaml", "--storage", "postgresql://u@h/db", "--heartbeat", "5"])
-    assert w.heartbeat == 5 and w.storage == "postgresql://u@h/db"
+    assert "worker" not in sub.choices
+    cli_distributed.add_subcommands(sub)
+    w = sub.choices["worker"].parse_args(["c.yaml", "--storage", "postgresql://u@h/db", "--heartbeat", "5",
+                                          "--storage-patience", "12"])
+    assert w.heartbeat == 5 and w.storage == "postgresql://u@h/db" and w.storage_patience == 12.0
 
 
 def test_autoprune_cli_has_the_distributed_commands():

@@ -105,7 +105,7 @@ def test_sigkill_then_resume(tmp_path):
 
 def test_stale_trial_of_dead_worker_is_failed_once(tmp_path):
     """A RUNNING trial whose worker process is gone is failed and retried once; a live worker's trial is kept."""
-    from autoprune.study.local import recover_stale_trials, worker_info
+    from autoprune.study.recovery import recover_stale_trials, worker_info
 
     study = optuna.create_study(directions=["maximize", "minimize"])
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
@@ -132,13 +132,13 @@ def test_stale_trial_of_dead_worker_is_failed_once(tmp_path):
 
 
 def test_worker_registry(tmp_path):
-    from autoprune.study.local import WorkerRegistry
+    from autoprune.study.recovery import WorkerRegistry
 
     journal = tmp_path / "x.journal"
     reg = WorkerRegistry(journal)
     reg.register()
     assert not reg.others_alive()
-    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from autoprune.study.local import WorkerRegistry; "
+    code = (f"import sys, time; sys.path.insert(0, {str(ROOT)!r}); from autoprune.study.recovery import WorkerRegistry; "
             f"WorkerRegistry({str(journal)!r}).register(); print('up', flush=True); time.sleep(60)")
     other = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, text=True)
     try:
@@ -154,7 +154,7 @@ def test_worker_registry(tmp_path):
 
 def test_partial_journal_record_is_dropped(tmp_path):
     """A worker killed in the middle of a journal write leaves half a line; opening the storage drops it."""
-    from autoprune.study.local import open_storage
+    from autoprune.study.storage import open_storage
 
     journal = tmp_path / "j.journal"
     st = open_storage(storage=str(journal))

@@ -56,7 +56,7 @@ def run(tmp_path_factory):
         path = d / "tiny.yaml"
         path.write_text(CONFIG.format(run=d / "run", cache=d / "cache"))
         from autoprune.study import load_config
-        from autoprune.study.local import open_study
+        from autoprune.study.session import open_study
 
         cfg = load_config(path)
         # Two fixed trials first: nothing pruned (100% of the MACs: over the 50% budget) and 70% everywhere.
@@ -198,7 +198,7 @@ def test_no_constraints_means_unconstrained_study(tmp_path):
 
     cfg = load_config({"name": "u", "model": {"name": "resnet20"}, "data": {"dataset": "synthetic"}})
     assert cfg.constraints.active() == {}
-    from autoprune.study.local import make_sampler
+    from autoprune.study.session import make_sampler
 
     assert isinstance(make_sampler(cfg), optuna.samplers.NSGAIISampler)
     assert isinstance(make_sampler(cfg.replace(sampler=type(cfg.sampler)(name="tpe"))), optuna.samplers.TPESampler)

@@ -34,32 +34,49 @@ def _front(args: argparse.Namespace):
 def _cmd_search(args: argparse.Namespace) -> int:
     """Run a pruning search described by a YAML file, or resume it: the same command continues an interrupted
     search (completed trials are kept; trials of killed workers are failed and tried again) until N trials are
-    complete. Start the same command in several terminals to share the work on one machine."""
-    from ..study import check_config, search
-    from ..study.space import RatioSpace
-
+    complete. Start the same command in several terminals to share the work on one machine (each process samples
+    with its own seed); --backend ray runs the trials on a Ray cluster."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the final table say it all
-    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     if args.dry_run:
-        cfg, problem = check_config(args.config, log=log, n_trials=args.trials, storage=args.storage,
-                                    study_name=args.study)
-        space = RatioSpace(cfg, problem)
-        print(f"config OK: {cfg.name} -- model {cfg.model.name}, {len(problem.group_names)} prunable groups, "
-              f"{problem.base_macs:,} MACs, criteria {cfg.criteria}, mode {cfg.ratios.mode}, "
-              f"{cfg.n_trials} trials, sampler {cfg.sampler.name}")
-        for n in problem.group_names:
-            lo, hi = space.bounds[n]
-            print(f"  {n:40s} [{lo:.2f}, {hi:.2f}]")
-        return 0
+        return _dry_run(args)
+    if args.backend == "ray":
+        from .distributed import cmd_search_ray
+
+        return cmd_search_ray(args)
+    from ..study import search
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     try:
         front = search(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study,
-                       progress=not args.quiet, log=log)
+                       progress=not args.quiet, log=log, patience=args.storage_patience)
     except KeyboardInterrupt:
         print("\ninterrupted: completed trials are saved; run the same command again to resume", file=sys.stderr)
         return 130
     print(front.table())
+    return 0
+
+
+def _dry_run(args: argparse.Namespace) -> int:
+    """Check the storage (its URL, and that a database answers), then the config against the model; run nothing."""
+    from ..config import load_config
+    from ..study import check_config
+    from ..study.space import RatioSpace
+    from ..study.storage import check_storage
+
+    log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
+    cfg = load_config(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study)
+    where = check_storage(cfg)
+    cfg, problem = check_config(cfg, log=log)
+    space = RatioSpace(cfg, problem)
+    print(f"config OK: {cfg.name} -- model {cfg.model.name}, {len(problem.group_names)} prunable groups, "
+          f"{problem.base_macs:,} MACs, criteria {cfg.criteria}, mode {cfg.ratios.mode}, "
+          f"{cfg.n_trials} trials, sampler {cfg.sampler.name}")
+    print(f"storage OK: {where}")
+    for n in problem.group_names:
+        lo, hi = space.bounds[n]
+        print(f"  {n:40s} [{lo:.2f}, {hi:.2f}]")
     return 0
 
 
@@ -107,7 +124,7 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard on the study's storage (open http://HOST:PORT/ in a browser; on a remote machine
     forward the port first, e.g. ssh -L 8080:localhost:8080 HOST)."""
     from ..study import load_config
-    from ..study.local import open_storage, storage_label
+    from ..study.storage import open_storage, storage_label
 
     try:
         import optuna_dashboard
@@ -124,17 +141,44 @@ def _cmd_dashboard(args: argparse.Namespace) -> int:
     return 0
 
 
-def add_subcommands(subparsers: Any) -> None:
-    """Register search, pareto, report, export and dashboard on an argparse subparsers object."""
+def _add_search(subparsers: Any) -> None:
+    """The ``search`` subcommand with all its options, the Ray backend's included."""
     s = subparsers.add_parser("search", help="run or resume a pruning-ratio search (Optuna)",
                               description=_cmd_search.__doc__)
     s.add_argument("config", help="search config (YAML), e.g. search_spaces/quickstart.yaml")
     s.add_argument("--trials", type=int, metavar="N", help="number of complete trials to reach (overrides n_trials)")
     _add_source(s, positional=False)
     s.add_argument("--dry-run", action="store_true",
-                   help="validate the config against the model (patterns, budgets), print the space, run nothing")
+                   help="check the storage (URL; a database must answer) and the config against the model "
+                        "(patterns, budgets), print the space, run nothing")
     s.add_argument("--quiet", action="store_true", help="no progress bar or log")
+    s.add_argument("--storage-patience", type=float, default=None, metavar="S",
+                   help="seconds to keep retrying a database storage that stopped answering mid-run before giving "
+                        "up (default: the config's storage_patience, else 300)")
+    g = s.add_argument_group("distributed (--backend ray)")
+    g.add_argument("--backend", choices=("local", "ray"), default="local",
+                   help="local: trials in this process (default); ray: trials as Ray Tune trials on a Ray cluster")
+    g.add_argument("--address", default=None,
+                   help="Ray cluster: auto (the cluster started with `ray start` on this machine), HOST:PORT of the "
+                        "head node's GCS (ray start --head --port, default 6379), or ray://HOST:10001 (Ray Client); "
+                        "default: $RAY_ADDRESS, else a new Ray instance on this machine")
+    g.add_argument("--cpus-per-trial", type=float, default=1.0, metavar="N", help="CPUs reserved per trial (default 1)")
+    g.add_argument("--gpus-per-trial", type=float, default=0.0, metavar="F",
+                   help="GPUs per trial; a fraction shares a GPU, e.g. 0.25 runs 4 trials per GPU (default 0)")
+    g.add_argument("--max-concurrent", type=int, default=None, metavar="K",
+                   help="at most K trials at once (default: as many as the resources allow)")
+    g.add_argument("--no-ship-code", action="store_true",
+                   help="do not upload this autoprune package to the cluster (the nodes have it installed)")
+    g.add_argument("--connect-timeout", type=float, default=30.0, metavar="S",
+                   help="give up connecting to the Ray cluster or the database after S seconds (default 30)")
+    g.add_argument("--max-failures", type=int, default=2, metavar="K",
+                   help="Ray retries of a trial whose worker or node died (default 2)")
     s.set_defaults(func=_cmd_search)
+
+
+def add_subcommands(subparsers: Any) -> None:
+    """Register search, pareto, report, export and dashboard on an argparse subparsers object."""
+    _add_search(subparsers)
 
     p = subparsers.add_parser("pareto", help="print the Pareto front of a search", description=_cmd_pareto.__doc__)
     _add_source(p)

@@ -37,26 +37,21 @@ def check_config(config: str | os.PathLike | Mapping[str, Any] | SearchConfig, *
 
 def search(config: str | os.PathLike | Mapping[str, Any] | SearchConfig, *, n_trials: int | None = None,
            storage: str | None = None, study_name: str | None = None, progress: bool = False,
-           log: Callable[[str], None] | None = None) -> ParetoFront:
+           log: Callable[[str], None] | None = None, patience: float | None = None) -> ParetoFront:
     """Run (or resume) the search described by ``config`` (a YAML path, a dict or a :class:`SearchConfig`) and
     return its feasible Pareto front.
 
     ``n_trials``, ``storage`` and ``study_name`` override the config. The study stops when ``n_trials`` trials are
     COMPLETE; run the same call again after an interruption to resume (completed trials are kept, trials of dead
-    workers are failed and retried). Several processes may run the same config at once to share the work.
+    workers are failed and retried). Several processes may run the same config at once to share the work: each
+    samples with its own seed, and a trial that removes exactly the channels an earlier trial removed reuses its
+    result. ``patience``: seconds to wait for a database storage that stopped answering (default
+    ``storage_patience`` of the config, else 300).
     """
-    from .space import RatioSpace
-    from .local import open_storage, run_study
+    from .local import run_local
 
-    cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
-    with cfg.cpu_threads():
-        cfg, problem = check_config(cfg, log=log)
-        space = RatioSpace(cfg, problem)
-        if cfg.ratios.mode == "guided":
-            for level in cfg.ratios.level:  # fail early (and build the sensitivity table once) before any trial
-                space.allocation(level)
-        study = run_study(cfg, problem, space, storage=open_storage(cfg), progress=progress, log=log)
-    return ParetoFront(study, cfg, problem=problem)
+    return run_local(config, n_trials=n_trials, storage=storage, study_name=study_name, progress=progress, log=log,
+                     patience=patience)
 
 
 def load_front(config: str | os.PathLike | Mapping[str, Any] | SearchConfig | None = None, *,
@@ -66,7 +61,7 @@ def load_front(config: str | os.PathLike | Mapping[str, Any] | SearchConfig | No
     """
     import optuna
 
-    from .local import open_storage
+    from .storage import open_storage
 
     cfg = load_config(config, storage=storage, study_name=study_name) if config is not None else None
     st = open_storage(cfg, storage)

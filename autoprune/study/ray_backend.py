@@ -9,7 +9,7 @@ This module is the only place that imports Ray. :func:`search_ray` (``autoprune 
 * runs ``tune.Tuner(tune.with_resources(trainable, {"cpu": c, "gpu": g}), tune_config=TuneConfig(
   search_alg=OptunaSearch(define-by-run space, metric=[...], mode=[...], sampler=<the config's sampler>,
   storage=<the search's storage>, study_name=<the study>), num_samples=...))``. The trainable runs the local
-  search's trial function (:func:`autoprune.study.local.make_objective`) on an ``optuna.trial.FixedTrial`` of the
+  search's trial function (:class:`autoprune.study.objective.TrialObjective`) on an ``optuna.trial.FixedTrial`` of the
   proposed parameters; the trial's user attributes and constraints travel back with its metrics and are written into
   the Optuna trial before it is told COMPLETE. Fractional ``gpus_per_trial`` (0.25) runs several trials per GPU.
 * repeats with the missing count until ``n_trials`` trials are COMPLETE (failed trials are replaced), so the study
@@ -47,6 +47,7 @@ TESTED_VERSIONS = {"ray": "2.60.0", "optuna": "5.0.0"}
 _TRIAL_KEY = "__autoprune_trial__"  # Optuna trial number, put into the Tune config by the define-by-run space
 _LEVEL_KEY = "__autoprune_alloc__"  # the guided allocation of the trial's level, computed on the driver
 _RECORD_KEY = "autoprune_record"  # JSON: user attributes and constraints set by the trial function
+_REUSE_KEY = "__autoprune_reuse__"  # an earlier trial with the same removal, found by the driver: (number, results)
 
 
 class RayUnreachable(ConnectionError):
@@ -93,7 +94,7 @@ def connect(address: str | None = None, *, timeout: float = 30.0, runtime_env: M
         hp = _split_address(target)
         if hp is None:
             raise ValueError(f"Ray address {target!r}: expected auto, HOST:PORT or ray://HOST:PORT")
-        from .worker import StorageUnreachable, check_reachable
+        from .storage import StorageUnreachable, check_reachable
 
         try:
             check_reachable(hp[0], hp[1], timeout=min(5.0, timeout), what="Ray head node")
@@ -218,8 +219,9 @@ def _worker_state(payload: Mapping[str, Any]) -> tuple[Any, Any, Any, Callable]:
     _WORKER_STATE.clear()
     from ..config import load_config
     from .problem import Problem
+    from .objective import TrialObjective
+    from .recovery import worker_info
     from .space import RatioSpace
-    from .local import make_objective
 
     d = json.loads(payload["config"])
     wdir = Path(tempfile.gettempdir()) / "autoprune-ray" / key
@@ -236,7 +238,7 @@ def _worker_state(payload: Mapping[str, Any]) -> tuple[Any, Any, Any, Callable]:
     cfg.source = payload.get("source")  # module:function models are imported from next to the config file
     problem = Problem(cfg)
     space = RatioSpace(cfg, problem)
-    state = (cfg, problem, space, make_objective(cfg, problem, space))
+    state = (cfg, problem, space, TrialObjective(cfg, problem, space, worker={**worker_info(), "seed": payload.get("seed")}))
     _WORKER_STATE[key] = state
     return state
 
@@ -253,6 +255,8 @@ def _trainable(config: dict, payload: dict) -> None:
     config = dict(config)
     number = int(config.pop(_TRIAL_KEY, 0))
     alloc = config.pop(_LEVEL_KEY, None)
+    reuse = config.pop(_REUSE_KEY, None)
+    objective.lookup = (lambda sha: (reuse["number"], reuse["results"])) if reuse else (lambda sha: None)
     if alloc is not None and hasattr(space, "_alloc_cache"):
         # the guided allocation of this level, as the driver computed it: no sensitivity analysis on the workers
         space._alloc_cache[round(float(alloc["level"]), 6)] = {k: float(v) for k, v in alloc["ratios"].items()}
@@ -324,12 +328,16 @@ def _searcher_class():
 class _Space:
     """The define-by-run search space: the local search's parameter suggestions (``RatioSpace.suggest``) on the
     driver's Optuna trial. Records the driver as the trial's worker (so a dead driver's trials are recognised and
-    retried) and passes the trial number and the guided allocation on to the trainable."""
+    retried) and passes the trial number, the guided allocation and, when a COMPLETE trial of the study removed
+    exactly the same channels, that trial's results on to the trainable (which then does not train again)."""
 
-    def __init__(self, space: Any, driver: Mapping[str, Any]) -> None:
-        self.space, self.driver = space, dict(driver)
+    def __init__(self, space: Any, problem: Any, driver: Mapping[str, Any]) -> None:
+        self.space, self.problem, self.driver = space, problem, dict(driver)
 
     def __call__(self, trial: Any) -> dict[str, Any]:
+        from .objective import RESULT_ATTRS, find_evaluated
+        from .problem import removal_digest
+
         trial.set_user_attr("worker", self.driver)
         crit, ratios, extra = self.space.suggest(trial)
         out: dict[str, Any] = {_TRIAL_KEY: trial.number}
@@ -337,8 +345,10 @@ class _Space:
             key = round(float(extra["level"]), 6)
             alloc = self.space.allocation(key)
             out[_LEVEL_KEY] = {"level": key, "ratios": {k: float(v) for k, v in alloc.items()}}
+        found = find_evaluated(trial.study, removal_digest(self.problem.removal(ratios, crit)))
+        if found is not None:
+            out[_REUSE_KEY] = {"number": found[0], "results": {k: found[1].get(k) for k in RESULT_ATTRS}}
         return out
-
 
 
 @contextlib.contextmanager
@@ -385,32 +395,34 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
     cluster (``runtime_env`` ``py_modules``); ``runtime_env`` adds to the job's runtime environment (e.g. ``pip`` or
     ``working_dir`` for a ``module:function`` model). ``max_failures``: Tune's retries of a trial whose actor or node
     died. ``storage_path``: Ray Tune's result directory (default ``<run_dir>/ray``). ``rdb``: options of
-    :func:`autoprune.study.worker.open_rdb_storage` for a database storage.
+    :func:`autoprune.study.session.open_session` for a database storage (``heartbeat_interval``,
+    ``grace_period``, ``max_retry``, ``connect_timeout``, ``patience``).
 
     Raises :class:`RayUnreachable` when the cluster cannot be reached (within ``connect_timeout`` s), and
-    :class:`~autoprune.study.worker.StorageUnreachable` for an unusable database URL, both before any data or model
+    :class:`~autoprune.study.storage.StorageUnreachable` for an unusable database URL, both before any data or model
     is built.
     """
-    from . import ParetoFront
     from ..config import load_config
-    from .local import directions, make_sampler, metric_names, n_complete, recover_on_start, worker_info
-    from .worker import open_search_storage, prepare_study, setup_problem, worker_seed
+    from .session import open_session
+    from .storage import check_storage
 
     log = log or (lambda s: None)
     if not cpus_per_trial > 0:
         raise ValueError(f"cpus_per_trial must be > 0, got {cpus_per_trial}")
     if gpus_per_trial < 0 or (gpus_per_trial > 1 and gpus_per_trial != int(gpus_per_trial)):
         raise ValueError(f"gpus_per_trial must be a fraction in [0, 1] or a whole number, got {gpus_per_trial}")
+
+    def absolute_run_dir(c: Any) -> None:
+        if c.run_dir is None or not os.path.isabs(c.run_dir):
+            c.run_dir = str(c.run_path.resolve())  # the Ray trainables may run elsewhere
+
     cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
-    if cfg.run_dir is None or not os.path.isabs(cfg.run_dir):
-        cfg.run_dir = str(cfg.run_path.resolve())  # the Ray trainables may run elsewhere
-    if rdb.get("connect_timeout") is None:
-        rdb["connect_timeout"] = min(connect_timeout, 10.0)
-    st = open_search_storage(cfg, **rdb)  # a wrong database URL fails here, in seconds
+    absolute_run_dir(cfg)
+    rdb.setdefault("connect_timeout", min(connect_timeout, 10.0))
+    check_storage(cfg, connect_timeout=rdb["connect_timeout"])  # a wrong database URL fails here, in seconds
     owns_ray = connect(address, timeout=connect_timeout, runtime_env=_code_env(ship_code, runtime_env), log=log)
     try:
         import ray
-        from ray import tune
 
         res = ray.cluster_resources()
         if gpus_per_trial > 0 and res.get("GPU", 0) < gpus_per_trial:
@@ -419,77 +431,91 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
         if res.get("CPU", 0) < cpus_per_trial:
             raise RayUnreachable(f"cpus_per_trial={cpus_per_trial:g}, but the Ray cluster has {res.get('CPU', 0):g} "
                                  "CPUs")
-        cfg, problem, space, existing = setup_problem(cfg, st, log)
-        seed = cfg.sampler_seed if existing == 0 else worker_seed(cfg, existing)
-        study = prepare_study(cfg, problem, st, seed=seed, log=log, space=space)
-        recover_on_start(cfg, study, log)
-
-        names = metric_names(cfg)
-        modes = ["max" if d == "maximize" else "min" for d in directions(cfg)]
-        cfg_dict = cfg.to_dict()
-        cfg_json = json.dumps(cfg_dict, sort_keys=True, default=str)
-        weights = _weights_payload(cfg, problem)
-        key = hashlib.sha256(cfg_json.encode() + hashlib.sha256(weights).digest()).hexdigest()[:16]
-        payload = {"key": key, "config": cfg_json, "source": cfg.source, "weights": weights, "metrics": names,
-                   "threads": max(1, int(cpus_per_trial))}
-        resources = {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}
-        trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload), resources)
-        storage_path = storage_path or str(cfg.run_path.resolve() / "ray")
-        Searcher = _searcher_class()
-        define = _Space(space, worker_info())
-
-        class Progress(tune.Callback):
-            def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                r = trial.last_result or {}
-                if names[0] in r:
-                    log(f"trial {trial.config.get(_TRIAL_KEY, '?')} COMPLETE on Ray: "
-                        + ", ".join(f"{n} {r[n]:.4g}" for n in names) + f" -- {n_complete(study)}/{cfg.n_trials}")
-
-            def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} FAILED on Ray: {trial.error_file or ''}")
-
-        errors: list[str] = []
-        for rnd in range(max_rounds):
-            done = n_complete(study)
-            remaining = cfg.n_trials - done
-            if remaining <= 0:
-                break
-            if rnd:
-                log(f"round {rnd + 1}: {remaining} more trial(s) to complete")
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")
-                sampler = make_sampler(cfg, seed if rnd == 0 else worker_seed(cfg, done + rnd))
-                searcher = Searcher(define, metric=names, mode=modes, sampler=sampler, study_name=cfg.study,
-                                    storage=st)
-            with _tune_env():
-                tuner = tune.Tuner(
-                    trainable,
-                    tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
-                                                max_concurrent_trials=max_concurrent, reuse_actors=True),
-                    run_config=tune.RunConfig(name=f"{cfg.study}-{int(time.time())}", storage_path=storage_path,
-                                              verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
-                                              callbacks=[Progress()]),
-                )
-            try:
-                with _tune_env():
-                    grid = tuner.fit()
-            finally:
-                for t in searcher.unfinished():  # interrupted: fail them, so the next run retries their parameters
-                    try:
-                        t.set_user_attr("interrupted", True)
-                        study.tell(t, state=TrialState.FAIL)
-                    except Exception:
-                        pass
-            errors += [f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
-            if n_complete(study) == done:
-                raise RuntimeError(f"no trial completed on Ray in round {rnd + 1}; errors: "
-                                   + ("; ".join(errors[-3:]) or "none reported"))
-        if n_complete(study) < cfg.n_trials:
-            raise RuntimeError(f"{n_complete(study)}/{cfg.n_trials} trials COMPLETE after {max_rounds} rounds; "
-                               f"errors: {'; '.join(errors[-3:])}")
-        return ParetoFront(study, cfg, problem=problem)
+        with open_session(config, n_trials=n_trials, storage=storage, study_name=study_name, log=log,
+                          adjust=absolute_run_dir, **rdb) as session:
+            return _drive(session, cpus_per_trial=cpus_per_trial, gpus_per_trial=gpus_per_trial,
+                          max_concurrent=max_concurrent, max_failures=max_failures, storage_path=storage_path,
+                          max_rounds=max_rounds)
     finally:
         if owns_ray:
             import ray
 
             ray.shutdown()
+
+
+def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
+           max_failures: int, storage_path: str | None, max_rounds: int) -> Any:
+    """The Ray rounds over an open session: Tune trials until ``n_trials`` are COMPLETE."""
+    from ray import tune
+
+    from .session import directions, metric_names, sampler_for_round
+
+    cfg, problem, space, study, log = session.cfg, session.problem, session.space, session.study, session.log
+
+    def n_complete(_: Any) -> int:
+        return session.n_complete()
+
+    names = metric_names(cfg)
+    modes = ["max" if d == "maximize" else "min" for d in directions(cfg)]
+    cfg_dict = cfg.to_dict()
+    cfg_json = json.dumps(cfg_dict, sort_keys=True, default=str)
+    weights = _weights_payload(cfg, problem)
+    key = hashlib.sha256(cfg_json.encode() + hashlib.sha256(weights).digest()).hexdigest()[:16]
+    payload = {"key": key, "config": cfg_json, "source": cfg.source, "weights": weights, "metrics": names,
+               "threads": max(1, int(cpus_per_trial)), "seed": session.seed}
+    resources = {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}
+    trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload), resources)
+    storage_path = storage_path or str(cfg.run_path.resolve() / "ray")
+    Searcher = _searcher_class()
+    define = _Space(space, problem, session.objective.worker)
+
+    class Progress(tune.Callback):
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r = trial.last_result or {}
+            if names[0] in r:
+                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} COMPLETE on Ray: "
+                    + ", ".join(f"{n} {r[n]:.4g}" for n in names) + f" -- {n_complete(study)}/{cfg.n_trials}")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            log(f"trial {trial.config.get(_TRIAL_KEY, '?')} FAILED on Ray: {trial.error_file or ''}")
+
+    errors: list[str] = []
+    for rnd in range(max_rounds):
+        done = n_complete(study)
+        remaining = cfg.n_trials - done
+        if remaining <= 0:
+            break
+        if rnd:
+            log(f"round {rnd + 1}: {remaining} more trial(s) to complete")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            sampler = sampler_for_round(session, rnd)
+            searcher = Searcher(define, metric=names, mode=modes, sampler=sampler, study_name=cfg.study,
+                                storage=session.storage)
+        with _tune_env():
+            tuner = tune.Tuner(
+                trainable,
+                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                                            max_concurrent_trials=max_concurrent, reuse_actors=True),
+                run_config=tune.RunConfig(name=f"{cfg.study}-{int(time.time())}", storage_path=storage_path,
+                                          verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
+                                          callbacks=[Progress()]),
+            )
+        try:
+            with _tune_env():
+                grid = tuner.fit()
+        finally:
+            for t in searcher.unfinished():  # interrupted: fail them, so the next run retries their parameters
+                try:
+                    t.set_user_attr("interrupted", True)
+                    study.tell(t, state=TrialState.FAIL)
+                except Exception:
+                    pass
+        errors += [f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
+        if n_complete(study) == done:
+            raise RuntimeError(f"no trial completed on Ray in round {rnd + 1}; errors: "
+                               + ("; ".join(errors[-3:]) or "none reported"))
+    if n_complete(study) < cfg.n_trials:
+        raise RuntimeError(f"{n_complete(study)}/{cfg.n_trials} trials COMPLETE after {max_rounds} rounds; "
+                           f"errors: {'; '.join(errors[-3:])}")
+    return session.front()

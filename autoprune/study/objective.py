@@ -1,0 +1,145 @@
+"""One search trial, the same for every driver (local search, PostgreSQL workers, Ray trainables).
+
+:class:`TrialObjective` runs the steps of a trial in order, each its own method so that a feature hooks in at one
+place (early stopping in :meth:`~TrialObjective.train_and_evaluate`, an extra objective in
+:meth:`~TrialObjective.values`):
+
+1. :meth:`~TrialObjective.propose`: the trial's criterion and per-group ratios (``RatioSpace.suggest``);
+2. the removal plan (channels of each group), its MAC/parameter counts and the budget constraints;
+3. :meth:`~TrialObjective.reuse`: a COMPLETE trial of the study that removed exactly the same channels (same
+   ``removal_sha``) measured this model already: its results are copied (user attribute ``reused_from``) instead of
+   training again. The pruned model depends only on the removal (the base model, data and fine-tuning seed are the
+   study's), so the copy is what training would give;
+4. :meth:`~TrialObjective.train_and_evaluate`: prune, fine-tune (budget-feasible trials only, unless
+   ``constraints.finetune_infeasible``), evaluate;
+5. :meth:`~TrialObjective.record`: the trial's user attributes and constraints; :meth:`~TrialObjective.values`: the
+   objective values in the config's order.
+"""
+from __future__ import annotations
+
+import time
+from typing import Any, Callable, Mapping
+
+import optuna
+from optuna.trial import TrialState
+
+from ..config import SearchConfig
+
+__all__ = ["TrialObjective", "find_evaluated", "RESULT_ATTRS", "REUSED_ATTR"]
+
+#: User attributes holding what a trial measured (copied when a trial reuses another's result).
+RESULT_ATTRS = ("accuracy", "loss", "macs", "params", "macs_fraction", "params_fraction", "finetuned",
+                "finetune_seconds")
+#: User attribute of a trial that reused the result of an earlier trial: that trial's number.
+REUSED_ATTR = "reused_from"
+
+#: A source of earlier results: removal digest -> (trial number, user attributes) of a COMPLETE trial, or None.
+Lookup = Callable[[str], "tuple[int, Mapping[str, Any]] | None"]
+
+
+def find_evaluated(study: optuna.Study, removal_sha: str) -> tuple[int, Mapping[str, Any]] | None:
+    """The earliest COMPLETE trial of ``study`` that measured the removal ``removal_sha`` (and was itself measured,
+    not reused), as (number, user attributes); None when there is none."""
+    for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,)):
+        a = t.user_attrs
+        if a.get("removal_sha") == removal_sha and "accuracy" in a and REUSED_ATTR not in a:
+            return t.number, a
+    return None
+
+
+class TrialObjective:
+    """The trial function: ``objective(trial) -> [objective values]`` (see the module docstring).
+
+    ``lookup`` finds earlier results by removal digest (default: :func:`find_evaluated` on the trial's own study; the
+    Ray trainable, which has no study, gets the driver's answer). ``worker`` is recorded as the trial's ``worker``
+    attribute (host, pid, process start, sampler seed)."""
+
+    def __init__(self, cfg: SearchConfig, problem: Any, space: Any, *, worker: Mapping[str, Any] | None = None,
+                 lookup: Lookup | None = None) -> None:
+        from .recovery import worker_info
+
+        self.cfg, self.problem, self.space = cfg, problem, space
+        self.worker = dict(worker) if worker is not None else worker_info()
+        self.lookup = lookup
+        c = cfg.constraints
+        self.budget_keys = [k for k in ("max_macs", "max_params") if getattr(c, k) is not None]
+
+    # -- the steps -------------------------------------------------------------------------------------------
+    def propose(self, trial: optuna.Trial) -> tuple[str, dict[str, float], dict[str, Any]]:
+        """(criterion, {group: ratio}, extra user attributes) of the trial's parameters."""
+        return self.space.suggest(trial)
+
+    def constrain(self, trial: optuna.Trial, measured: Mapping[str, float]) -> bool:
+        """Set the budget constraints of a removal's MAC/parameter fractions; True when all budgets are met."""
+        c = self.cfg.constraints
+        violation = {"max_macs": measured["macs_fraction"] - (c.max_macs or 0.0),
+                     "max_params": measured["params_fraction"] - (c.max_params or 0.0)}
+        for k in self.budget_keys:
+            trial.set_constraint(k, violation[k])
+        return all(violation[k] <= 1e-12 for k in self.budget_keys)
+
+    def reuse(self, trial: optuna.Trial, removal_sha: str) -> dict[str, Any] | None:
+        """The results of an earlier trial with the same removal, recorded on ``trial`` (``reused_from``), or None."""
+        lookup = self.lookup
+        if lookup is None:
+            study = getattr(trial, "study", None)
+            if study is None:
+                return None
+            lookup = lambda sha: find_evaluated(study, sha)  # noqa: E731
+        found = lookup(removal_sha)
+        if found is None:
+            return None
+        number, attrs = found
+        out = {k: attrs.get(k) for k in RESULT_ATTRS}
+        if out["loss"] is None:
+            out["loss"] = float("inf")
+        trial.set_user_attr(REUSED_ATTR, int(number))
+        return out
+
+    def train_and_evaluate(self, trial: optuna.Trial, removal: Mapping[str, Any], *, train: bool) -> dict[str, Any]:
+        """Prune, fine-tune (when ``train``), evaluate: the measured results (keys :data:`RESULT_ATTRS`)."""
+        _, out = self.problem.build(removal, train=train)
+        return {k: getattr(out, k) for k in RESULT_ATTRS}
+
+    def record(self, trial: optuna.Trial, results: Mapping[str, Any]) -> None:
+        """The trial's result attributes and its accuracy constraint."""
+        c = self.cfg.constraints
+        if c.min_accuracy is not None:
+            trial.set_constraint("min_accuracy", c.min_accuracy - results["accuracy"])
+        for k in RESULT_ATTRS:
+            v = results[k]
+            trial.set_user_attr(k, None if k == "loss" and v == float("inf") else v)
+
+    def values(self, results: Mapping[str, Any]) -> list[float]:
+        """The objective values in the config's order."""
+        vals = {"accuracy": results["accuracy"], "macs": results["macs_fraction"],
+                "params": results["params_fraction"]}
+        return [float(vals[o]) for o in self.cfg.objectives]
+
+    # -- the trial -------------------------------------------------------------------------------------------
+    def __call__(self, trial: optuna.Trial) -> list[float]:
+        from .problem import removal_digest
+
+        trial.set_user_attr("worker", self.worker)
+        t0 = time.perf_counter()
+        try:
+            crit, ratios, extra = self.propose(trial)
+            removal = self.problem.removal(ratios, crit)
+            within = self.constrain(trial, self.problem.measure(removal))
+            sha = removal_digest(removal)
+            trial.set_user_attr("criterion", crit)
+            trial.set_user_attr("ratios", {n: round(r, 6) for n, r in ratios.items()})
+            trial.set_user_attr("removal_sha", sha)
+            for k, v in extra.items():
+                trial.set_user_attr(k, v)
+            results = self.reuse(trial, sha)
+            if results is None:
+                results = self.train_and_evaluate(trial, removal,
+                                                  train=within or self.cfg.constraints.finetune_infeasible)
+            self.record(trial, results)
+            trial.set_user_attr("seconds", time.perf_counter() - t0)
+            return self.values(results)
+        except KeyboardInterrupt:
+            trial.set_user_attr("interrupted", True)
+            raise
+

@@ -1,0 +1,398 @@
+"""One search session: what every driver (local search, PostgreSQL worker, Ray) works on, built in one place.
+
+:func:`open_session` loads the config, opens the storage (:func:`~autoprune.study.storage.open_storage`: one URL
+classifier, one heartbeat policy, one retry scheme), builds the problem (data, base model, scores) and the ratio
+space, creates or loads the study with this process's own sampler seed, records the study's attributes, fails and
+retries the trials of dead workers, and makes the trial function (:class:`~autoprune.study.objective.TrialObjective`).
+:meth:`SearchSession.run` is the trial loop of the local search and of the PostgreSQL workers; the Ray driver
+hands the session's study, space and objective to Ray Tune.
+
+Sampler seeds: the process that creates the study (``create_study`` is atomic in every Optuna storage: one process
+wins) samples with the config's seed, so a search run by one process is reproducible; every other process -- a
+second worker started at the same moment, a resumed run -- mixes in its own host, pid and process start time, so no
+two processes propose the same trials. Every trial records its process's seed in its ``worker`` attribute.
+"""
+from __future__ import annotations
+
+import contextlib
+import random
+import time
+import warnings
+import zlib
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator
+
+import optuna
+from optuna.trial import FrozenTrial, TrialState
+
+from ..config import SearchConfig
+from .objective import TrialObjective
+from .recovery import DEFAULT_MAX_RETRY, RetryFailedTrial, WorkerRegistry, recover_stale_trials, worker_info
+from .storage import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACE, DEFAULT_HEARTBEAT, StorageLost, journal_path,
+                      open_storage, storage_kind, storage_label)
+
+__all__ = ["SearchSession", "open_session", "open_study", "make_sampler", "process_seed", "directions",
+           "metric_names", "sampler_for_round", "STUDY_ATTR", "BASE_SHA_ATTR", "RunResult"]
+
+#: Study user attribute holding the config, its fingerprint and the base model's metrics.
+STUDY_ATTR = "autoprune"
+#: Study user attribute with the digest of the base model's weights (workers on other machines must match it).
+BASE_SHA_ATTR = "autoprune_base_sha"
+
+
+def directions(cfg: SearchConfig) -> list[str]:
+    return ["maximize" if o == "accuracy" else "minimize" for o in cfg.objectives]
+
+
+def metric_names(cfg: SearchConfig) -> list[str]:
+    return [{"accuracy": "accuracy", "macs": "macs_fraction", "params": "params_fraction"}[o] for o in cfg.objectives]
+
+
+def make_sampler(cfg: SearchConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
+    """The sampler named by ``cfg.sampler``, explicitly (Optuna's default sampler is not relied on)."""
+    seed = cfg.sampler_seed if seed is None else seed
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        if cfg.sampler.name == "tpe":
+            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
+                                              n_startup_trials=cfg.sampler.n_startup_trials)
+        return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
+
+
+def process_seed(cfg: SearchConfig, first: bool, salt: int = 0) -> int:
+    """The sampler seed of this process: the config's seed for the process that created the study (``first``),
+    else the config's seed mixed with this host, pid and process start time (and ``salt``: the Ray driver's
+    round)."""
+    if first and not salt:
+        return cfg.sampler_seed
+    w = worker_info()
+    h = zlib.crc32(f"{w['host']}:{w['pid']}:{w['start']}:{salt}".encode())
+    return (cfg.sampler_seed * 1_000_003 + h) % 2**31
+
+
+def _retrying(fn: Callable[[], Any], tries: int = 4) -> Any:
+    """A small storage write, retried when a concurrent process wrote the same row first."""
+    import sqlalchemy.exc
+
+    for i in range(tries):
+        try:
+            return fn()
+        except (sqlalchemy.exc.IntegrityError, optuna.exceptions.StorageInternalError):
+            if i == tries - 1:
+                raise
+            time.sleep(0.05 + random.random() * 0.2)
+
+
+def _check_directions(cfg: SearchConfig, study: optuna.Study) -> None:
+    want = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
+            for d in directions(cfg)]
+    if list(study.directions) != want:
+        raise ValueError(f"study {cfg.study!r} exists with {len(study.directions)} objectives "
+                         f"{[d.name.lower() for d in study.directions]}, but the config asks for {cfg.objectives}; "
+                         "use another study_name")
+
+
+def _create_or_load(cfg: SearchConfig, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
+    """The study of ``cfg`` and whether this call created it (exactly one of several concurrent callers does)."""
+    try:
+        study = _retrying(lambda: optuna.create_study(storage=storage, study_name=cfg.study,
+                                                      directions=directions(cfg), sampler=make_sampler(cfg)))
+        return study, True
+    except optuna.exceptions.DuplicatedStudyError:
+        return optuna.load_study(study_name=cfg.study, storage=storage, sampler=make_sampler(cfg)), False
+
+
+def open_study(cfg: SearchConfig, storage: optuna.storages.BaseStorage | None = None, *,
+               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
+    """Create or load the study of ``cfg`` (its storage by default) with ``sampler`` (default: the config's sampler
+    and seed); checks that the objectives match. Records nothing else: see :func:`open_session`."""
+    study, _ = _create_or_load(cfg, storage if storage is not None else open_storage(cfg))
+    _check_directions(cfg, study)
+    if sampler is not None:
+        study.sampler = sampler
+    return study
+
+
+def _weights_digest(problem: Any) -> str:
+    import hashlib
+
+    h = hashlib.sha256()
+    for k, v in sorted(problem.base_model.state_dict().items()):
+        h.update(k.encode())
+        h.update(v.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()[:16]
+
+
+def _enqueue_anchors(study: optuna.Study, space: Any, log: Callable[[str], None]) -> None:
+    """Enqueue the ``ratios.anchors`` trials of a new study (see ``RatioSpace.anchor_params``)."""
+    params = space.anchor_params()
+    for p in params:
+        study.enqueue_trial(p, skip_if_exists=True)
+    if params:
+        levels = ", ".join(f"{p['level']:.2f}" for p in params if "level" in p)
+        log(f"enqueued {len(params)} anchor trial(s) at the guide's allocation" + (f" (levels {levels})" if levels else ""))
+
+
+def _record_study(cfg: SearchConfig, study: optuna.Study, problem: Any, space: Any, log: Callable[[str], None]) -> None:
+    """Metric names, the ``autoprune`` attribute (config, fingerprint, base metrics, groups) and the anchors of a new
+    study; a warning when the study was made from another config or another base model."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        if study.metric_names != metric_names(cfg):
+            _retrying(lambda: study.set_metric_names(metric_names(cfg)))
+    attrs = study.user_attrs.get(STUDY_ATTR)
+    fp = cfg.fingerprint()
+    if attrs is None:
+        value = {"config": cfg.to_dict(), "source": cfg.source, "fingerprint": fp, "base": problem.base_metrics(),
+                 "groups": list(problem.group_names), "created": time.time()}
+        _retrying(lambda: study.set_user_attr(STUDY_ATTR, value))
+        _retrying(lambda: _enqueue_anchors(study, space, log))
+    elif attrs.get("fingerprint") != fp:
+        warnings.warn(f"study {cfg.study!r} was created from a different config (model, data, ratio space, "
+                      "criteria or fine-tuning changed); its earlier trials measured something else. Use a new "
+                      "study_name to start afresh.")
+    digest = _weights_digest(problem)
+    known = study.user_attrs.get(BASE_SHA_ATTR)
+    if known is None:
+        _retrying(lambda: study.set_user_attr(BASE_SHA_ATTR, digest))
+    elif known != digest:
+        warnings.warn(f"this process's base model (weights digest {digest}) differs from the one the study started "
+                      f"with ({known}): its trials prune another model. Give model.weights (a file every machine "
+                      "reads) instead of model.pretrain when workers run on different machines.")
+
+
+class _Abandoned(BaseException):
+    """The storage was lost inside the trial function. A BaseException, so that Optuna neither logs the trial as
+    failed (with a traceback) nor tries to tell the lost storage: the trial stays RUNNING, its heartbeat stops, and
+    it is failed and retried by another process (or at the next start)."""
+
+
+@dataclass
+class RunResult:
+    """What :meth:`SearchSession.run` did in this process."""
+
+    complete: int = 0  # COMPLETE trials of the study when the loop ended
+    ran: list[int] | None = None  # trials this process finished (COMPLETE), by number
+    failed: list[int] | None = None  # trials this process ran that failed
+    pruned: list[int] | None = None  # trials this process ran that were stopped early (PRUNED)
+    reused: list[int] | None = None  # trials that reused an earlier trial's result
+    waited_seconds: float = 0.0
+
+    def __post_init__(self) -> None:
+        self.ran, self.failed = self.ran or [], self.failed or []
+        self.pruned, self.reused = self.pruned or [], self.reused or []
+
+
+@dataclass
+class SearchSession:
+    """A search as one process sees it; made by :func:`open_session`."""
+
+    cfg: SearchConfig
+    storage: optuna.storages.BaseStorage
+    problem: Any
+    space: Any
+    study: optuna.Study
+    objective: TrialObjective
+    seed: int
+    created: bool
+    retry: RetryFailedTrial
+    log: Callable[[str], None]
+    poll_interval: float = 1.0
+    no_worker_after: float = 600.0  # a RUNNING trial that never recorded its worker is stale after this long
+
+    @property
+    def label(self) -> str:
+        return storage_label(self.cfg)
+
+    def counts(self) -> tuple[int, int, int]:
+        """(COMPLETE, RUNNING, WAITING) trials of the study."""
+        c = r = w = 0
+        for t in self.study.get_trials(deepcopy=False):
+            if t.state == TrialState.COMPLETE:
+                c += 1
+            elif t.state == TrialState.RUNNING:
+                r += 1
+            elif t.state == TrialState.WAITING:
+                w += 1
+        return c, r, w
+
+    def n_complete(self) -> int:
+        return self.counts()[0]
+
+    def recover(self) -> list[FrozenTrial]:
+        """Fail (and retry) the trials of dead workers: stopped heartbeats, dead processes of this host."""
+        journal = journal_path(self.cfg)
+        alone = False
+        if journal is not None:
+            registry = WorkerRegistry(journal)
+            registry.register()
+            alone = not registry.others_alive()
+        return recover_stale_trials(self.study, no_other_workers=alone, retry=self.retry,
+                                    no_worker_after=self.no_worker_after)
+
+    def retry_trial(self, number: int) -> bool:
+        """Enqueue the retry of FAIL trial ``number`` now (a trial interrupted in this process); False when it is not
+        FAIL (it completed, or another process took it over)."""
+        for t in self.study.get_trials(deepcopy=False, states=(TrialState.FAIL,)):
+            if t.number == number:
+                self.retry(self.study, t)
+                return True
+        return False
+
+    def front(self) -> Any:
+        from .pareto import ParetoFront
+
+        return ParetoFront(self.study, self.cfg, problem=self.problem)
+
+    # -- the trial loop --------------------------------------------------------------------------------------
+    def run(self, *, max_failures: int = 1, on_trial: Callable[["SearchSession", FrozenTrial], None] | None = None,
+            ) -> RunResult:
+        """Run trials in this process until the study has ``n_trials`` COMPLETE ones.
+
+        A trial is started only while ``COMPLETE + RUNNING < n_trials``; otherwise the loop waits (failing and
+        retrying the trials of dead workers) until the running trials end. So the study ends with ``n_trials``
+        COMPLETE trials (two processes taking the last slot at the same instant can add one).
+
+        A trial that raises is FAIL with its error in the user attribute ``error``; after ``max_failures`` such trials
+        in a row the error is raised (``max_failures=1``: the first error, as is; else a ``RuntimeError`` from the
+        last). ``KeyboardInterrupt`` (Ctrl-C; the CLI turns SIGTERM into it) fails the running trial, enqueues its
+        retry and is re-raised. A lost database raises :class:`~autoprune.study.storage.StorageLost`.
+        """
+        res = RunResult()
+        current: dict[str, Any] = {}
+        errors: list[BaseException] = []
+        objective = self.objective
+
+        def guarded(trial: optuna.Trial) -> list[float]:
+            current["number"] = trial.number
+            try:
+                return objective(trial)
+            except StorageLost as e:
+                raise _Abandoned(e) from None
+            except optuna.TrialPruned:
+                raise
+            except Exception as e:
+                errors[:] = [e]
+                with contextlib.suppress(Exception):
+                    trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
+                raise
+
+        finished: list[FrozenTrial] = []
+        in_a_row = 0
+        while True:
+            self.recover()
+            complete, running, _ = self.counts()
+            res.complete = complete
+            if complete >= self.cfg.n_trials:
+                break
+            if complete + running >= self.cfg.n_trials:
+                t0 = time.perf_counter()
+                time.sleep(self.poll_interval)  # enough trials are running: wait in case one dies and needs a retry
+                res.waited_seconds += time.perf_counter() - t0
+                continue
+            finished.clear()
+            current.clear()
+            errors.clear()
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                    self.study.optimize(guarded, n_trials=1, catch=(Exception,), gc_after_trial=False,
+                                        callbacks=[lambda s, t: finished.append(t)])
+            except KeyboardInterrupt:
+                if "number" in current:
+                    with contextlib.suppress(Exception):
+                        if self.retry_trial(current["number"]):
+                            self.log(f"interrupted: trial {current['number']} failed and enqueued again")
+                raise
+            except _Abandoned as e:
+                raise e.args[0] from None
+            except optuna.exceptions.UpdateFinishedTrialError:
+                self.log(f"trial {current.get('number')} was failed by another worker meanwhile (its heartbeat "
+                         "stopped while the database was away); going on")
+                continue
+            for t in finished:
+                if t.state == TrialState.COMPLETE:
+                    res.ran.append(t.number)
+                    if "reused_from" in t.user_attrs:
+                        res.reused.append(t.number)
+                    in_a_row = 0
+                elif t.state == TrialState.PRUNED:
+                    res.pruned.append(t.number)
+                    in_a_row = 0
+                else:
+                    res.failed.append(t.number)
+                    in_a_row += 1
+                if on_trial is not None:
+                    on_trial(self, t)
+                err = errors[0] if errors else None
+                if t.state == TrialState.FAIL and in_a_row >= max_failures:
+                    if err is None:
+                        raise RuntimeError(f"trial {t.number} failed")
+                    if max_failures <= 1:
+                        raise err
+                    raise RuntimeError(f"{in_a_row} trials of this process failed in a row (last: trial {t.number}: "
+                                       f"{type(err).__name__}: {err}); stopping") from err
+        return res
+
+
+@contextlib.contextmanager
+def open_session(config: Any, *, n_trials: int | None = None, storage: str | None = None,
+                 study_name: str | None = None, log: Callable[[str], None] | None = None,
+                 heartbeat_interval: int | None = DEFAULT_HEARTBEAT, grace_period: int | None = DEFAULT_GRACE,
+                 max_retry: int | None = DEFAULT_MAX_RETRY, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
+                 patience: float | None = None, require_database: bool = False, progress: bool = False,
+                 adjust: Callable[[SearchConfig], None] | None = None) -> Iterator[SearchSession]:
+    """The session of the search ``config`` (a YAML path, dict or :class:`SearchConfig`), under the config's torch
+    thread count; see the module docstring. ``n_trials``/``storage``/``study_name`` override the config;
+    ``heartbeat_interval``, ``grace_period``, ``max_retry``, ``connect_timeout`` and ``patience`` are the database
+    storage's (see :func:`~autoprune.study.storage.open_storage`). ``require_database``: refuse journal files (the
+    PostgreSQL worker). ``adjust`` may change the loaded config before anything is built (the Ray driver makes
+    ``run_dir`` absolute).
+
+    The storage is opened first: a bad or unreachable URL fails in seconds, before data and model are built."""
+    from ..config import check_against_graph, load_config
+    from .problem import Problem
+    from .space import RatioSpace
+
+    log = log or (lambda s: None)
+    cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
+    if adjust is not None:
+        adjust(cfg)
+    kind = storage_kind(cfg.storage)
+    if require_database and kind != "database":
+        raise ValueError(f"autoprune worker needs a database storage shared by the workers, e.g. --storage "
+                         f"postgresql://USER:PASSWORD@HOST:5432/DB; got {cfg.storage!r} (for several workers on one "
+                         "machine, `autoprune search` shares a journal file)")
+    retry = RetryFailedTrial(max_retry)
+    st = open_storage(cfg, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
+                      connect_timeout=connect_timeout, patience=patience, log=log)
+    with cfg.cpu_threads():
+        problem = Problem(cfg, log=log, progress=progress)
+        check_against_graph(cfg, problem.graph)
+        space = RatioSpace(cfg, problem)
+        if cfg.ratios.mode == "guided":
+            for level in cfg.ratios.level:  # fail early (and build the sensitivity table once) before any trial
+                space.allocation(level)
+        study, created = _create_or_load(cfg, st)
+        _check_directions(cfg, study)
+        seed = process_seed(cfg, created)
+        study.sampler = make_sampler(cfg, seed)
+        _record_study(cfg, study, problem, space, log)
+        objective = TrialObjective(cfg, problem, space, worker={**worker_info(), "seed": seed})
+        poll = 1.0 if kind == "journal" or heartbeat_interval is None else max(0.5, min(5.0, heartbeat_interval / 2))
+        session = SearchSession(cfg=cfg, storage=st, problem=problem, space=space, study=study, objective=objective,
+                                seed=seed, created=created, retry=retry, log=log, poll_interval=poll)
+        if kind == "database" and heartbeat_interval is not None:  # a worker killed before its first heartbeat
+            session.no_worker_after = 2 * (grace_period or 2 * heartbeat_interval) + 60
+        failed = session.recover()
+        if failed:
+            log(f"marked {len(failed)} trial(s) of dead workers as FAIL: {[t.number for t in failed]} "
+                "(their parameters are tried again)")
+        yield session
+
+
+def sampler_for_round(session: SearchSession, rnd: int) -> optuna.samplers.BaseSampler:
+    """A fresh sampler for round ``rnd`` of a driver that re-creates its sampler (Ray): the session's seed in round
+    0, a seed of its own in every later round (a replayed seed would propose the same trials again)."""
+    return make_sampler(session.cfg, session.seed if rnd == 0 else process_seed(session.cfg, False, salt=rnd))
+
