@@ -8,97 +8,33 @@ depthwise conv with multiplier k a channel owns k outputs. Producers (conv/linea
 reshapes that split the channel dim) union ids in a union-find. The union-find's classes are *channel sets*: the
 smallest units that can be removed, and each is removed everywhere at once.
 
-Never silently wrong: any op without a rule here locks every element flowing into or out of it (with the reason),
-as do the model's inputs and outputs, norms that mix channels (LayerNorm over channels, GroupNorm) and reductions or
-softmax over channels.
+How each operation moves channels is a *channel rule*, looked up in an open table (``rules.py``) by module type
+(along the MRO) or by function / tensor method; users add rules with :func:`~autoprune.graph.rules.register_channel_rule`.
+
+Never silently wrong: any op without a rule locks every element flowing into or out of it (with the reason), as do
+the model's inputs and outputs, norms that mix channels (LayerNorm over channels, single-group GroupNorm),
+reductions or softmax over channels, and shapes written as constants in the model code (with the source line).
+A module called at several places gets one channel selection: the channels of every call site are united.
 """
 from __future__ import annotations
 
-import operator
-from dataclasses import dataclass, field
+import os
+import re
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
 import torch
 import torch.fx as fx
 import torch.nn as nn
-import torch.nn.functional as F
 
-__all__ = ["TI", "Elements", "Analysis", "analyse"]
+from .layout import TI, Elements, Site
+from .rules import lookup_function, lookup_method, lookup_module
 
+__all__ = ["TI", "Elements", "Site", "Analysis", "analyse"]
 
-@dataclass
-class TI:
-    """Channel layout of one tensor value."""
-    shape: tuple
-    cdims: tuple
-    elem: np.ndarray
-
-    def ids(self) -> torch.Tensor:
-        """An int64 tensor of ``shape`` holding each position's element id (an expanded view, no copy)."""
-        view = [1] * len(self.shape)
-        for k, d in enumerate(self.cdims):
-            view[d] = self.shape[d]
-        return torch.as_tensor(self.elem, dtype=torch.int64).reshape(view).expand(self.shape)
-
-
-class Elements:
-    """Union-find over channel elements, with lock reasons and producer records."""
-
-    def __init__(self) -> None:
-        self.parent: list[int] = []
-        self.locks: list[tuple[np.ndarray, str]] = []
-
-    def new(self, n: int) -> np.ndarray:
-        start = len(self.parent)
-        self.parent.extend(range(start, start + n))
-        return np.arange(start, start + n, dtype=np.int64)
-
-    def find(self, a: int) -> int:
-        parent = self.parent
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:
-            parent[a], a = root, parent[a]
-        return root
-
-    def union(self, a: int, b: int) -> None:
-        ra, rb = self.find(a), self.find(b)
-        if ra != rb:
-            if ra < rb:
-                ra, rb = rb, ra
-            self.parent[ra] = rb  # the smaller id (earlier in the graph) stays root: stable ordering
-
-    def union_arrays(self, a: np.ndarray, b: np.ndarray) -> None:
-        pairs = np.unique(np.stack([np.ravel(a), np.ravel(b)], 1), axis=0)
-        for x, y in pairs:
-            if x != y:
-                self.union(int(x), int(y))
-
-    def lock(self, ids: np.ndarray, reason: str) -> None:
-        ids = np.unique(np.ravel(ids))
-        if ids.size:
-            self.locks.append((ids, reason))
-
-    def freeze(self) -> None:
-        """Resolve every element's root once; later look-ups are vectorised (no unions may follow)."""
-        self.root_of = np.array([self.find(i) for i in range(len(self.parent))], dtype=np.int64)
-
-    def roots(self, ids: np.ndarray) -> np.ndarray:
-        ids = np.asarray(ids, dtype=np.int64)
-        if getattr(self, "root_of", None) is not None and len(self.root_of) == len(self.parent):
-            return self.root_of[ids]
-        return np.array([self.find(int(i)) for i in np.ravel(ids)], dtype=np.int64).reshape(np.shape(ids))
-
-
-@dataclass
-class Site:
-    """A place that reads (consumer) or writes (producer) channels, for surgery and scoring."""
-    kind: str           # "conv", "linear", "bn", "prelu", "pad", "slice", "split", "input", "param", "unknown"
-    node: str           # fx node name
-    module: str | None  # qualified module name for module sites
-    data: dict = field(default_factory=dict)
+_NONTENSOR_METHODS = {"size", "dim", "numel"}
+_SHAPE_METHODS = {"view", "reshape"}
 
 
 @dataclass
@@ -109,60 +45,7 @@ class Analysis:
     values: dict            # node name -> real output value (shapes for validation)
     sites: list             # list[Site]
     node_module: dict       # node name -> owning module path (for naming)
-
-
-# ---------------------------------------------------------------------------------------------------------------
-# op tables
-
-_ELEMENTWISE_MODULES = (
-    nn.ReLU, nn.ReLU6, nn.SiLU, nn.GELU, nn.Hardswish, nn.Hardsigmoid, nn.Sigmoid, nn.Tanh, nn.LeakyReLU, nn.ELU,
-    nn.Mish, nn.Softplus, nn.Identity, nn.Dropout, nn.Dropout1d, nn.Dropout2d, nn.Dropout3d, nn.AlphaDropout,
-    nn.SELU, nn.CELU, nn.Hardtanh, nn.Tanhshrink, nn.Softsign,
-)
-_SPATIAL_MODULES = (
-    nn.MaxPool1d, nn.MaxPool2d, nn.MaxPool3d, nn.AvgPool1d, nn.AvgPool2d, nn.AvgPool3d, nn.AdaptiveAvgPool1d,
-    nn.AdaptiveAvgPool2d, nn.AdaptiveAvgPool3d, nn.AdaptiveMaxPool1d, nn.AdaptiveMaxPool2d, nn.AdaptiveMaxPool3d,
-    nn.Upsample, nn.UpsamplingNearest2d, nn.UpsamplingBilinear2d, nn.ZeroPad2d, nn.ConstantPad2d,
-    nn.ReflectionPad2d, nn.ReplicationPad2d,
-)
-_BN_MODULES = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.InstanceNorm1d, nn.InstanceNorm2d,
-               nn.InstanceNorm3d)
-_CONV_MODULES = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-
-_ELEMENTWISE_FUNCS: set = {
-    F.relu, F.relu6, F.silu, F.gelu, F.hardswish, F.hardsigmoid, F.leaky_relu, F.elu, F.mish, F.softplus,
-    F.dropout, F.dropout1d, F.dropout2d, F.dropout3d, F.hardtanh, F.selu, F.celu, F.tanhshrink, F.softsign,
-    torch.relu, torch.sigmoid, torch.tanh, torch.clamp, torch.clip, torch.abs, torch.exp, torch.neg, torch.sqrt,
-    torch.square, torch.nn.functional.sigmoid, torch.nn.functional.tanh, operator.neg, torch.relu_,
-    F.relu_, torch.clone, torch.detach,
-}
-try:  # torchvision's stochastic depth scales whole samples (or is the identity in eval): channel-preserving
-    from torchvision.ops import stochastic_depth as _stochastic_depth
-
-    _ELEMENTWISE_FUNCS.add(_stochastic_depth)
-except Exception:  # pragma: no cover - torchvision is a dependency, but the engine does not need it
-    pass
-_ELEMENTWISE_METHODS = {
-    "relu", "relu_", "sigmoid", "sigmoid_", "tanh", "tanh_", "clamp", "clamp_", "clip", "clip_", "abs", "exp",
-    "neg", "sqrt", "square", "contiguous", "clone", "detach", "float", "half", "bfloat16", "double", "to", "type_as",
-    "hardswish", "hardsigmoid", "requires_grad_",
-}
-_BINARY_FUNCS: set = {operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd, operator.imul,
-                      operator.isub, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div, torch.maximum,
-                      torch.minimum}
-_BINARY_METHODS = {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_", "maximum", "minimum"}
-_SPATIAL_FUNCS: set = {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
-                       F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
-                       F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate}
-_MOVE_FUNCS: set = {torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze, torch.unsqueeze,
-                    operator.getitem}
-_MOVE_METHODS = {"view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "__getitem__"}
-_REDUCE_FUNCS: set = {torch.mean, torch.sum, torch.amax, torch.amin}
-_REDUCE_METHODS = {"mean", "sum", "amax", "amin"}
-_SPLIT_FUNCS: set = {torch.split, torch.chunk}
-_SPLIT_METHODS = {"split", "chunk"}
-_CAT_FUNCS: set = {torch.cat, torch.concat, torch.concatenate}
-_NONTENSOR_METHODS = {"size", "dim", "numel"}
+    approximate: bool = False
 
 
 def _fname(target: Any) -> str:
@@ -175,22 +58,39 @@ def _fname(target: Any) -> str:
 class _Propagator(fx.Interpreter):
     """Runs the graph on example inputs and computes every node's channel layout."""
 
-    def __init__(self, gm: fx.GraphModule) -> None:
+    def __init__(self, gm: fx.GraphModule, approximate: bool = False) -> None:
         super().__init__(gm)
         self.E = Elements()
+        self.approximate = approximate
         self.info: dict[str, Any] = {}
         self.values: dict[str, Any] = {}
         self.sites: list[Site] = []
         self.modules = dict(gm.named_modules())
-        self.module_out: dict[str, np.ndarray] = {}   # module called twice: keep its channels consistent
+        self.calls: dict[str, list[Site]] = {}       # module -> its sites so far (several call sites are united)
+        self.attrs: dict[str, np.ndarray] = {}       # tensor attribute -> its elements (read at several places)
+        self.const_shapes: list[tuple] = []         # (node, TI, dims given as constants) checked at the end
         self.node_module: dict[str, str] = {}
 
-    # -- helpers -------------------------------------------------------------------------------------------------
+    # -- helpers (the part documented for rules in rules.RuleContext) ---------------------------------------------
     def fresh(self, shape: tuple, dim: int | None = 1) -> TI:
         if len(shape) == 0 or dim is None:
             return TI(tuple(shape), (), self.E.new(1).reshape(()))
         dim = dim % len(shape)
         return TI(tuple(shape), (dim,), self.E.new(shape[dim]))
+
+    def union(self, a: np.ndarray, b: np.ndarray) -> None:
+        self.E.union_arrays(a, b)
+
+    def lock(self, ids: np.ndarray, reason: str) -> None:
+        self.E.lock(ids, reason)
+
+    def note(self, ids: np.ndarray, text: str) -> None:
+        self.E.note(ids, text)
+
+    def add_site(self, kind: str, node: fx.Node, module: str | None, data: dict, rule: Any = None) -> Site:
+        site = Site(kind, node.name, module, data, rule)
+        self.sites.append(site)
+        return site
 
     def fresh_like(self, value: Any, reason: str | None) -> Any:
         if isinstance(value, torch.Tensor):
@@ -251,13 +151,7 @@ class _Propagator(fx.Interpreter):
             self.sites.append(Site("input", n.name, None))
             return ti
         if n.op == "get_attr":
-            reason = f"tensor attribute '{n.target}' used directly in the forward code"
-            if isinstance(value, torch.Tensor) and value.dim() > 0:
-                big = [d for d in range(value.dim()) if value.shape[d] > 1]
-                ti = self.fresh(tuple(value.shape), big[0] if big else 0)
-                self.E.lock(ti.elem, reason)
-                return ti
-            return self.fresh_like(value, reason)
+            return self.attribute(n, value)
         if n.op == "output":
             for ti in self.arg_infos(n.args):
                 self.E.lock(ti.elem, "model output")
@@ -271,117 +165,201 @@ class _Propagator(fx.Interpreter):
             return None  # size arithmetic and other python values carry no channels
         return self.function_rule(n, value)
 
+    def attribute(self, n: fx.Node, value: Any) -> Any:
+        """A tensor attribute read in the forward code. One holding a single non-trivial dim (a per-channel
+        scale, bias or statistic: ``[C]``, ``[C, 1, 1]``) carries channels that surgery can slice; the ops using it
+        decide whether they tie it to a tensor's channels or lock it. Anything else is locked."""
+        reason = f"tensor attribute '{n.target}' used directly in the forward code"
+        if not isinstance(value, torch.Tensor) or value.dim() == 0:
+            return self.fresh_like(value, reason)
+        big = [d for d in range(value.dim()) if value.shape[d] > 1]
+        ti = self.fresh(tuple(value.shape), big[0] if big else 0)
+        if len(big) != 1:
+            self.E.lock(ti.elem, reason)
+            return ti
+        prev = self.attrs.get(str(n.target))
+        if prev is not None:
+            self.E.union_arrays(prev, ti.elem)
+        else:
+            self.attrs[str(n.target)] = ti.elem
+            owner, _, attr = str(n.target).rpartition(".")
+            self.sites.append(Site("param", n.name, owner, {"attr": attr, "dim": big[0], "elem": ti.elem}))
+        return ti
+
     # -- modules -------------------------------------------------------------------------------------------------
     def module_rule(self, n: fx.Node, m: nn.Module, value: Any) -> Any:
         ins = self.arg_infos(n.args[:1])
         x = ins[0] if ins else None
         name = str(n.target)
-        if isinstance(m, _CONV_MODULES) and x is not None:
-            return self.conv_rule(n, m, name, x, value)
-        if isinstance(m, nn.Linear) and x is not None:
-            if x.cdims not in ((len(x.shape) - 1,), ()) or (x.cdims == () and x.shape[-1] != 1):
-                return self.lock_all(n, value, f"Linear '{name}' reads features that are not on its last dim")
-            out = self.fresh(tuple(value.shape), -1)
-            self.shared_module(name, out)
-            self.sites.append(Site("linear", n.name, name, {"in": x.elem.reshape(-1), "out": out.elem}))
-            return out
-        if isinstance(m, _BN_MODULES) and x is not None:
-            if x.cdims != (1,):
-                return self.lock_all(n, value, f"{type(m).__name__} '{name}' over a tensor whose channels are "
-                                               "not on dim 1")
-            if getattr(m, "weight", None) is not None or getattr(m, "running_mean", None) is not None:
-                self.sites.append(Site("bn", n.name, name, {"elem": x.elem}))
-            return TI(tuple(value.shape), x.cdims, x.elem)
-        if isinstance(m, nn.PReLU) and x is not None:
-            if m.num_parameters > 1:
-                if x.cdims != (1,):
-                    return self.lock_all(n, value, f"PReLU '{name}' over channels not on dim 1")
-                self.sites.append(Site("prelu", n.name, name, {"elem": x.elem}))
-            return TI(tuple(value.shape), x.cdims, x.elem)
-        if isinstance(m, _ELEMENTWISE_MODULES) and x is not None:
-            return TI(tuple(value.shape), x.cdims, x.elem)
-        if isinstance(m, _SPATIAL_MODULES) and x is not None:
-            return self.spatial(n, x, value)
-        if isinstance(m, nn.Flatten) and x is not None:
-            return self.move(n, value, lambda t: m(t), x)
-        if isinstance(m, nn.LayerNorm) and x is not None:
-            return self.layer_norm(n, x, len(m.normalized_shape), value, f"LayerNorm '{name}'")
-        if isinstance(m, (nn.GroupNorm, nn.LocalResponseNorm)):
-            return self.lock_all(n, value, f"{type(m).__name__} '{name}' normalises across channels")
-        if isinstance(m, nn.Softmax) and x is not None:
-            return self.softmax(n, x, m.dim, value)
-        return self.lock_all(n, value, f"module '{name}' of type {type(m).__name__} has no channel rule")
-
-    def shared_module(self, name: str, out: TI) -> None:
-        prev = self.module_out.get(name)
-        if prev is None:
-            self.module_out[name] = out.elem
-        else:
-            self.E.union_arrays(prev, out.elem)
-
-    def conv_rule(self, n: fx.Node, m: nn.Conv2d, name: str, x: TI, value: torch.Tensor) -> TI:
-        if x.cdims != (1,):
-            return self.lock_all(n, value, f"{type(m).__name__} '{name}' input channels are not on dim 1")
-        g, cin, cout = m.groups, m.in_channels, m.out_channels
-        if g == 1:
-            out = self.fresh(tuple(value.shape), 1)
-            self.shared_module(name, out)
-            self.sites.append(Site("conv", n.name, name, {"in": x.elem, "out": out.elem, "groups": 1}))
-            return out
-        # Grouped/depthwise conv: a group's inputs and outputs are removed together (whole groups), which keeps the
-        # per-group widths the kernels were trained with.
-        in_per, out_per = cin // g, cout // g
-        gid = x.elem.reshape(g, in_per)
-        if in_per > 1:
-            self.E.union_arrays(np.repeat(gid[:, 0], in_per), gid.ravel())
-        out_elem = np.repeat(gid[:, 0], out_per)
-        self.sites.append(Site("conv", n.name, name, {"in": x.elem, "out": out_elem, "groups": g}))
-        out = TI(tuple(value.shape), (1,), out_elem)
-        self.shared_module(name, out)
+        rule = lookup_module(m)
+        if rule is None:
+            return self.lock_all(n, value, f"module '{name}' of type {type(m).__name__} has no channel rule "
+                                           "(autoprune.register_channel_rule adds one)")
+        before = len(self.sites)
+        out = rule.analyse(self, n, m, x, value)
+        for s in self.sites[before:]:
+            if s.module == name:
+                self.unite_call_sites(n, s, out)
         return out
+
+    def unite_call_sites(self, n: fx.Node, site: Site, out: Any) -> None:
+        """A module called at several places has one set of parameters, so one channel selection: unite the
+        channels of every call site (a shared detection head over several feature maps, a BN on two branches)."""
+        prev = [s for s in self.calls.setdefault(site.module, []) if s.kind == site.kind]
+        self.calls[site.module].append(site)
+        if not prev:
+            return
+        first = prev[0]
+        for key in ("in", "out", "elem"):
+            a, b = first.data.get(key), site.data.get(key)
+            if a is None and b is None:
+                continue
+            if a is None or b is None or np.shape(a) != np.shape(b):
+                reason = (f"module '{site.module}' is called at several places with different channel layouts "
+                          f"(nodes '{first.node}' and '{n.name}')")
+                for arr in (a, b):
+                    if arr is not None:
+                        self.E.lock(arr, reason)
+                continue
+            self.E.union_arrays(a, b)
+        site.data["shared_with"] = first.node
 
     # -- functions and methods -----------------------------------------------------------------------------------
     def function_rule(self, n: fx.Node, value: Any) -> Any:
         t = n.target
-        is_m = n.op == "call_method"
+        if n.op == "call_method":
+            rule = lookup_method(t)
+        else:
+            rule = lookup_function(t)
         tensors = [a for a in n.args if isinstance(a, fx.Node) and isinstance(self.info.get(a.name), TI)]
         x = self.info[tensors[0].name] if tensors else None
+        if rule is None:
+            fn_cls = getattr(t, "_autoprune_function", None)
+            what = (f"custom autograd Function {fn_cls.__module__}.{fn_cls.__qualname__} at node '{n.name}'"
+                    if fn_cls is not None else self.where(n))
+            return self.lock_all(n, value, f"{what} has no channel rule (autoprune.register_channel_rule adds one)")
+        return rule.analyse(self, n, None, x, value)
 
-        if (not is_m and t in _ELEMENTWISE_FUNCS) or (is_m and t in _ELEMENTWISE_METHODS):
-            if x is None or not isinstance(value, torch.Tensor) or tuple(value.shape) != x.shape:
-                return self.lock_all(n, value, f"{self.where(n)}: unexpected shapes")
-            return TI(x.shape, x.cdims, x.elem)
-        if (not is_m and t in _BINARY_FUNCS) or (is_m and t in _BINARY_METHODS):
+    # built-in function rules (see rules._builtins) -----------------------------------------------------------------
+    def same_layout(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        """Channel i in, channel i out. Several tensor arguments (``clamp(x, lo, hi)``) broadcast like a binary op."""
+        if len(self.arg_infos(n.args) + self.arg_infos(n.kwargs)) > 1:
             return self.binary(n, value)
-        if not is_m and t in _SPATIAL_FUNCS and x is not None:
-            return self.spatial(n, x, value)
-        if not is_m and t is F.pad and x is not None:
-            return self.pad(n, x, value)
-        if (not is_m and t in _CAT_FUNCS):
-            return self.cat(n, value)
-        if ((not is_m and t in _SPLIT_FUNCS) or (is_m and t in _SPLIT_METHODS)) and x is not None:
-            return self.split(n, x, value)
-        if ((not is_m and t in _MOVE_FUNCS) or (is_m and t in _MOVE_METHODS)) and x is not None:
-            if t is operator.getitem or t == "__getitem__":
-                return self.getitem(n, x, value)
-            fn = (lambda ids: getattr(ids, t)(*self.real(n.args[1:]), **self.real(n.kwargs))) if is_m else \
-                (lambda ids: t(ids, *self.real(n.args[1:]), **self.real(n.kwargs)))
-            return self.move(n, value, fn, x)
-        if t is operator.getitem and isinstance(n.args[0], fx.Node) and isinstance(self.info.get(n.args[0].name),
-                                                                                   list):
-            return self.info[n.args[0].name][n.args[1]]
-        if ((not is_m and t in _REDUCE_FUNCS) or (is_m and t in _REDUCE_METHODS)) and x is not None:
-            return self.reduce(n, x, value)
-        if not is_m and t is F.layer_norm and x is not None:
-            shape = n.args[1] if len(n.args) > 1 else n.kwargs["normalized_shape"]
-            return self.layer_norm(n, x, len(self.real(shape)), value, "F.layer_norm")
-        if (not is_m and t in (F.softmax, torch.softmax, F.log_softmax)) or (is_m and t in ("softmax",)):
-            dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
-            return self.softmax(n, x, self.real(dim), value)
-        if not is_m and t is F.batch_norm and x is not None and x.cdims == (1,):
-            return self.lock_all(n, value, f"{self.where(n)}: functional batch_norm with tensors from attributes "
-                                           "(use nn.BatchNorm modules)")
-        return self.lock_all(n, value, f"{self.where(n)} has no channel rule")
+        if x is None or not isinstance(value, torch.Tensor) or tuple(value.shape) != x.shape:
+            return self.lock_all(n, value, f"{self.where(n)}: unexpected shapes")
+        return TI(x.shape, x.cdims, x.elem)
+
+    def binary_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        return self.binary(n, value)
+
+    def cat_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        return self.cat(n, value)
+
+    def move_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        if x is None:
+            return self.lock_all(n, value, f"{self.where(n)}: no channel input")
+        t = n.target
+        if n.op == "call_method":
+            fn = lambda ids: getattr(ids, t)(*self.real(n.args[1:]), **self.real(n.kwargs))  # noqa: E731
+        else:
+            fn = lambda ids: t(ids, *self.real(n.args[1:]), **self.real(n.kwargs))  # noqa: E731
+        out = self.move(n, value, fn, x)
+        if isinstance(out, TI) and (t in _SHAPE_METHODS or t is torch.reshape):
+            shape = list(n.args[1:]) if n.op == "call_method" else list(n.args[1:2])
+            if "shape" in n.kwargs:
+                shape = [n.kwargs["shape"]]
+            if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+                shape = list(shape[0])
+            if len(shape) == len(out.shape):
+                const = [d for d, v in enumerate(shape) if isinstance(v, int) and v != -1 and d in out.cdims]
+                if const:
+                    self.const_shapes.append((n, out, const, shape))
+        return out
+
+    def getitem_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        src = n.args[0]
+        if isinstance(src, fx.Node) and isinstance(self.info.get(src.name), list):
+            return self.info[src.name][n.args[1]]
+        if x is None:
+            return self.lock_all(n, value, f"{self.where(n)}: indexing a value without channels")
+        return self.getitem(n, x, value)
+
+    def softmax_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        dim = n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else None)
+        return self.softmax(n, x, self.real(dim), value)
+
+    def layer_norm_fn(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        if x is None:
+            return self.lock_all(n, value, f"{self.where(n)}: no channel input")
+        shape = self.real(n.args[1] if len(n.args) > 1 else n.kwargs["normalized_shape"])
+        params = [self.info.get(a.name) for a in list(n.args[2:4]) + [n.kwargs.get("weight"), n.kwargs.get("bias")]
+                  if isinstance(a, fx.Node)]
+        params = [ti for ti in params if isinstance(ti, TI)]
+        nd, k = len(x.shape), len(shape)
+        if not any(d >= nd - k for d in x.cdims):
+            for ti in params:  # weight/bias of the normalised, non-channel dims: never cut
+                self.E.lock(ti.elem, f"{self.where(n)}: layer_norm weight over non-channel dims")
+            return TI(tuple(value.shape), x.cdims, x.elem)
+        if k != 1 or x.cdims != (nd - 1,) or any(ti.elem.shape != x.elem.shape for ti in params):
+            return self.lock_all(n, value, f"{self.where(n)}: layer_norm over the channel dim together with others")
+        if not self.approximate:
+            return self.lock_all(n, value, f"{self.where(n)}: layer_norm over the channel dim, so removing a channel "
+                                           "would change every other channel (build the graph with approximate=True "
+                                           "to prune it anyway)")
+        for ti in params:
+            self.E.union_arrays(x.elem, ti.elem)
+        self.note(x.elem, f"approximate: {self.where(n)} renormalises over the remaining channels")
+        self.add_site("arg", n, None, {"elem": x.elem, "arg": 1, "kw": "normalized_shape", "as": "shape"})
+        return TI(tuple(value.shape), x.cdims, x.elem)
+
+    def batch_norm_fn(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        """``F.batch_norm(x, running_mean, running_var, weight, bias, ...)`` (timm and user norm subclasses that
+        re-implement forward): per-channel, its statistics and affine tensors are tied to the channels of x."""
+        if x is None or x.cdims != (1,) or not isinstance(value, torch.Tensor) or tuple(value.shape) != x.shape:
+            return self.lock_all(n, value, f"{self.where(n)}: batch_norm over a tensor whose channels are not on "
+                                           "dim 1")
+        args = list(n.args[1:5]) + [n.kwargs.get(k) for k in ("running_mean", "running_var", "weight", "bias")]
+        params = [self.info.get(a.name) for a in args if isinstance(a, fx.Node)]
+        if any(not isinstance(ti, TI) or ti.elem.shape != x.elem.shape for ti in params):
+            return self.lock_all(n, value, f"{self.where(n)}: batch_norm statistics without one entry per channel")
+        for ti in params:
+            self.E.union_arrays(x.elem, ti.elem)
+        return TI(x.shape, x.cdims, x.elem)
+
+    def group_norm_fn(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        """``F.group_norm(x, num_groups, weight, bias)``: whole groups are removed; ``num_groups`` is rewritten."""
+        if x is None or x.cdims != (1,) or not isinstance(value, torch.Tensor) or tuple(value.shape) != x.shape:
+            return self.lock_all(n, value, f"{self.where(n)}: group_norm over a tensor whose channels are not on "
+                                           "dim 1")
+        g = self.real(n.args[1] if len(n.args) > 1 else n.kwargs["num_groups"])
+        params = [self.info.get(a.name) for a in list(n.args[2:4]) + [n.kwargs.get("weight"), n.kwargs.get("bias")]
+                  if isinstance(a, fx.Node)]
+        if g == 1 or any(not isinstance(ti, TI) or ti.elem.shape != x.elem.shape for ti in params):
+            return self.lock_all(n, value, f"{self.where(n)}: group_norm with a single group normalises over every "
+                                           "channel")
+        per = x.shape[1] // g
+        gid = x.elem.reshape(g, per)
+        self.E.union_arrays(np.repeat(gid[:, :1], per, 1), gid)
+        for ti in params:
+            self.E.union_arrays(x.elem, ti.elem)
+        self.add_site("arg", n, None, {"elem": x.elem, "arg": 1, "kw": "num_groups", "as": "groups", "per": per})
+        return TI(x.shape, x.cdims, x.elem)
+
+    def check_constant_shapes(self) -> None:
+        """Lock the channels feeding a shape written as a constant (``x.view(-1, 256)``) whose size pruning could
+        change: analysis time, with the source line, so no search proposes a cut that cannot be built. A constant
+        stays valid only if every slice along its dim loses the same channel sets (channel shuffle's groups)."""
+        for n, ti, dims, shape in self.const_shapes:
+            for d in dims:
+                k = ti.cdims.index(d)
+                arr = np.moveaxis(ti.elem, k, 0).reshape(ti.elem.shape[k], -1)
+                roots = np.vectorize(self.E.find, otypes=[np.int64])(arr) if arr.size else arr
+                sets = {frozenset(r.tolist()) for r in roots}
+                if len(sets) > 1:
+                    shown = ", ".join(str(v) if isinstance(v, int) else v.name for v in shape)
+                    self.E.lock(ti.elem, f"constant shape ({shown}) at node '{n.name}'{source_line(n)}: the channels "
+                                         "feeding it cannot be pruned (compute the size from x.shape instead)")
+                    break
 
     def real(self, a: Any) -> Any:
         return fx.node.map_arg(a, lambda nd: self.env[nd])
@@ -429,14 +407,6 @@ class _Propagator(fx.Interpreter):
     def spatial(self, n: fx.Node, x: TI, value: torch.Tensor) -> TI:
         if x.cdims not in ((1,), ()) or not isinstance(value, torch.Tensor) or value.shape[1] != x.shape[1]:
             return self.lock_all(n, value, f"{self.where(n)}: pooling/resampling over the channel dim")
-        return TI(tuple(value.shape), x.cdims, x.elem)
-
-    def layer_norm(self, n: fx.Node, x: TI, k: int, value: torch.Tensor, what: str) -> TI:
-        nd = len(x.shape)
-        if any(d >= nd - k for d in x.cdims):
-            return self.lock_all(n, value, f"{what} normalises over the channel dim (at node '{n.name}'), so "
-                                           "removing a channel would change every other channel")
-        # weight/bias have the normalised (non-channel) shape: untouched by pruning
         return TI(tuple(value.shape), x.cdims, x.elem)
 
     def softmax(self, n: fx.Node, x: TI | None, dim: Any, value: Any) -> Any:
@@ -563,10 +533,26 @@ def _shapes(value: Any) -> Any:
     return None
 
 
-def analyse(gm: fx.GraphModule, example_inputs: tuple) -> Analysis:
-    """Propagate channel layouts through ``gm`` run on ``example_inputs`` (in eval mode, without gradients)."""
-    p = _Propagator(gm)
+def source_line(n: fx.Node) -> str:
+    """`` [file:line: code]`` of the model code that created node ``n`` (empty when unknown)."""
+    st = n.meta.get("stack_trace")
+    if not st:
+        return ""
+    frames = re.findall(r'File "([^"]+)", line (\d+), in [^\n]*\n\s*([^\n]*)', st)
+    torch_dir = os.path.dirname(os.path.abspath(torch.__file__))
+    user = [f for f in frames if not os.path.abspath(f[0]).startswith(torch_dir)]
+    if not user:
+        return ""
+    file, line, code = user[-1]
+    return f" [{file}:{line}: {code.strip()}]"
+
+
+def analyse(gm: fx.GraphModule, example_inputs: tuple, approximate: bool = False) -> Analysis:
+    """Propagate channel layouts through ``gm`` run on ``example_inputs`` (in eval mode, without gradients).
+    ``approximate=True`` allows the approximate rules (channel LayerNorm), each noted on the groups it touches."""
+    p = _Propagator(gm, approximate)
     with torch.no_grad():
         p.run(*example_inputs)
+    p.check_constant_shapes()
     p.E.freeze()
-    return Analysis(gm, p.E, p.info, p.values, p.sites, p.node_module)
+    return Analysis(gm, p.E, p.info, p.values, p.sites, p.node_module, approximate)

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -31,9 +32,13 @@ class ChannelGraph:
     >>> graph = ChannelGraph(model, torch.randn(1, 3, 32, 32))
     >>> [g.name for g in graph.groups if g.prunable]
     >>> pruned = graph.prune(0.3, criterion="l1")
+
+    ``approximate=True`` also prunes through layers where removing a channel changes the others a little
+    (LayerNorm over the channel dim, as in ConvNeXt); every group it affects lists it in ``group.approximate``.
+    Never the default.
     """
 
-    def __init__(self, model: nn.Module, example_inputs: Any) -> None:
+    def __init__(self, model: nn.Module, example_inputs: Any, *, approximate: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
         self.example_inputs = as_inputs(example_inputs)
@@ -43,9 +48,10 @@ class ChannelGraph:
         self._steps = list(prev.get("steps", []))
         base = copy.deepcopy(model).eval()
         self.gm = trace(base)
-        self.analysis: Analysis = analyse(self.gm, self.example_inputs)
+        self.analysis: Analysis = analyse(self.gm, self.example_inputs, approximate=bool(approximate))
         self.groups: list[ChannelGroup] = build_groups(self.analysis)
         self._by_name = {g.name: g for g in self.groups}
+        self._macs_exact: bool | None = None
 
     # -- introspection -------------------------------------------------------------------------------------------
     @property
@@ -67,7 +73,10 @@ class ChannelGraph:
         """A table of the groups: name, channels, prunable or why locked."""
         rows = [f"{'group':40s} {'channels':>8s}  status"]
         for g in self.groups:
-            rows.append(f"{g.name:40s} {g.channels:8d}  {'prunable' if g.prunable else 'locked: ' + str(g.reason)}")
+            state = "prunable" if g.prunable else "locked: " + str(g.reason)
+            if g.approximate:
+                state += " (approximate: " + "; ".join(g.approximate) + ")"
+            rows.append(f"{g.name:40s} {g.channels:8d}  {state}")
         return "\n".join(rows)
 
     # -- pruning -------------------------------------------------------------------------------------------------
@@ -158,11 +167,39 @@ class ChannelGraph:
         """Union-find roots of the channel units in ``remove`` ({group: indices})."""
         return {int(r) for name, idx in remove.items() for r in self.group(name).roots[list(idx)]}
 
+    @property
+    def macs_exact(self) -> bool:
+        """Whether the cost model sees every MAC :func:`autoprune.count_macs` counts on this model (checked once).
+        When it does not (matmuls in attention, convs called as functions), :meth:`macs` counts on the pruned
+        model instead, and says so with a warning."""
+        if self._macs_exact is None:
+            from ..flops import count_macs
+
+            counted = count_macs(self.gm, self.example_inputs)
+            modelled = self._site_macs(None)
+            self._macs_exact = counted == modelled
+            if not self._macs_exact:
+                warnings.warn(f"ChannelGraph.macs: the cost model sees {modelled:,} of the {counted:,} MACs fvcore "
+                              "counts on this model (ops outside conv/linear layers); MACs are counted on each pruned "
+                              "model instead (slower)", stacklevel=3)
+        return self._macs_exact
+
     def macs(self, remove: Mapping[str, Sequence[int]] | None = None, *, params: bool = False) -> int:
         """MACs per sample (conv + linear, the papers' convention) of the model after removing ``remove``
         ({group: channel indices}), computed from the analysis without building the model: the per-group cost model
-        behind sensitivity analysis and allocation. It equals :func:`autoprune.count_macs` on the pruned model.
+        behind sensitivity analysis and allocation. It equals :func:`autoprune.count_macs` on the pruned model;
+        where the cost model cannot see every MAC (see :attr:`macs_exact`) the pruned model is built and counted.
         ``params=True`` counts conv/linear/norm parameters instead."""
+        if params:
+            return self._site_macs(remove, params=True)
+        if self.macs_exact:
+            return self._site_macs(remove)
+        from ..flops import count_macs
+
+        model = self.prune_channels(remove) if remove and any(len(v) for v in remove.values()) else self.gm
+        return count_macs(model, self.example_inputs)
+
+    def _site_macs(self, remove: Mapping[str, Sequence[int]] | None, *, params: bool = False) -> int:
         keep = _Keep(self.analysis, self._roots(remove or {}))
         modules = dict(self.gm.named_modules())
         values = self.analysis.values
@@ -181,15 +218,24 @@ class ChannelGraph:
                 continue
             out_k = int(keep(s.data["out"]).sum())
             in_mask = keep(s.data["in"])
+            w = s.rule.weight_shape(m) if hasattr(s.rule, "weight_shape") else tuple(m.weight.shape)
             if s.kind == "conv":
                 g = s.data["groups"]
-                in_per = int(in_mask.sum()) if g == 1 else m.in_channels // g
-                k = int(np.prod(m.kernel_size))
+                in_k = int(in_mask.sum())
+                g_k = g if g == 1 else int(in_mask.reshape(g, -1)[:, 0].sum())
+                if s.data.get("transposed"):  # fvcore: in * (out / groups) * k * input positions
+                    k = int(np.prod(w[2:]))
+                    if params:
+                        total += in_k * (out_k // g_k) * k + (out_k if m.bias is not None else 0)
+                    else:
+                        total += in_k * (out_k // g_k) * k * int(np.prod(s.data["in_shape"][2:]))
+                    continue
+                in_per = in_k // g_k
+                k = int(np.prod(w)) // (w[0] * w[1]) if len(w) > 1 else 1
                 if params:
-                    total += out_k * in_per * k + (out_k if m.bias is not None else 0)
+                    total += out_k * in_per * k + (out_k if getattr(m, "bias", None) is not None else 0)
                 else:
-                    out_shape = values[s.node]
-                    total += out_k * in_per * k * int(np.prod(out_shape[2:]))
+                    total += out_k * in_per * k * int(np.prod(values[s.node][2:]))
             else:
                 in_k = int(in_mask.sum())
                 if params:
@@ -205,12 +251,14 @@ class ChannelGraph:
         E = self.analysis.elements
         roots = self._roots(remove)
         out = []
+        done = set()
         for s in self.analysis.sites:
-            if s.kind in ("conv", "linear") and s.data.get("groups", 1) == 1:
+            if s.kind in ("conv", "linear") and s.data.get("groups", 1) == 1 and s.module not in done:
+                done.add(s.module)
                 rr = E.roots(s.data["in"])
                 hit = [i for i, r in enumerate(rr.tolist()) if r in roots]
                 if hit:
-                    out.append((s.module, 1, hit))
+                    out.append((s.module, s.data.get("in_dim", 1), hit))
         return out
 
 

@@ -37,10 +37,13 @@ class ChannelGroup:
     modules: list[str]
     members: list[Member] = field(default_factory=list, repr=False)
     roots: np.ndarray = field(default_factory=lambda: np.zeros(0, np.int64), repr=False)
+    #: approximations the user opted into (``ChannelGraph(..., approximate=True)``) that pruning this group makes
+    approximate: list[str] = field(default_factory=list)
 
     def __repr__(self) -> str:
         state = "prunable" if self.prunable else f"locked: {self.reason}"
-        return f"ChannelGroup({self.name!r}, channels={self.channels}, {state})"
+        approx = f", {len(self.approximate)} approximation(s)" if self.approximate else ""
+        return f"ChannelGroup({self.name!r}, channels={self.channels}, {state}{approx})"
 
 
 def build_groups(a: Analysis) -> list[ChannelGroup]:
@@ -49,6 +52,11 @@ def build_groups(a: Analysis) -> list[ChannelGroup]:
     for ids, reason in a.elements.locks:
         for r in E.roots(ids):
             lock_reason.setdefault(int(r), reason)
+    notes: dict[int, list[str]] = {}
+    for ids, text in a.elements.notes:
+        for r in set(E.roots(ids).tolist()):
+            if text not in notes.setdefault(int(r), []):
+                notes[int(r)].append(text)
 
     # producers, in graph order: (label, site, element array)
     producers = []
@@ -106,5 +114,6 @@ def build_groups(a: Analysis) -> list[ChannelGroup]:
                 members.append(Member(s.module, s.node, s.kind, np.nonzero(sel)[0],
                                       np.array([pos[int(r)] for r in rr[sel]], dtype=np.int64)))
         mods = sorted(set().union(*(touched.get(r, set()) for r in roots)))
-        groups.append(ChannelGroup(name, len(roots), reason is None, reason, mods, members, root_arr))
+        approx = list(dict.fromkeys(t for r in roots for t in notes.get(r, [])))
+        groups.append(ChannelGroup(name, len(roots), reason is None, reason, mods, members, root_arr, approx))
     return groups

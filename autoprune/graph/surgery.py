@@ -1,8 +1,8 @@
 """Physical channel removal on a copy of the traced graph, then shape validation.
 
 Validation re-runs the pruned graph on the example inputs and compares every node's output shape with the shape
-the analysis predicts. A constant shape argument in the model's code (``x.view(-1, 512 * 7 * 7)``) or any rule we
-got wrong shows up there as a :class:`PruneError` naming the node and its source line, never as a silently wrong
+the analysis predicts. Constant shapes in the model code (``x.view(-1, 512 * 7 * 7)``) are already locked by the analysis; anything it
+missed, or a rule we got wrong, shows up there as a :class:`PruneError` naming the node and its source line, never as a silently wrong
 model.
 """
 from __future__ import annotations
@@ -15,7 +15,10 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from .analysis import TI, Analysis
+from .analysis import TI, Analysis, source_line
+from .rules import take
+
+_MODULE_KINDS = ("conv", "linear", "bn", "prelu")
 
 __all__ = ["PruneError", "apply_pruning"]
 
@@ -34,25 +37,6 @@ class _Keep:
 
     def __call__(self, elem: np.ndarray) -> np.ndarray:
         return ~self.removed[self.root_of[np.asarray(elem, dtype=np.int64)]]
-
-
-def _idx(mask: np.ndarray) -> torch.Tensor:
-    return torch.as_tensor(np.nonzero(mask)[0], dtype=torch.long)
-
-
-def _take(t: torch.Tensor, dim: int, mask: np.ndarray) -> torch.Tensor:
-    """Rows of ``t`` along ``dim`` where ``mask``; the tensor itself when nothing is cut (cloned later once)."""
-    return t if bool(np.all(mask)) else t.index_select(dim, _idx(mask))
-
-
-def _set_param(m: nn.Module, name: str, value: torch.Tensor | None) -> None:
-    if value is None:
-        return
-    old = getattr(m, name)
-    if isinstance(old, nn.Parameter):
-        setattr(m, name, nn.Parameter(value.clone(), requires_grad=old.requires_grad))
-    else:
-        m._buffers[name] = value.clone()
 
 
 def _expected_shape(ti: TI, keep: _Keep, where: str) -> tuple:
@@ -80,7 +64,7 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
     # (on VGG's 100M-weight classifier this halves pruning time). The original's tensors are never modified.
     memo: dict[int, Any] = {}
     for s in a.sites:
-        if s.kind in ("conv", "linear", "bn", "prelu"):
+        if s.kind in _MODULE_KINDS or s.kind == "param":
             m = a.gm.get_submodule(s.module)
             for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
                 if t.dim() > 0:
@@ -90,31 +74,33 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
     nodes = {n.name: n for n in gm.graph.nodes}
     done: set[str] = set()
     for s in a.sites:
-        if s.kind in ("conv", "linear", "bn", "prelu"):
+        if s.kind in _MODULE_KINDS:
             if s.module in done:
-                continue  # a module called at several places is cut once (the analysis tied its channels)
+                continue  # a module called at several places is cut once (the analysis united its call sites)
             done.add(s.module)
-            m = gm.get_submodule(s.module)
-            if s.kind == "conv":
-                _cut_conv(m, keep(s.data["in"]), keep(s.data["out"]), s.data["groups"])
-            elif s.kind == "linear":
-                out_k, in_k = keep(s.data["out"]), keep(s.data["in"])
-                w = _take(_take(m.weight.data, 0, out_k), 1, in_k)
-                m.weight = nn.Parameter(w.clone(), requires_grad=m.weight.requires_grad)
-                if m.bias is not None:
-                    _set_param(m, "bias", _take(m.bias.data, 0, out_k))
-                m.in_features, m.out_features = int(in_k.sum()), int(out_k.sum())
-            elif s.kind == "bn":
-                k = _idx(keep(s.data["elem"]))
-                for name in ("weight", "bias", "running_mean", "running_var"):
-                    t = getattr(m, name, None)
-                    if t is not None:
-                        _set_param(m, name, t.data[k])
-                m.num_features = len(k)
+            s.rule.cut(gm.get_submodule(s.module), s, keep)
+        elif s.kind == "param":
+            m = gm.get_submodule(s.module) if s.module else gm
+            t = getattr(m, s.data["attr"])
+            k = keep(s.data["elem"])
+            if not bool(np.all(k)):
+                new = take(t.data, s.data["dim"], k).clone()
+                if isinstance(t, nn.Parameter):
+                    setattr(m, s.data["attr"], nn.Parameter(new, requires_grad=t.requires_grad))
+                elif s.data["attr"] in m._buffers:
+                    m._buffers[s.data["attr"]] = new
+                else:
+                    setattr(m, s.data["attr"], new)
+        elif s.kind == "arg":  # a call argument that counts channels (layer_norm's shape, group_norm's groups)
+            n = nodes[s.node]
+            kept = int(keep(s.data["elem"]).sum())
+            v = (kept,) if s.data["as"] == "shape" else kept // s.data["per"]
+            if len(n.args) > s.data["arg"]:
+                args = list(n.args)
+                args[s.data["arg"]] = v
+                n.args = tuple(args)
             else:
-                k = _idx(keep(s.data["elem"]))
-                _set_param(m, "weight", m.weight.data[k])
-                m.num_parameters = len(k)
+                n.kwargs = {**n.kwargs, s.data["kw"]: v}
         elif s.kind == "pad":
             n = nodes[s.node]
             p = list(n.args[1] if len(n.args) > 1 else n.kwargs["pad"])
@@ -148,22 +134,6 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
     return gm
 
 
-def _cut_conv(m: nn.Module, in_keep: np.ndarray, out_keep: np.ndarray, groups: int) -> None:
-    w = _take(m.weight.data, 0, out_keep)
-    if groups == 1:
-        w = _take(w, 1, in_keep)
-        m.in_channels = int(in_keep.sum())
-    else:
-        per = m.in_channels // groups
-        g_keep = in_keep.reshape(groups, per)[:, 0]
-        m.groups = int(g_keep.sum())
-        m.in_channels = m.groups * per
-    m.weight = nn.Parameter(w.clone(), requires_grad=m.weight.requires_grad)
-    if m.bias is not None:
-        _set_param(m, "bias", _take(m.bias.data, 0, out_keep))
-    m.out_channels = int(out_keep.sum())
-
-
 class _ShapeCheck(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule, a: Analysis, keep: _Keep) -> None:
         super().__init__(gm)
@@ -174,7 +144,7 @@ class _ShapeCheck(fx.Interpreter):
         try:
             value = super().run_node(n)
         except Exception as exc:
-            raise PruneError(f"the pruned model fails at {where}{_line(n)}: {exc}") from exc
+            raise PruneError(f"the pruned model fails at {where}{source_line(n)}: {exc}") from exc
         info = self.a.info.get(n.name)
         items = [(info, value)] if isinstance(info, TI) else (
             list(zip(info, value)) if isinstance(info, list) and isinstance(value, (tuple, list)) else [])
@@ -183,18 +153,10 @@ class _ShapeCheck(fx.Interpreter):
                 want = _expected_shape(ti, self.keep, where)
                 if tuple(v.shape) != want:
                     raise PruneError(
-                        f"after pruning, {where}{_line(n)} gives shape {tuple(v.shape)} but {want} was expected; "
+                        f"after pruning, {where}{source_line(n)} gives shape {tuple(v.shape)} but {want} was expected; "
                         "a shape written as a constant in the model code cannot follow pruning (compute it "
                         "from x.shape), or this op needs a rule: lock the groups through it instead")
         return value
-
-
-def _line(n: fx.Node) -> str:
-    st = n.meta.get("stack_trace")
-    if not st:
-        return ""
-    last = [l.strip() for l in st.strip().splitlines() if l.strip()]
-    return f" [{last[-2]}: {last[-1]}]" if len(last) >= 2 else ""
 
 
 def _validate(a: Analysis, gm: fx.GraphModule, keep: _Keep, example_inputs: tuple) -> None:

@@ -6,18 +6,30 @@ recorder: pruning has to *rewrite* some operations, not only slice weights (the 
 graph whose call arguments we can change and recompile, while keeping module names (so state-dict keys stay
 put). It needs no gradients, handles tuple outputs, and every torchvision classifier traces.
 
+Leaves: a module with a channel rule (``rules.py``) is kept as one node, so the rule describes it whole (timm's
+``BatchNormAct2d``, whose forward fx cannot follow, is per-channel statistics then an element-wise tail); so are
+torch.nn's own modules and the modules and functions timm marks as not traceable. A custom
+``torch.autograd.Function`` is kept as one call (not inlined), so the pruned model still runs the user's backward.
+
 Limits: fx cannot follow Python control flow that depends on tensor *values* or symbolic shapes
 (``if x.sum() > 0``, ``if x.shape[1] == 64``); such models fail to trace and we raise :class:`TraceError` naming the
 user's line. Shape arguments written as constants (``x.view(-1, 512 * 7 * 7)``) trace fine but cannot adapt to
-pruning; they are caught after surgery by shape validation (see ``surgery.py``), never silently accepted.
+pruning; the analysis locks the channels feeding them (with the line), and shape validation after surgery (see
+``surgery.py``) catches anything else, never silently accepted.
 """
 from __future__ import annotations
 
+import contextlib
 import os
+import sys
 import traceback
+from typing import Any, Iterator
 
+import torch
 import torch.fx as fx
 import torch.nn as nn
+
+from .rules import lookup_module
 
 __all__ = ["TraceError", "trace"]
 
@@ -26,10 +38,62 @@ class TraceError(RuntimeError):
     """The model could not be captured as a graph; the message names the failing line of the model's code."""
 
 
+def _timm_notrace() -> tuple[tuple, tuple]:
+    """timm's own lists of modules and functions fx must not enter (only when timm is already imported)."""
+    fx_mod = sys.modules.get("timm.layers._fx")
+    if fx_mod is None:
+        return (), ()
+    try:
+        return tuple(fx_mod.get_notrace_modules()), tuple(fx_mod.get_notrace_functions())
+    except Exception:  # pragma: no cover - a timm version without these helpers
+        return (), ()
+
+
 class _Tracer(fx.Tracer):
     def __init__(self) -> None:
-        super().__init__()
+        self.notrace_modules, notrace_fns = _timm_notrace()
+        super().__init__(autowrap_functions=notrace_fns)
         self.record_stack_traces = True
+
+    def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
+        if lookup_module(m) is not None or isinstance(m, self.notrace_modules):
+            return True
+        return super().is_leaf_module(m, qualname)
+
+
+_CALLERS: dict[type, Any] = {}
+
+
+def _caller(fn_cls: type) -> Any:
+    """A plain function that calls ``fn_cls.apply``: the graph node that replaces the inlined Function, so the
+    rebuilt model calls the user's Function (and its backward). Its ``_autoprune_function`` names the class."""
+    if fn_cls not in _CALLERS:
+        def call(*args: Any, **kwargs: Any) -> Any:
+            return fn_cls.apply(*args, **kwargs)
+
+        call.__name__ = call.__qualname__ = f"{fn_cls.__name__}_apply"
+        call.__module__ = fn_cls.__module__
+        call._autoprune_function = fn_cls  # type: ignore[attr-defined]
+        _CALLERS[fn_cls] = call
+    return _CALLERS[fn_cls]
+
+
+@contextlib.contextmanager
+def _leaf_autograd_functions() -> Iterator[None]:
+    """While tracing, ``Function.apply`` on proxies records one call node instead of running ``forward``."""
+    original = torch.autograd.Function.__dict__["apply"]
+
+    def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
+        proxies = [a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)]
+        if proxies:
+            return proxies[0].tracer.create_proxy("call_function", _caller(cls), args, kwargs)
+        return original.__get__(None, cls)(*args, **kwargs)
+
+    torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
+    try:
+        yield
+    finally:
+        torch.autograd.Function.apply = original  # type: ignore[method-assign]
 
 
 def _user_frame(exc: BaseException) -> str:
@@ -46,7 +110,8 @@ def trace(model: nn.Module) -> fx.GraphModule:
     """Symbolically trace ``model`` into a GraphModule (which shares the model's submodules)."""
     tracer = _Tracer()
     try:
-        graph = tracer.trace(model)
+        with _leaf_autograd_functions():
+            graph = tracer.trace(model)
     except Exception as exc:  # fx raises several types (TraceError, TypeError, AttributeError...)
         raise TraceError(
             f"could not trace {type(model).__name__} with torch.fx{_user_frame(exc)}: {exc}. "

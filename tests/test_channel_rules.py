@@ -1,0 +1,283 @@
+"""The open rule table and the bug classes of issue 11: registered rules for custom layers, layers with new rules
+(ConvTranspose, PixelShuffle, Conv1d/3d, GroupNorm, layer scale, channel LayerNorm opt-in), modules called at several
+call sites, custom autograd Functions and constant shapes."""
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import autoprune as ap
+from autoprune.graph.rules import Dense, PerChannel, register_channel_rule
+
+from engine_checks import check_model, randomise_norms
+
+
+def _x(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+def _cbr(cin, cout, k=3, groups=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, k, padding=k // 2, groups=groups, bias=False), nn.BatchNorm2d(cout),
+                         nn.ReLU())
+
+
+class Pool(nn.Module):
+    def __init__(self, c, n=3):
+        super().__init__()
+        self.fc = nn.Linear(c, n)
+
+    def forward(self, x):
+        return self.fc(x.flatten(2).mean(2))
+
+
+# -- a rule registered for a custom layer ----------------------------------------------------------------------
+
+class MyConv(nn.Module):
+    """A conv written by hand (its own parameters, F.conv2d in forward): fx would inline it without a rule."""
+
+    def __init__(self, cin, cout):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(cout, cin, 3, 3) * 0.2)
+        self.shift = nn.Parameter(torch.randn(cout) * 0.1)
+        self.cin, self.cout = cin, cout
+
+    def forward(self, x):
+        return F.conv2d(x, self.weight, self.shift, padding=1)
+
+
+class MyScale(nn.Module):
+    """A per-channel scale with statistics kept in its own buffer."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.alpha = nn.Parameter(torch.rand(c) + 0.5)
+        self.register_buffer("centre", torch.randn(c) * 0.1)
+        self.channels = c
+
+    def forward(self, x):
+        return (x - self.centre[:, None, None]) * self.alpha[:, None, None]
+
+
+def test_registered_rule_prunes_through_a_custom_layer():
+    model = nn.Sequential(_cbr(3, 8), MyConv(8, 12), MyScale(12), nn.ReLU(), _cbr(12, 6), Pool(6)).eval()
+    register_channel_rule(MyConv, Dense(bias="shift", in_count="cin", out_count="cout"))
+    register_channel_rule(MyScale, PerChannel(params=("alpha", "centre"), counts=("channels",)))
+    graph, _ = check_model(model, _x(2, 3, 8, 8))
+    assert graph.group("1").prunable and graph.group("1").channels == 12
+    p = graph.prune({"1": 0.5, "0.0": 0.5})
+    assert p.get_submodule("1").weight.shape == (6, 4, 3, 3) and p.get_submodule("1").cout == 6
+    assert p.get_submodule("2").alpha.shape == (6,) and p.get_submodule("2").channels == 6
+    assert ap.ChannelGraph(model, _x(2, 3, 8, 8)).gm.graph.find_nodes(op="call_module", target="1")  # a leaf
+
+
+def test_register_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="unknown rule preset"):
+        register_channel_rule(MyScale, "scale")
+    with pytest.raises(TypeError, match="cannot register"):
+        register_channel_rule(42, "elementwise")
+
+
+def test_batchnorm_subclasses_use_the_norm_rule():
+    class KeepsForward(nn.BatchNorm2d):
+        pass
+
+    class OwnForward(nn.BatchNorm2d):  # re-implements forward with F.batch_norm on its own attributes
+        def forward(self, x):
+            return F.relu(F.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0,
+                                       self.eps))
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), KeepsForward(8), nn.Conv2d(8, 8, 3), OwnForward(8), Pool(8)).eval()
+    randomise_norms(model)
+    graph, _ = check_model(model, _x(2, 3, 10, 10))
+    assert graph.group("0").prunable and graph.group("2").prunable
+    p = graph.prune({"2": 0.5})
+    assert p.get_submodule("3").weight.shape == (4,) and p.get_submodule("3").running_var.shape == (4,)
+
+
+# -- layers with built-in rules --------------------------------------------------------------------------------
+
+def test_conv_transpose_including_grouped():
+    model = nn.Sequential(_cbr(3, 8), nn.ConvTranspose2d(8, 8, 2, stride=2), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.ConvTranspose2d(8, 8, 3, padding=1, groups=4), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.Conv2d(8, 4, 1), Pool(4)).eval()
+    randomise_norms(model)
+    graph, drop = check_model(model, _x(2, 3, 6, 6), min_drop=0.15)
+    assert graph.group("1").prunable and graph.group("1").channels == 4  # grouped transposed conv: whole groups
+
+
+def test_conv_transpose_1d_and_3d():
+    m1 = nn.Sequential(nn.Conv1d(3, 8, 3), nn.BatchNorm1d(8), nn.ReLU(), nn.ConvTranspose1d(8, 6, 3),
+                       nn.BatchNorm1d(6), Pool(6)).eval()
+    m3 = nn.Sequential(nn.Conv3d(3, 8, 3), nn.BatchNorm3d(8), nn.ReLU(), nn.ConvTranspose3d(8, 6, 2),
+                       nn.BatchNorm3d(6), Pool(6)).eval()
+    for m, x in ((m1, _x(2, 3, 12)), (m3, _x(2, 3, 5, 5, 5))):
+        randomise_norms(m)
+        check_model(m, x, min_drop=0.15)
+
+
+def test_pixel_shuffle_and_unshuffle_move_channel_blocks():
+    model = nn.Sequential(_cbr(3, 16), nn.Conv2d(16, 32, 1), nn.PixelShuffle(2), nn.BatchNorm2d(8), nn.ReLU(),
+                          nn.PixelUnshuffle(2), nn.Conv2d(32, 6, 1), Pool(6)).eval()
+    randomise_norms(model)
+    graph, _ = check_model(model, _x(2, 3, 4, 4), min_drop=0.15)
+    assert graph.group("1").channels == 8  # blocks of r² = 4 conv outputs
+
+
+def test_groupnorm_prunes_whole_groups_and_single_group_locks():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.GroupNorm(1, 8),
+                          Pool(8)).eval()
+    with torch.no_grad():
+        for gn in (model[1], model[4]):
+            gn.weight.uniform_(0.5, 1.5)
+            gn.bias.normal_()
+    graph, _ = check_model(model, _x(2, 3, 10, 10))
+    assert graph.group("0").channels == 4  # four groups of two channels
+    assert not graph.group("3").prunable and "single group" in graph.group("3").reason
+    p = graph.prune({"0": 0.5})
+    assert p.get_submodule("1").num_groups == 2 and p.get_submodule("1").weight.shape == (4,)
+
+
+def test_layer_scale_parameter_is_cut_with_its_channels():
+    class Block(nn.Module):
+        def __init__(self, c):
+            super().__init__()
+            self.conv = _cbr(c, c)
+            self.gamma = nn.Parameter(torch.rand(c, 1, 1) + 0.5)
+            self.beta = nn.Parameter(torch.rand(c) + 0.5)
+
+        def forward(self, x):
+            return x + self.gamma * self.conv(x) * self.beta.reshape(1, -1, 1, 1)
+
+    model = nn.Sequential(_cbr(3, 8), Block(8), Block(8), Pool(8)).eval()
+    randomise_norms(model)
+    graph, _ = check_model(model, _x(2, 3, 8, 8))
+    stream = graph.group("0.0")
+    assert stream.prunable
+    p = graph.prune({"0.0": 0.5})
+    assert p.get_submodule("1").gamma.shape == (4, 1, 1) and p.get_submodule("2").beta.shape == (4,)
+
+
+def test_channel_layernorm_is_locked_unless_asked_for_and_then_noted():
+    class LN2d(nn.LayerNorm):  # ConvNeXt-style channels-first LayerNorm
+        def forward(self, x):
+            return F.layer_norm(x.permute(0, 2, 3, 1), self.normalized_shape, self.weight, self.bias,
+                                self.eps).permute(0, 3, 1, 2)
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), LN2d(8), nn.Conv2d(8, 8, 1), nn.GELU(), nn.Conv2d(8, 4, 1),
+                          Pool(4)).eval()
+    g = ap.ChannelGraph(model, _x(2, 3, 6, 6))
+    assert not g.group("0").prunable and "approximate=True" in g.group("0").reason
+    assert not g.group("0").approximate
+    ga = ap.ChannelGraph(model, _x(2, 3, 6, 6), approximate=True)
+    assert ga.group("0").prunable and "renormalises" in ga.group("0").approximate[0]
+    assert not ga.group("2").approximate  # groups that do not touch the LayerNorm are exact
+    p = ga.prune({"0": 0.5})
+    assert p.get_submodule("1").weight.shape == (4,)
+    assert p(_x(2, 3, 6, 6)).shape == (2, 3)
+
+
+# -- modules called at several call sites -----------------------------------------------------------------------
+
+def test_shared_head_over_two_feature_maps_gets_one_selection():
+    class FPNHead(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p3, self.p4 = _cbr(3, 8), _cbr(3, 8, k=1)
+            self.head = nn.Sequential(nn.Conv2d(8, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 5, 1))
+
+        def forward(self, x):
+            a = self.p3(x)
+            b = self.p4(F.max_pool2d(x, 2))
+            return self.head(a).flatten(2), self.head(b).flatten(2)  # the same convs on two levels
+
+    model = FPNHead().eval()
+    randomise_norms(model)
+    graph, _ = check_model(model, _x(2, 3, 8, 8))
+    # the head's input channels tie the two levels together; its hidden channels form one group
+    assert "p4.0" in graph.group("p3.0").modules or graph.group("p3.0").name == graph.group("p4.0").name
+    assert graph.group("head.0").channels == 8
+
+
+def test_batchnorm_applied_to_two_branches():
+    class TwoBranch(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(3, 8, 1)
+            self.bn = nn.BatchNorm2d(8)
+            self.fc = Pool(16)
+
+        def forward(self, x):
+            return self.fc(torch.cat([F.relu(self.bn(self.a(x))), F.relu(self.bn(self.b(x)))], 1))
+
+    model = TwoBranch().eval()
+    randomise_norms(model)
+    graph, _ = check_model(model, _x(2, 3, 6, 6))
+    assert "b" in [m.module for m in graph.group("a").members]  # one selection serves both call sites
+
+
+# -- custom autograd Functions ---------------------------------------------------------------------------------
+
+class RoundSTE(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x):
+        return torch.round(x * 4) / 4
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad * 3.0  # a custom backward the traced forward (round) would not give
+
+
+class Quantised(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.a, self.b = _cbr(3, 8), _cbr(8, 6)
+        self.fc = Pool(6)
+
+    def forward(self, x):
+        return self.fc(self.b(RoundSTE.apply(self.a(x))))
+
+
+def _input_grad(model, x):
+    x = x.clone().requires_grad_(True)
+    model(x).sum().backward()
+    return x.grad
+
+
+def test_custom_autograd_function_keeps_its_backward():
+    model = Quantised().eval()
+    x = _x(2, 3, 8, 8)
+    g = ap.ChannelGraph(model, x)
+    assert "RoundSTE" in g.group("a.0").reason and not g.group("a.0").prunable  # no rule: locked, named
+    p0 = g.prune(0.0)
+    assert torch.allclose(_input_grad(p0, x), _input_grad(model, x))
+    assert _input_grad(p0, x).abs().sum() > 0  # round's own gradient would be zero
+    # with a rule (it is element-wise), it prunes through, and the pruned model still calls the Function
+    register_channel_rule(RoundSTE, "elementwise")
+    g = ap.ChannelGraph(model, x)
+    assert g.group("a.0").prunable
+    p = g.prune({"a.0": 0.5})
+    assert any(getattr(n.target, "_autoprune_function", None) is RoundSTE for n in p.graph.nodes)
+    assert _input_grad(p, x).abs().sum() > 0
+
+
+# -- constant shapes --------------------------------------------------------------------------------------------
+
+def test_constant_reshape_is_locked_at_analysis_with_its_line():
+    class Hard(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = _cbr(3, 64), _cbr(3, 8)
+            self.fc, self.c = nn.Linear(64, 2), nn.Conv2d(8, 4, 1)
+
+        def forward(self, x):
+            n = x.shape[0]
+            y = self.a(x).reshape(n, 16, 4, -1).amax(3).flatten(1)  # 16 and 4 written as constants
+            z = self.b(x)
+            z = z.view(z.size(0), 2, -1, z.size(2), z.size(3)).transpose(1, 2).flatten(1, 2)  # a shuffle: fine
+            return torch.cat([self.fc(y), self.c(z).mean((2, 3))], 1)
+
+    g = ap.ChannelGraph(Hard().eval(), _x(2, 3, 6, 6))
+    a = g.group("a.0")
+    assert not a.prunable and "constant shape (n, 16, 4, -1)" in a.reason.replace("getitem", "n")
+    assert "test_channel_rules.py" in a.reason
+    assert g.group("b.0").prunable  # the shuffle's constant 2 (groups) survives pruning: not locked
