@@ -394,6 +394,9 @@ class SearchConfig:
     study_name: str | None = _key(None, "Optuna study name", _c_str(), shown="`name`")
     storage: str | None = _key(None, "Optuna storage URL, or a journal file path", _c_str(),
                                shown="`<run_dir>/optuna.journal`")
+    storage_patience: float = _key(300.0, "seconds a process keeps retrying (with back-off) a database storage "
+                                   "that stopped answering mid-run before it exits with status 2; its trial is then "
+                                   "failed and retried by the other workers or at the next start", _c_float(0.0))
     run_dir: str | None = _key(None, "directory for the journal, pretrained base weights, reports and the outputs "
                                "of `sensitivity`, `prune`, `compare-criteria`", _c_str(), shown="`runs/<name>`")
     device: str | None = _key(None, "device for data and training", _c_str(), shown="cuda when available, else cpu")
