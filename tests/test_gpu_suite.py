@@ -1,0 +1,173 @@
+"""benchmarks/gpu_suite.py: the --smoke run (same code paths as the GPU run, tiny sizes, on the CPU) produces every
+part with numbers; bad input is refused. Plus the GPU checks that the suite's part 6 runs (``pytest -m cuda``)."""
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import autoprune as ap
+
+ROOT = Path(__file__).resolve().parents[1]
+SUITE = ROOT / "benchmarks" / "gpu_suite.py"
+CUDA = torch.cuda.is_available()
+
+
+def run_suite(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]),
+               OMP_NUM_THREADS="1")
+    return subprocess.run([sys.executable, str(SUITE), *args], cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def numbers(v) -> list[float]:
+    if isinstance(v, bool):
+        return []
+    if isinstance(v, (int, float)):
+        return [float(v)]
+    if isinstance(v, dict):
+        return [x for y in v.values() for x in numbers(y)]
+    if isinstance(v, list):
+        return [x for y in v for x in numbers(y)]
+    return []
+
+
+def test_smoke_run_reports_every_part(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    p = run_suite("--smoke", "--work", str(tmp_path / "work"), "--out", str(out))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    report = json.loads((out / "gpu.json").read_text())
+    md = (out / "gpu.md").read_text()
+    assert report["meta"]["mode"] == "smoke" and report["meta"]["machine"]["torch"] == torch.__version__
+    assert report["prepare"]["status"] == "ok" and report["prepare"]["train_images"] == 160
+    keys = ["criteria", "finetune", "sensitivity", "packing", "search", "cuda_tests"]
+    assert list(report["parts"]) == keys
+    for key in keys:
+        part = report["parts"][key]
+        assert part["status"] == "ok", (key, part.get("error"))
+        vals = numbers(part["rows"]) + numbers(part["summary"])
+        assert vals and all(math.isfinite(v) for v in vals), key
+        assert 0 < part["seconds"] <= part["cap_s"]
+    parts = report["parts"]
+    # 1: every registered criterion, with a time and a ratio to the forward pass; the HRank comparison
+    crit = {r["criterion"]: r for r in parts["criteria"]["rows"]}
+    assert set(crit) == set(ap.available_criteria())
+    assert all(r["score_s"] > 0 and r["x_forward"] > 0 for r in crit.values())
+    s = parts["criteria"]["summary"]
+    assert s["forward_s"] > 0 and s["hrank_reference_extrapolated_s"] > 0 and s["hrank_rank_speedup"] > 0
+    assert s["hrank_reference_maps"] > s["hrank_reference_sampled"] > 0
+    # 2: both loops at both batch sizes
+    ft = parts["finetune"]["rows"]
+    assert {(r["loop"], r["batch"]) for r in ft} == {(lp, b) for lp in ("plain DataLoader", "ap.finetune")
+                                                      for b in (16, 32)}
+    assert all(r["images_per_s"] > 0 and r["images"] > 0 for r in ft)
+    # 3: one table computed fresh, then read from the cache
+    (sens,) = parts["sensitivity"]["rows"]
+    assert sens["pruned_models"] == sens["groups"] * sens["ratios"] > 0 and sens["from_cache"] is True
+    # 4: both trial kinds at every packing level, with completed trials
+    pack = parts["packing"]["rows"]
+    assert {(r["trial"], r["processes"]) for r in pack} == {(t, k) for t in ("quickstart", "resnet56")
+                                                             for k in (1, 2)}
+    assert all(r["trials"] == r["processes"] and r["trials_per_hour"] > 0 for r in pack)
+    # 5: the search completed its trials and has a front
+    assert parts["search"]["summary"]["trials"] == 2 and parts["search"]["summary"]["front_size"] >= 1
+    assert all(0 < r["macs_fraction"] <= 1 for r in parts["search"]["rows"])
+    # 6: the CUDA tests were collected (skipped on a machine without CUDA)
+    (ct,) = parts["cuda_tests"]["rows"]
+    assert ct["failed"] == ct["errors"] == 0 and ct["passed"] + ct["skipped"] >= 3
+    # the markdown has every part, its status and its numbers
+    for key in keys:
+        assert report["parts"][key]["status"] in md
+    for title in ("1. criteria", "2. fine-tuning", "3. sensitivity", "4. trial packing", "5. a 16-trial",
+                  "6. the test suite"):
+        assert f"### {title}" in md
+    assert "| hrank | activation |" in md and "| ap.finetune |" in md and "| quickstart | 2 |" in md
+
+
+def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        import gpu_suite
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+    doc = tmp_path / "gpu.md"
+    doc.write_text(f"# how to\n\nkeep me\n\n{gpu_suite.RESULTS_START}\nold\n{gpu_suite.RESULTS_END}\n\nand me\n")
+    gpu_suite.write_markdown(doc, "new results\n")
+    text = doc.read_text()
+    assert "keep me" in text and "and me" in text and "new results" in text and "old" not in text
+
+
+def test_bad_input_is_refused(tmp_path: Path) -> None:
+    p = run_suite("--data", str(tmp_path / "missing.npz"), "--device", "cpu", "--work", str(tmp_path))
+    assert p.returncode == 2 and "missing.npz: no such file" in p.stderr and "Traceback" not in p.stderr
+    p = run_suite("--smoke", "--parts", "criteria,nope", "--work", str(tmp_path))
+    assert p.returncode == 2 and "unknown part(s) ['nope']" in p.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------------
+# GPU checks (part 6 of the suite): scores on CUDA equal the CPU's, fine-tuning reruns agree
+# ---------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def fp32_cuda():
+    """Exact fp32 convolutions and matmuls on CUDA (TF32 off) for CPU-vs-GPU comparisons."""
+    old = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    yield
+    torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = old
+
+
+def tiny_data(tmp_path: Path, device: str):
+    return ap.load_data("synthetic", device=device, cache_dir=tmp_path, train_per_class=8, test_per_class=4)
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+def test_cuda_scores_match_cpu(tmp_path: Path, fp32_cuda) -> None:
+    torch.manual_seed(0)
+    model = ap.get_model("resnet20").eval()
+    data = tiny_data(tmp_path, "cpu")
+    ex = torch.zeros(1, *data.input_shape)
+    for name in ap.available_criteria():
+        kw = dict(example_inputs=ex, num_batches=2, batch_size=32)
+        cpu = ap.score(model, data, name, device="cpu", **kw)
+        gpu = ap.score(model, data, name, device="cuda", **kw)
+        assert cpu.keys() == gpu.keys()
+        for g in cpu:
+            a, b = cpu[g], gpu[g].cpu()
+            if name == "hrank":  # a rank can flip where a singular value sits on the tolerance: rarely, by 1 map
+                diff = (a - b).abs()
+                assert (diff > 1e-9).float().mean() <= 0.05 and diff.max() <= 1.0, (name, g)
+            else:
+                torch.testing.assert_close(b, a, rtol=1e-3, atol=1e-5, msg=f"{name} {g}")
+
+
+@pytest.mark.cuda
+@pytest.mark.skipif(not CUDA, reason="no CUDA device")
+def test_cuda_finetune_reruns_agree_and_evaluate_matches_cpu(tmp_path: Path, fp32_cuda) -> None:
+    torch.manual_seed(0)
+    base = ap.get_model("resnet20").eval()
+    data = tiny_data(tmp_path, "cuda")
+    runs = []
+    for _ in range(2):
+        m = copy.deepcopy(base)
+        res = ap.finetune(m, data, max_batches=3, batch_size=32, seed=1, progress=False)
+        runs.append((m, res))
+    (m1, r1), (m2, r2) = runs
+    assert math.isfinite(r1.final_loss) and r1.images == r2.images == 3 * 32
+    assert r1.final_loss == pytest.approx(r2.final_loss, rel=1e-3)
+    for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
+        if a.is_floating_point():
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=k)
+    cpu_data = tiny_data(tmp_path, "cpu")
+    e_gpu = ap.evaluate(m1, data, split="test", amp=False)
+    e_cpu = ap.evaluate(copy.deepcopy(m1).cpu(), cpu_data, split="test")
+    assert e_gpu.n == e_cpu.n and e_gpu.loss == pytest.approx(e_cpu.loss, rel=1e-3)
