@@ -47,6 +47,7 @@ class BudgetResult:
     sensitivity: Any = None
     finetune: Any = None
     seconds: dict[str, float] = field(default_factory=dict)
+    prune_steps: list[Any] = field(default_factory=list)  # repetitive pruning: autoprune.repetitive.PruneStep each
 
     def save(self, path: str | os.PathLike) -> Any:
         """Save the pruned model with :func:`autoprune.io.save` (no pickled code)."""
@@ -96,6 +97,8 @@ def prune_to_budget(
     bn_batches: int = 5,
     evaluate_test: bool = False,
     progress: bool = True,
+    distill: bool | Mapping[str, float] | None = None,
+    steps: int = 1,
 ) -> BudgetResult:
     """Prune ``model`` (untouched; a new model is returned) to keep ``macs`` (and/or ``params``) and fine-tune it.
 
@@ -107,6 +110,13 @@ def prune_to_budget(
     to :func:`autoprune.train.finetune` (e.g. ``lr``, ``max_batches``), ``allocate_kwargs`` to
     :func:`autoprune.allocation.allocate`, ``score_kwargs`` to :func:`autoprune.scoring.score_groups`.
     ``finetune_epochs=0`` only re-estimates BatchNorm statistics on ``bn_batches`` batches.
+
+    ``distill``: ``True`` or ``{"alpha": .., "temperature": ..}`` fine-tunes with knowledge distillation from
+    ``model`` (the unpruned model; :mod:`autoprune.distill`). ``steps=k > 1``: repetitive pruning
+    (:func:`autoprune.repetitive.repetitive_prune`): the same allocation reached in ``k`` prune -> fine-tune steps,
+    channel scores recomputed on the partly pruned model before each, the fine-tuning budget split evenly between them
+    (same total); ``result.prune_steps`` records each step and ``accuracy_before_finetune`` is the accuracy after the
+    first step's pruning.
 
     ``data``: a ``(train, val)`` pair of DataLoaders or Datasets of ``(image, label)`` (train: scores, BatchNorm
     statistics, fine-tuning; val: every accuracy), a ``(train, val, test)`` triple (``evaluate_test``), or a
@@ -168,16 +178,28 @@ def prune_to_budget(
         method_name = allocation
     times["allocate"] = time.perf_counter() - t
 
-    pruned = graph.prune_channels(alloc.remove)
-    pruned.to(dev)
-    recalibrate_bn(pruned, data, batches=bn_batches, seed=seed)
     before = None
     ft = None
+    prune_steps: list[Any] = []
+    fkw = {"seed": seed, "progress": progress, **dict(finetune_kwargs or {})}
+    if distill:
+        fkw.update(teacher=model, distill=None if distill is True else dict(distill))
     t = time.perf_counter()
-    if finetune_epochs > 0:
-        before = evaluate(pruned, data).accuracy
-        fkw = {"seed": seed, "progress": progress, **dict(finetune_kwargs or {})}
-        ft = finetune(pruned, data, epochs=finetune_epochs, **fkw)
+    if steps != 1:
+        from .repetitive import repetitive_prune
+
+        pruned, prune_steps = repetitive_prune(
+            model, data, alloc.counts, criterion=criterion, steps=steps, example_inputs=ex,
+            finetune_epochs=finetune_epochs, finetune_kwargs=fkw, first_scores=scores, score_kwargs=score_kwargs,
+            bn_batches=bn_batches, seed=seed)
+        before = prune_steps[0].accuracy_pruned
+    else:
+        pruned = graph.prune_channels(alloc.remove)
+        pruned.to(dev)
+        recalibrate_bn(pruned, data, batches=bn_batches, seed=seed)
+        if finetune_epochs > 0:
+            before = evaluate(pruned, data).accuracy
+            ft = finetune(pruned, data, epochs=finetune_epochs, **fkw)
     times["finetune"] = time.perf_counter() - t
     ev = evaluate(pruned, data)
     test_acc = evaluate(pruned, data, split="test").accuracy if evaluate_test else None
@@ -192,4 +214,5 @@ def prune_to_budget(
         params=count_params(pruned), base_accuracy=base.accuracy, base_macs=int(base_macs),
         base_params=int(base_params), accuracy_before_finetune=before, test_accuracy=test_acc,
         criterion=criterion, allocation=method_name, sensitivity=table, finetune=ft, seconds=times,
+        prune_steps=prune_steps,
     )
