@@ -151,14 +151,17 @@ def _quantile(sorted_ms: list[float], q: float) -> float:
 
 def measure_latency(model: nn.Module, example_inputs: Any, *, batch_size: int = 1, device: str = "cpu",
                     threads: int | None = None, runtime: str = "torch", warmup: int = 5, repeats: int = 20,
-                    cache: "LatencyCache | None" = None, key: str | None = None) -> Latency:
+                    cache: "LatencyCache | None" = None, key: str | None = None,
+                    onnx_exporter: str = "auto") -> Latency:
     """Median latency (ms per call of ``batch_size`` samples) of ``model`` on ``device`` with ``runtime``.
 
     ``example_inputs``: a tensor or tuple of tensors (batch first; only the shape past the batch and the dtype are
     used). ``threads``: intra-op threads (torch: ``torch.set_num_threads`` for the measurement, restored after;
     ONNX Runtime: ``intra_op_num_threads``); None keeps the runtime's default. ``warmup`` untimed calls, then
     ``repeats`` timed ones. ``cache`` + ``key``: reuse a measurement of the same key and settings on this machine
-    (a search passes the removal digest). The model is not modified (a copy is moved when ``device`` differs).
+    (a search passes the removal digest). ``onnx_exporter``: passed to :func:`autoprune.export.export_model` for
+    ``runtime="onnxruntime"`` (``"torchscript"`` exports large models several times faster than the dynamo
+    exporter; ONNX Runtime optimises either graph on loading). The model is not modified (a copy is moved when ``device`` differs).
     """
     check_latency_settings(device, batch_size, threads, runtime, warmup, repeats)
     if device == "cuda" and not torch.cuda.is_available():
@@ -175,7 +178,8 @@ def measure_latency(model: nn.Module, example_inputs: Any, *, batch_size: int = 
     if runtime == "torch":
         times, used = _measure_torch(model, example_inputs, batch_size, device, threads, warmup, repeats)
     else:
-        times, used = _measure_onnxruntime(model, example_inputs, batch_size, device, threads, warmup, repeats)
+        times, used = _measure_onnxruntime(model, example_inputs, batch_size, device, threads, warmup, repeats,
+                                           onnx_exporter)
     times.sort()
     lat = Latency(median_ms=statistics.median(times), p25_ms=_quantile(times, 0.25), p75_ms=_quantile(times, 0.75),
                   min_ms=times[0], max_ms=times[-1], repeats=repeats, warmup=warmup, batch_size=batch_size,
@@ -205,7 +209,7 @@ def _measure_torch(model: nn.Module, example_inputs: Any, batch_size: int, devic
 
 
 def _measure_onnxruntime(model: nn.Module, example_inputs: Any, batch_size: int, device: str, threads: int | None,
-                         warmup: int, repeats: int) -> tuple[list[float], int]:
+                         warmup: int, repeats: int, onnx_exporter: str) -> tuple[list[float], int]:
     from .export import DEPLOY_HINT, export_model, require_deploy
 
     require_deploy("onnx", "onnxruntime", what="latency with runtime onnxruntime")
@@ -218,7 +222,7 @@ def _measure_onnxruntime(model: nn.Module, example_inputs: Any, batch_size: int,
                          f"onnxruntime ({DEPLOY_HINT} installs the CPU build)")
     with tempfile.TemporaryDirectory(prefix="autoprune-latency-") as d:
         path = os.path.join(d, "model.onnx")
-        export_model(model, example_inputs, path, format="onnx")
+        export_model(model, example_inputs, path, format="onnx", onnx_exporter=onnx_exporter)
         so = ort.SessionOptions()
         if threads is not None:
             so.intra_op_num_threads = threads
