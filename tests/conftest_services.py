@@ -101,6 +101,18 @@ class Postgres:
                        "-E", "UTF8", "--no-locale", "--no-sync"], timeout=120)
         if r.returncode != 0:
             raise RuntimeError(f"initdb failed:\n{r.stdout}\n{r.stderr}")
+        return self.resume()
+
+    def halt(self) -> None:
+        """Stop the server at once (``pg_ctl stop -m immediate``: a crash, as far as clients can tell), keeping its
+        data; :meth:`resume` starts it again on the same port."""
+        r = self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-m", "immediate", "-w", "stop"],
+                      timeout=60)
+        if r.returncode != 0:
+            raise RuntimeError(f"pg_ctl stop failed:\n{r.stdout}\n{r.stderr}")
+
+    def resume(self) -> "Postgres":
+        """Start the server (again) on its data directory and port."""
         opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.dir} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB "
                 "-c max_connections=60")

@@ -308,6 +308,71 @@ def test_sigterm_fails_the_trial_and_enqueues_its_retry(tmp_path, pg):
     assert retry[0].user_attrs["retry_of"] == victim.number and not retry[0].user_attrs.get("interrupted")
 
 
+@needs_postgres
+@pytest.mark.slow
+def test_database_outage_worker_gives_up_cleanly_and_its_trial_is_retried(tmp_path, pg):
+    """The database stops mid-trial: the worker retries for --storage-patience seconds, then exits with status 2 and
+    one paragraph (no traceback); its trial, left RUNNING without heartbeat, is failed and retried by the next
+    worker once the database is back."""
+    url = pg.createdb("outage")
+    cfg = _write(tmp_path, WORKER_CONFIG.replace("n_trials: 6", "n_trials: 2"), "shared.yaml")
+    proc = subprocess.Popen(_cli("worker", str(cfg), "--storage", url, "--heartbeat", "1", "--grace", "2",
+                                 "--storage-patience", "3"),
+                            cwd=tmp_path, env=child_env(AUTOPRUNE_CACHE=str(tmp_path / "cache")),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    storage = optuna.storages.RDBStorage(url)
+
+    def running() -> list:
+        try:
+            ts = optuna.load_study(study_name="shared", storage=storage).get_trials(deepcopy=False)
+        except KeyError:
+            return []
+        return [t for t in ts if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+
+    halted = False
+    try:
+        deadline = time.time() + 120
+        while not running():
+            assert proc.poll() is None, proc.communicate()
+            assert time.time() < deadline, "no trial started"
+            time.sleep(0.05)
+        victim = running()[0]
+        storage.remove_session()
+        storage.engine.dispose()
+        pg.halt()
+        halted = True
+        t0 = time.time()
+        out, err = proc.communicate(timeout=120)
+        gave_up = time.time() - t0
+        pg.resume()
+        halted = False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        if halted:
+            pg.resume()
+    assert proc.returncode == 2, err[-3000:]
+    assert "Traceback" not in err and "autoprune worker: error: storage postgresql://" in err, err[-3000:]
+    assert "did not answer for 3 s" in err and "retried by another worker or at the next start" in err
+    assert gave_up > 2  # it waited for the database before giving up
+    storage = optuna.storages.RDBStorage(url)
+    left = optuna.load_study(study_name="shared", storage=storage).get_trials()
+    assert next(t for t in left if t.number == victim.number).state == TrialState.RUNNING
+
+    # The next worker (here in this process) fails the abandoned trial (heartbeat stale) and runs its retry.
+    from autoprune.study.worker import run_worker
+
+    time.sleep(2)
+    res = run_worker(cfg, storage=url, heartbeat_interval=1, grace_period=2)
+    final = {t.number: t for t in optuna.load_study(study_name="shared", storage=storage).get_trials()}
+    assert final[victim.number].state == TrialState.FAIL
+    retry = [t for t in final.values() if t.system_attrs.get("retry_history") == [victim.number]]
+    assert len(retry) == 1 and retry[0].state == TrialState.COMPLETE and retry[0].number in res.ran
+    assert final[victim.number].params.items() <= retry[0].params.items()
+    assert sum(t.state == TrialState.COMPLETE for t in final.values()) == 2
+
+
 # ------------------------------------------------------------------------------------------------------------
 # failing fast
 

@@ -167,6 +167,17 @@ class _Abandoned(BaseException):
     it is failed and retried by another process (or at the next start)."""
 
 
+def _lost_in(exc: BaseException | None) -> StorageLost | None:
+    """The :class:`StorageLost` that ``exc`` is or arose from, if any."""
+    for _ in range(8):
+        if exc is None:
+            return None
+        if isinstance(exc, StorageLost):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
 @dataclass
 class RunResult:
     """What :meth:`SearchSession.run` did in this process."""
@@ -310,6 +321,11 @@ class SearchSession:
                 self.log(f"trial {current.get('number')} was failed by another worker meanwhile (its heartbeat "
                          "stopped while the database was away); going on")
                 continue
+            except Exception as e:  # Optuna's clean-up after a failed tell can mask the lost storage
+                lost = _lost_in(e)
+                if lost is not None:
+                    raise lost from None
+                raise
             for t in finished:
                 if t.state == TrialState.COMPLETE:
                     res.ran.append(t.number)
