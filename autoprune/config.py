@@ -359,6 +359,26 @@ class SamplerSpec:
     n_startup_trials: int = _key(10, "TPE random start-up trials", _c_int(0))
 
 
+def _c_rungs(v: Any, where: str, ctx: _Ctx) -> list[float]:
+    if not isinstance(v, (list, tuple)) or not v or not all(_is_num(x) and 0.0 <= x < 1.0 for x in v):
+        raise ConfigError(f"{where}: expected a non-empty list of fractions of the fine-tuning budget in [0, 1) "
+                          f"(e.g. [0, 0.33]: after BatchNorm re-estimation and after a third), got {_show(v)}")
+    return sorted({float(x) for x in v})
+
+
+@dataclass
+class DistillSpec:
+    """Knowledge distillation from the unpruned model while fine-tuning (`autoprune.distill`): the loss is
+    `(1 - alpha) * cross_entropy + alpha * T^2 * KL(teacher || student)` on logits softened by `T`. `distill: true`
+    uses the defaults."""
+
+    switch: ClassVar[str] = "enabled"
+
+    enabled: bool = _key(True, "`false` turns distillation off", _c_bool)
+    alpha: float = _key(0.5, "weight of the teacher's term (0 = labels only, 1 = teacher only)", _c_float(0.0, 1.0))
+    temperature: float = _key(4.0, "softening temperature `T`", _c_float(0.0, lo_open=True))
+
+
 @dataclass
 class FinetuneSpec:
     """Fine-tuning of every trial (and of `autoprune prune`), as `autoprune.train.finetune`."""
@@ -373,6 +393,8 @@ class FinetuneSpec:
     label_smoothing: float = _key(0.0, "label smoothing", _c_float(0.0, 1.0, hi_open=True))
     recalibrate_bn: int = _key(0, "re-estimate BatchNorm statistics on this many batches before fine-tuning",
                                _c_int(0))
+    distill: DistillSpec | None = _key(None, "knowledge distillation from the unpruned model (section; `true` for "
+                                       "alpha 0.5, temperature 4)", section=DistillSpec, shown="none (labels only)")
 
 
 @dataclass
@@ -381,6 +403,25 @@ class ScoringSpec:
 
     num_batches: int = _key(5, "training batches seen by activation criteria", _c_int(1))
     batch_size: int = _key(128, "their batch size", _c_int(1))
+
+
+@dataclass
+class EarlyStoppingSpec:
+    """Multi-objective early stopping of trials (`autoprune.study.early_stopping`): at each rung a trial is compared
+    with the other trials' results at the same rung, in every objective, and stopped (Optuna state PRUNED) when it
+    cannot reach the front. `early_stopping: true` is `{enabled: true}` with the defaults."""
+
+    switch: ClassVar[str] = "enabled"
+
+    enabled: bool = _key(False, "stop trials that cannot reach the front", _c_bool)
+    rungs: list[float] | None = _key(None, "where trials are compared: fractions of the fine-tuning budget in `[0, 1)` "
+                                     "(0 = after pruning and BatchNorm re-estimation, before fine-tuning)", _c_rungs,
+                                     shown="`[0, 1/reduction_factor]`")
+    reduction_factor: float = _key(3.0, "a trial goes on when it is on its rung's first non-dominated front or fewer "
+                                   "than `ceil(n / reduction_factor)` of the rung's `n` results are on better fronts",
+                                   _c_float(1.0, lo_open=True))
+    min_results: int | None = _key(None, "results a rung needs before it stops any trial", _c_int(2),
+                                   shown="`ceil(reduction_factor)`")
 
 
 @dataclass(kw_only=True)
@@ -415,6 +456,8 @@ class SearchConfig:
     sampler: SamplerSpec = _key(SamplerSpec, "Optuna sampler (section)", section=SamplerSpec)
     finetune: FinetuneSpec = _key(FinetuneSpec, "fine-tuning of every trial (section)", section=FinetuneSpec)
     scoring: ScoringSpec = _key(ScoringSpec, "data used by activation criteria (section)", section=ScoringSpec)
+    early_stopping: EarlyStoppingSpec = _key(EarlyStoppingSpec, "multi-objective early stopping of trials "
+                                             "(section)", section=EarlyStoppingSpec)
     source: str | None = field(default=None, metadata={"internal": True})  # the file it was read from (no key)
 
     # -- derived ---------------------------------------------------------------------------------------------
@@ -592,7 +635,8 @@ def _resolve_input_path(p: str | None, base: Path | None) -> str | None:
 
 _SECTIONS: dict[str, type] = {"": SearchConfig, "model": ModelSpec, "model.pretrain": PretrainSpec, "data": DataSpec,
                               "ratios": RatioSpec, "constraints": ConstraintSpec, "sampler": SamplerSpec,
-                              "finetune": FinetuneSpec, "scoring": ScoringSpec}
+                              "finetune": FinetuneSpec, "finetune.distill": DistillSpec, "scoring": ScoringSpec,
+                              "early_stopping": EarlyStoppingSpec}
 
 
 def _keys(cls: type) -> list[dataclasses.Field]:
@@ -612,6 +656,9 @@ def _parse(cls: type, raw: Any, section: str, base: Path | None) -> Any:
     shorthand = getattr(cls, "shorthand", None)
     if isinstance(raw, str) and shorthand:
         raw = {shorthand: raw}
+    switch = getattr(cls, "switch", None)
+    if isinstance(raw, bool) and switch:  # `early_stopping: true` = `{enabled: true}`
+        raw = {switch: raw}
     d = _section(raw, section)
     values: dict[str, Any] = {}
     for f in _keys(cls):
@@ -708,6 +755,9 @@ def load_config(src: str | os.PathLike | Mapping[str, Any] | SearchConfig, **ove
                 raise ConfigError(f"constraints.max_macs={c.max_macs} cannot be met by any guided allocation: "
                                   f"ratios.level {r.level} keeps at least {r.level[0]:.0%} of the MACs; lower "
                                   f"ratios.level or relax the budget")
+        if cfg.early_stopping.enabled and cfg.finetune.epochs == 0:
+            raise ConfigError("early_stopping needs fine-tuning to stop: finetune.epochs is 0 (set it to 1 or more, "
+                              "or early_stopping: false)")
     except ConfigError as e:
         if source is None or str(e).startswith(f"{source}: "):
             raise
