@@ -67,14 +67,14 @@ RESULTS_START, RESULTS_END = "<!-- gpu_suite results: start -->", "<!-- gpu_suit
 
 #: (key, title, cap in seconds on a GPU, cap in --smoke). GPU caps + the preparation's cap stay under 8 minutes.
 PARTS = [
-    ("criteria", "1. criteria: scoring time vs one forward pass; HRank reference loop vs batched", 45, 90),
-    ("finetune", "2. fine-tuning throughput: ap.finetune vs a plain DataLoader loop", 70, 90),
+    ("criteria", "1. criteria: scoring time vs one forward pass; HRank reference loop vs batched", 40, 90),
+    ("finetune", "2. fine-tuning throughput: ap.finetune vs a plain DataLoader loop", 65, 90),
     ("sensitivity", "3. sensitivity analysis of ResNet-56, default grid", 60, 90),
-    ("packing", "4. trial packing: 1-4 search processes on one GPU", 150, 120),
+    ("packing", "4. trial packing: 1-4 search processes on one GPU", 135, 120),
     ("search", "5. a 16-trial ResNet-56 search, short fine-tune", 80, 90),
     ("cuda_tests", "6. the test suite's CUDA tests (pytest -m cuda)", 40, 90),
 ]
-PREPARE_CAP = (35, 60)
+PREPARE_CAP = (50, 60)
 
 #: Sizes of the GPU run and of --smoke (same code paths).
 SIZES: dict[str, dict[str, Any]] = {
@@ -85,7 +85,7 @@ SIZES: dict[str, dict[str, Any]] = {
                 search_trials=16, search_ft_batches=50, search_population=None, val_fraction=0.5),
     "smoke": dict(model="resnet20", images=64, batch=32, forward_repeat=2, score_repeat=1, score_warmup=False,
                   ref_maps=20, ft_batches={16: 3, 32: 2}, ft_repeat=1, workers=2, sens_ratios=[0.5],
-                  sens_groups=3, pack_levels=(2,), pack_trials={"quickstart": 1, "resnet56": 1}, pack_ft_batches=1,
+                  sens_groups=None, pack_levels=(2,), pack_trials={"quickstart": 1, "resnet56": 1}, pack_ft_batches=1,
                   search_trials=2, search_population=4, search_ft_batches=1, val_fraction=0.5),
 }
 
@@ -294,9 +294,11 @@ def part_criteria(state: dict[str, Any], rec: Recorder) -> None:
     import autoprune as ap
 
     sz, dev = state["sizes"], torch.device(state["device"])
+    t0 = time.perf_counter()
     data = bundle(state)
     cpu_model = base_model(state)
     model = copy.deepcopy(cpu_model).to(dev).eval()
+    rec.set(load_s=time.perf_counter() - t0)
     n_batches = max(1, sz["images"] // sz["batch"])
     # the very batches ap.score(..., num_batches, batch_size) draws (seed 0, training augmentation)
     batches = list(itertools.islice(data.train.batches(sz["batch"], shuffle=True, augment=True, seed=0), n_batches))
@@ -325,8 +327,8 @@ def part_criteria(state: dict[str, Any], rec: Recorder) -> None:
             run()  # warm-up (kernels, allocator)
         t = best_time(run, dev, sz["score_repeat"])
         times[name] = t
-        rec.row(criterion=name, kind=kind, score_s=t, score_minus_graph_s=t - t_graph,
-                x_forward=(t - t_graph) / t_fwd)
+        rec.row(criterion=name, kind=kind, score_s=t, x_forward_end_to_end=t / t_fwd,
+                score_minus_graph_s=t - t_graph, x_forward=max(t - t_graph, 0.0) / t_fwd)
 
     # HRank reference: matrix_rank(map).item() per map (the authors' loop), on a sample of maps of each resolution,
     # extrapolated to every map at the ReLU outputs HRank scores (each ReLU call, every image).
@@ -361,8 +363,9 @@ def part_criteria(state: dict[str, Any], rec: Recorder) -> None:
             hrank_reference_maps=sum(maps.values()), hrank_reference_sampled=sum(len(s) for s in sample.values()),
             hrank_reference_extrapolated_s=t_ref, hrank_batched_s=t_hrank,
             hrank_rank_speedup=t_ref / rank_s, hrank_end_to_end_speedup=(t_ref + t_fwd) / t_hrank)
-    rec.note("x_forward = (ap.score time - ChannelGraph build time) / plain forward pass over the same images; "
-             "ap.score builds the graph on every call (graph_s). HRank speed-ups: reference / (batched - forward) "
+    rec.note("x_forward = (ap.score time - ChannelGraph build time) / plain forward pass over the same images "
+             "(0 where the difference is below the timing noise, as for weight criteria); ap.score builds the graph "
+             "on every call (graph_s); x_forward_end_to_end includes it. HRank speed-ups: reference / (batched - forward) "
              "for the rank computation, (reference + forward) / batched end to end.")
 
 
@@ -431,7 +434,12 @@ def part_sensitivity(state: dict[str, Any], rec: Recorder) -> None:
     cpu_model = base_model(state)
     names = [g.name for g in ap.ChannelGraph(cpu_model, torch.zeros(1, *data.input_shape)).prunable_groups]
     model = copy.deepcopy(cpu_model).to(dev)
-    kw: dict[str, Any] = {} if sz["sens_ratios"] is None else {"ratios": sz["sens_ratios"]}  # None: default grid
+    # the options of the shipped ResNet-56 search (the default grid), so that part 5 finds this table in the cache
+    cfg = search_config(state, "resnet56", "sens", Path(state["work"]))
+    kw: dict[str, Any] = dict(cfg["ratios"].get("sensitivity", {}))
+    crit = kw.pop("criterion", None) or (cfg["criteria"][0] if isinstance(cfg["criteria"], list) else cfg["criteria"])
+    if sz["sens_ratios"] is not None:
+        kw["ratios"] = sz["sens_ratios"]
     if sz["sens_groups"]:
         names = names[: sz["sens_groups"]]
         kw["groups"] = names
@@ -439,13 +447,13 @@ def part_sensitivity(state: dict[str, Any], rec: Recorder) -> None:
     sync(dev)
     t0 = time.perf_counter()
     # cache on (state["cache"]/sensitivity, via AUTOPRUNE_CACHE): the search of part 5 reuses this table
-    table = ap.sensitivity(model, data, criterion="l1", refresh=True, progress=False, **kw)
+    table = ap.sensitivity(model, data, criterion=crit, refresh=True, progress=False, **kw)
     sync(dev)
     fresh = time.perf_counter() - t0
     t0 = time.perf_counter()
-    again = ap.sensitivity(model, data, criterion="l1", progress=False, **kw)
+    again = ap.sensitivity(model, data, criterion=crit, progress=False, **kw)
     cached = time.perf_counter() - t0
-    rec.row(model=sz["model"], criterion="l1", groups=groups, ratios=len(table.ratios),
+    rec.row(model=sz["model"], criterion=crit, groups=groups, ratios=len(table.ratios),
             pruned_models=groups * len(table.ratios), bn_batches=table.bn_batches, eval_images=table.eval_n,
             fresh_s=fresh, cached_s=cached, from_cache=bool(again.from_cache), base_accuracy=table.base_accuracy)
 
@@ -608,12 +616,15 @@ def part_search(state: dict[str, Any], rec: Recorder) -> None:
     if sz["search_population"]:
         over["sampler"] = {"population_size": sz["search_population"]}
     d = search_config(state, "resnet56", "resnet56_search", work / "run", **over)
+    tables = Path(state["cache"]) / "sensitivity"
+    before = set(tables.glob("*.json")) if tables.is_dir() else set()
     wall = run_searches([d], work / "logs")
+    reused = bool(before) and set(tables.glob("*.json")) == before
     front = ap.load_front(str(work / "logs" / "resnet56_search.yaml"))
     tt = trial_times([work / "run" / "optuna.journal"])
     rec.set(wall_s=wall, trials=len(front.all), front_size=len(front), mean_trial_s=tt.get("mean_trial_s"),
             trials_per_hour=tt.get("trials_per_hour"), finetune_batches=sz["search_ft_batches"],
-            criteria=d["criteria"], max_macs=d["constraints"]["max_macs"])
+            criteria=d["criteria"], max_macs=d["constraints"]["max_macs"], sensitivity_table_from_part_3=reused)
     for r in front:
         rec.row(trial=r.number, accuracy=r.accuracy, macs_fraction=r.macs_fraction,
                 params_fraction=r.params_fraction, criterion=r.criterion, seconds=r.seconds)
