@@ -99,7 +99,7 @@ def _journal_trials(journal: Path, study: str) -> list[optuna.trial.FrozenTrial]
 
 
 @pytest.mark.slow
-def test_ray_backend_search_lands_in_the_optuna_storage(tmp_path):
+def test_ray_backend_search_lands_in_the_optuna_storage(tmp_path, capsys):
     cfg = _write(tmp_path, RAY_CONFIG, "qray.yaml")
     env = child_env(AUTOPRUNE_CACHE=str(tmp_path / "cache"))
     with ray_cluster(num_cpus=2) as cluster:
@@ -135,10 +135,11 @@ def test_ray_backend_search_lands_in_the_optuna_storage(tmp_path):
         assert t.constraints["max_macs"] == pytest.approx(t.user_attrs["macs_fraction"] - 0.6)
         assert t.user_attrs["worker"]["pid"] != driver.pid  # ran in a Ray worker process, not in the driver
 
-    # The pareto command reads the study as it reads a local one.
-    out = subprocess.run(_cli("pareto", str(cfg), "--all"), cwd=tmp_path, env=env, capture_output=True,
-                         text=True, timeout=120)
-    assert out.returncode == 0 and "3 complete trials" in out.stdout, out.stdout + out.stderr
+    # The pareto command reads the study as it reads a local one (in this process: no second interpreter start).
+    from autoprune.cli import main
+
+    assert main(["pareto", str(cfg), "--all"]) == 0
+    assert "3 complete trials" in capsys.readouterr().out
 
     # Same trial function, same base model: rebuilding a Ray trial locally reproduces its loss exactly.
     from autoprune.study import load_front
@@ -149,9 +150,9 @@ def test_ray_backend_search_lands_in_the_optuna_storage(tmp_path):
     assert outcome.loss == t.user_attrs["loss"] and outcome.accuracy == t.user_attrs["accuracy"]
 
     # A local search continues the study the Ray run filled.
-    res2 = subprocess.run(_cli("search", str(cfg), "--trials", "4", "--quiet"), cwd=tmp_path, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert res2.returncode == 0, res2.stdout[-2000:] + res2.stderr[-3000:]
+    from autoprune.study import search
+
+    search(cfg, n_trials=4)
     after = _journal_trials(journal, "qray")
     assert sum(t.state == TrialState.COMPLETE for t in after) == 4
     assert {t.number: t.values for t in after if t.number in {d.number for d in done}} == \
@@ -385,7 +386,21 @@ def _silent_listener() -> socket.socket:
     return s
 
 
-def test_unreachable_database_fails_fast(tmp_path):
+def _main_in_process(capsys, *argv: str) -> tuple[int, str]:
+    """``autoprune ARGV`` in this process (no second interpreter start): (exit status, stderr). The commands turn
+    SIGTERM into KeyboardInterrupt; the test process's own handler is put back."""
+    from autoprune.cli import main
+
+    before = signal.getsignal(signal.SIGTERM)
+    try:
+        capsys.readouterr()
+        code = main(list(argv))
+    finally:
+        signal.signal(signal.SIGTERM, before)
+    return code, capsys.readouterr().err
+
+
+def test_unreachable_database_fails_fast(tmp_path, capsys):
     from autoprune.study.storage import StorageUnreachable, open_storage
 
     closed = f"postgresql://autoprune:s3cret@127.0.0.1:{free_port()}/studies"
@@ -403,15 +418,13 @@ def test_unreachable_database_fails_fast(tmp_path):
             open_storage(storage=url, connect_timeout=2)
         assert time.time() - t0 < 10
 
-    # The worker command: exit status 2, the URL and the cause on stderr, in seconds.
+    # The worker command: exit status 2, the URL and the cause on stderr, before anything is built.
     cfg = _write(tmp_path, WORKER_CONFIG, "shared.yaml")
-    t0 = time.time()
-    res = subprocess.run(_cli("worker", str(cfg), "--storage", closed), cwd=tmp_path, env=child_env(),
-                         capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2, res.stderr
-    assert "autoprune worker: error: storage postgresql://autoprune:***@127.0.0.1" in res.stderr
-    assert "connection refused" in res.stderr and "Traceback" not in res.stderr
-    assert time.time() - t0 < 30  # mostly the interpreter's start and imports
+    code, err = _main_in_process(capsys, "worker", str(cfg), "--storage", closed)
+    assert code == 2, err
+    assert "autoprune worker: error: storage postgresql://autoprune:***@127.0.0.1" in err
+    assert "connection refused" in err and "Traceback" not in err
+    assert not (tmp_path / "run").exists()
 
     # A journal file is not a shared database.
     from autoprune.study.worker import run_worker
@@ -428,7 +441,7 @@ def test_missing_database_names_it(pg):
         open_storage(storage=pg.url("nosuchdb"))
 
 
-def test_unreachable_ray_address_fails_fast(tmp_path):
+def test_unreachable_ray_address_fails_fast(tmp_path, capsys):
     from autoprune.study.ray_backend import RayUnreachable, connect, search_ray
 
     import ray
@@ -451,9 +464,8 @@ def test_unreachable_ray_address_fails_fast(tmp_path):
 
     # Through the search command: exit status 2 and the address, before any data or model is built.
     cfg = _write(tmp_path, RAY_CONFIG, "qray.yaml")
-    res = subprocess.run(_cli("search", str(cfg), "--backend", "ray", "--address", addr), cwd=tmp_path,
-                         env=child_env(), capture_output=True, text=True, timeout=60)
-    assert res.returncode == 2 and f"Ray address {addr}" in res.stderr and "Traceback" not in res.stderr, res.stderr
+    code, err = _main_in_process(capsys, "search", str(cfg), "--backend", "ray", "--address", addr)
+    assert code == 2 and f"Ray address {addr}" in err and "Traceback" not in err, err
     assert not (tmp_path / "run").exists() or not list((tmp_path / "run").glob("base-*.pt"))
 
     # A bad database URL is reported before Ray is even contacted.
