@@ -34,7 +34,7 @@ import torch.nn as nn
 
 from ._files import atomic_write
 
-__all__ = ["measure_latency", "Latency", "LatencyCache", "DEVICES", "RUNTIMES", "check_latency_settings",
+__all__ = ["measure_latency", "Latency", "LatencyCache", "LatencyRunner", "DEVICES", "RUNTIMES", "check_latency_settings",
            "machine_label"]
 
 DEVICES = ("cpu", "cuda")
@@ -161,12 +161,10 @@ def measure_latency(model: nn.Module, example_inputs: Any, *, batch_size: int = 
     ``repeats`` timed ones. ``cache`` + ``key``: reuse a measurement of the same key and settings on this machine
     (a search passes the removal digest). ``onnx_exporter``: passed to :func:`autoprune.export.export_model` for
     ``runtime="onnxruntime"`` (``"torchscript"`` exports large models several times faster than the dynamo
-    exporter; ONNX Runtime optimises either graph on loading). The model is not modified (a copy is moved when ``device`` differs).
+    exporter; ONNX Runtime optimises either graph on loading). The model is not modified (a copy is moved when
+    ``device`` differs). To measure one model several times (interleaved with others), use :class:`LatencyRunner`.
     """
     check_latency_settings(device, batch_size, threads, runtime, warmup, repeats)
-    if device == "cuda" and not torch.cuda.is_available():
-        raise ValueError("latency device cuda: no CUDA device is available here; measure on cpu, or run on a "
-                         "machine with a GPU")
     if cache is not None and key is None:
         raise ValueError("a latency cache needs a key that identifies the model (e.g. its removal digest)")
     settings = dict(batch_size=batch_size, device=device, threads=threads, runtime=runtime, warmup=warmup,
@@ -175,77 +173,98 @@ def measure_latency(model: nn.Module, example_inputs: Any, *, batch_size: int = 
         hit = cache.get(key, **settings)  # type: ignore[arg-type]
         if hit is not None:
             return hit
-    if runtime == "torch":
-        times, used = _measure_torch(model, example_inputs, batch_size, device, threads, warmup, repeats)
-    else:
-        times, used = _measure_onnxruntime(model, example_inputs, batch_size, device, threads, warmup, repeats,
-                                           onnx_exporter)
-    times.sort()
-    lat = Latency(median_ms=statistics.median(times), p25_ms=_quantile(times, 0.25), p75_ms=_quantile(times, 0.75),
-                  min_ms=times[0], max_ms=times[-1], repeats=repeats, warmup=warmup, batch_size=batch_size,
-                  device=device, runtime=runtime, threads=used, machine=machine_label(device), key=key)
+    runner = LatencyRunner(model, example_inputs, batch_size=batch_size, device=device, threads=threads,
+                           runtime=runtime, onnx_exporter=onnx_exporter)
+    lat = runner.measure(warmup=warmup, repeats=repeats, key=key)
     if cache is not None:
         cache.put(key, lat, **settings)  # type: ignore[arg-type]
     return lat
 
 
-def _measure_torch(model: nn.Module, example_inputs: Any, batch_size: int, device: str, threads: int | None,
-                   warmup: int, repeats: int) -> tuple[list[float], int]:
-    import copy
+class LatencyRunner:
+    """A model made ready to be timed (inputs built, ONNX file exported and loaded into a session) once;
+    :meth:`measure` then times it as often as needed (e.g. interleaved with other models, so that a noisy period on
+    a shared machine hits them all). Arguments as for :func:`measure_latency`."""
 
-    tensors = list(model.parameters()) + list(model.buffers())
-    here = all(t.device.type == device for t in tensors)
-    net = model if here else copy.deepcopy(model).to(device)
-    was_training = net.training
-    net.eval()
-    xs = _inputs(example_inputs, batch_size, device)
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    try:
-        with _torch_threads(threads) as used, torch.inference_mode():
-            times = _time_calls(lambda: net(*xs), warmup, repeats, sync)
-    finally:
-        net.train(was_training)
-    return times, used
+    def __init__(self, model: nn.Module, example_inputs: Any, *, batch_size: int = 1, device: str = "cpu",
+                 threads: int | None = None, runtime: str = "torch", onnx_exporter: str = "auto") -> None:
+        check_latency_settings(device, batch_size, threads, runtime)
+        if device == "cuda" and not torch.cuda.is_available():
+            raise ValueError("latency device cuda: no CUDA device is available here; measure on cpu, or run on a "
+                             "machine with a GPU")
+        self.batch_size, self.device, self.threads, self.runtime = batch_size, device, threads, runtime
+        if runtime == "torch":
+            self._prepare_torch(model, example_inputs)
+        else:
+            self._prepare_onnxruntime(model, example_inputs, onnx_exporter)
 
+    def _prepare_torch(self, model: nn.Module, example_inputs: Any) -> None:
+        import copy
 
-def _measure_onnxruntime(model: nn.Module, example_inputs: Any, batch_size: int, device: str, threads: int | None,
-                         warmup: int, repeats: int, onnx_exporter: str) -> tuple[list[float], int]:
-    from .export import DEPLOY_HINT, export_model, require_deploy
+        tensors = list(model.parameters()) + list(model.buffers())
+        here = all(t.device.type == self.device for t in tensors)
+        net = model if here else copy.deepcopy(model).to(self.device)
+        xs = _inputs(example_inputs, self.batch_size, self.device)
+        self._call = lambda: net(*xs)
+        self._sync: Callable[[], None] = torch.cuda.synchronize if self.device == "cuda" else (lambda: None)
+        self._net = net
 
-    require_deploy("onnx", "onnxruntime", what="latency with runtime onnxruntime")
-    import onnxruntime as ort
+    def _prepare_onnxruntime(self, model: nn.Module, example_inputs: Any, onnx_exporter: str) -> None:
+        from .export import DEPLOY_HINT, export_model, require_deploy
 
-    provider = "CUDAExecutionProvider" if device == "cuda" else "CPUExecutionProvider"
-    if provider not in ort.get_available_providers():
-        raise ValueError(f"latency on {device} with onnxruntime needs the {provider}, which this onnxruntime lacks "
-                         f"(available: {ort.get_available_providers()}); for CUDA install onnxruntime-gpu instead of "
-                         f"onnxruntime ({DEPLOY_HINT} installs the CPU build)")
-    with tempfile.TemporaryDirectory(prefix="autoprune-latency-") as d:
-        path = os.path.join(d, "model.onnx")
-        export_model(model, example_inputs, path, format="onnx", onnx_exporter=onnx_exporter)
-        so = ort.SessionOptions()
-        if threads is not None:
-            so.intra_op_num_threads = threads
-            so.inter_op_num_threads = 1
-        sess = ort.InferenceSession(path, so, providers=[provider])
-    names = [i.name for i in sess.get_inputs()]
-    feed = {n: x.numpy() for n, x in zip(names, _inputs(example_inputs, batch_size, "cpu"))}
-    if device == "cuda":
-        # inputs on the GPU once (io binding), so the timing is the model's, not the host-to-device copy
-        binding = sess.io_binding()
-        for n, x in feed.items():
-            binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
-        for o in sess.get_outputs():
-            binding.bind_output(o.name, "cuda")
-        call: Callable[[], Any] = lambda: sess.run_with_iobinding(binding)  # noqa: E731
-        sync: Callable[[], None] = binding.synchronize_outputs
-    else:
-        call = lambda: sess.run(None, feed)  # noqa: E731
-        sync = lambda: None  # noqa: E731
-    times = _time_calls(call, warmup, repeats, sync)
-    # ONNX Runtime's default (0) is one intra-op thread per physical core
-    used = threads if threads is not None else int(so.intra_op_num_threads or os.cpu_count() or 1)
-    return times, used
+        require_deploy("onnx", "onnxruntime", what="latency with runtime onnxruntime")
+        import onnxruntime as ort
+
+        provider = "CUDAExecutionProvider" if self.device == "cuda" else "CPUExecutionProvider"
+        if provider not in ort.get_available_providers():
+            raise ValueError(f"latency on {self.device} with onnxruntime needs the {provider}, which this "
+                             f"onnxruntime lacks (available: {ort.get_available_providers()}); for CUDA install "
+                             f"onnxruntime-gpu instead of onnxruntime ({DEPLOY_HINT} installs the CPU build)")
+        with tempfile.TemporaryDirectory(prefix="autoprune-latency-") as d:
+            path = os.path.join(d, "model.onnx")
+            export_model(model, example_inputs, path, format="onnx", onnx_exporter=onnx_exporter)
+            so = ort.SessionOptions()
+            if self.threads is not None:
+                so.intra_op_num_threads = self.threads
+                so.inter_op_num_threads = 1
+            sess = ort.InferenceSession(path, so, providers=[provider])
+        names = [i.name for i in sess.get_inputs()]
+        feed = {n: x.numpy() for n, x in zip(names, _inputs(example_inputs, self.batch_size, "cpu"))}
+        if self.device == "cuda":
+            # inputs on the GPU once (io binding), so the timing is the model's, not the host-to-device copy
+            binding = sess.io_binding()
+            for n, x in feed.items():
+                binding.bind_ortvalue_input(n, ort.OrtValue.ortvalue_from_numpy(x, "cuda", 0))
+            for o in sess.get_outputs():
+                binding.bind_output(o.name, "cuda")
+            self._call = lambda: sess.run_with_iobinding(binding)
+            self._sync = binding.synchronize_outputs
+        else:
+            self._call = lambda: sess.run(None, feed)
+            self._sync = lambda: None
+        self._net = None
+        self._session = sess
+
+    def measure(self, *, warmup: int = 5, repeats: int = 20, key: str | None = None) -> Latency:
+        """``warmup`` untimed calls, then ``repeats`` timed ones."""
+        check_latency_settings(self.device, self.batch_size, self.threads, self.runtime, warmup, repeats)
+        if self._net is not None:
+            was_training = self._net.training
+            self._net.eval()
+            try:
+                with _torch_threads(self.threads) as used, torch.inference_mode():
+                    times = _time_calls(self._call, warmup, repeats, self._sync)
+            finally:
+                self._net.train(was_training)
+        else:
+            times = _time_calls(self._call, warmup, repeats, self._sync)
+            # ONNX Runtime's default (0) is one intra-op thread per physical core
+            used = self.threads if self.threads is not None else int(os.cpu_count() or 1)
+        times.sort()
+        return Latency(median_ms=statistics.median(times), p25_ms=_quantile(times, 0.25),
+                       p75_ms=_quantile(times, 0.75), min_ms=times[0], max_ms=times[-1], repeats=repeats,
+                       warmup=warmup, batch_size=self.batch_size, device=self.device, runtime=self.runtime,
+                       threads=used, machine=machine_label(self.device), key=key)
 
 
 class LatencyCache:
