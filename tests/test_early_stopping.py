@@ -191,3 +191,67 @@ def test_trial_stopped_is_optuna_pruned():
         EarlyStopper().report(optuna.trial.FixedTrial({}), 0, [0.5, 0.5])
     with pytest.raises(ValueError, match="maximize"):
         EarlyStopper(directions=["max", "min"])
+
+
+TINYNET = '''
+import torch.nn as nn
+
+
+def build(num_classes=10, width=8):
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, num_classes))
+'''
+
+CONFIG = """
+name: tiny_es
+seed: 0
+n_trials: 6
+threads: 1
+run_dir: {run}
+model: {{name: "tinynet:build", kwargs: {{width: 8}}, pretrain: {{epochs: 6, lr: 0.05, batch_size: 32}}}}
+data:
+  dataset: synthetic
+  image_size: 12
+  val_fraction: 0.25
+  cache_dir: {cache}
+  options: {{train_per_class: 24, test_per_class: 2}}
+criteria: [l1]
+ratios: {{mode: per_group, default: [0.0, 0.75]}}
+objectives: [accuracy, macs]
+sampler: {{name: nsga2, population_size: 4}}
+finetune: {{epochs: 1, max_batches: 4, batch_size: 32, lr: 0.02, distill: true}}
+early_stopping: {{enabled: true, rungs: [0, 0.5], reduction_factor: 3, min_results: 2}}
+"""
+
+
+def test_search_with_early_stopping_and_distillation(tmp_path):
+    """A tiny search end to end: trials stopped at a rung are PRUNED (never on the front), complete trials carry
+    their rung results, and a complete trial rebuilt without the rung checks reproduces its accuracy exactly."""
+    import textwrap
+
+    from autoprune.study import search
+
+    (tmp_path / "tinynet.py").write_text(textwrap.dedent(TINYNET))
+    path = tmp_path / "tiny_es.yaml"
+    path.write_text(CONFIG.format(run=tmp_path / "run", cache=tmp_path / "cache"))
+    front = search(str(path))
+    trials = front.study.get_trials(deepcopy=False)
+    complete = [t for t in trials if t.state == TrialState.COMPLETE]
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    assert len(complete) == 6 and pruned, [t.state for t in trials]
+    for t in pruned:
+        info = t.user_attrs[STOP_ATTR]
+        assert t.values is None and "accuracy" not in t.user_attrs
+        assert info["step"] in (0, 2) and set(info["values"]) == {"accuracy", "macs_fraction"}
+        assert not info["decision"]["promote"]
+    for t in complete:
+        if "reused_from" not in t.user_attrs:  # a removal measured before is not trained again
+            assert set(t.user_attrs[RUNG_ATTR]) == {"0", "2"}  # 4 steps: rungs after 0 and 2 steps
+    assert {r.number for r in front} <= {t.number for t in complete}
+    best = max(front, key=lambda r: r.accuracy)
+    model, out = front.rebuild(best.number)
+    assert out.accuracy == best.accuracy  # the rung evaluations did not change the training

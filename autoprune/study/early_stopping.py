@@ -34,7 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 __all__ = ["RUNG_ATTR", "STOP_ATTR", "Rungs", "Decision", "TrialStopped", "RungStore", "EarlyStopper",
-           "TrialMonitor", "nondominated_ranks", "promotes", "default_rungs", "rungs_from"]
+           "TrialMonitor", "nondominated_ranks", "promotes", "default_rungs", "rungs_from", "stopper_for", "trial_callback"]
 
 #: Trial user attribute with the trial's rung results: ``{"<fine-tuning steps>": [objective values]}``.
 RUNG_ATTR = "rung_results"
@@ -291,3 +291,42 @@ def rungs_from(spec: Mapping[str, Any] | Rungs | None) -> Rungs:
         Rungs(reduction_factor=eta)  # validates eta before it is used below
         fractions = default_rungs(eta)
     return Rungs(fractions=tuple(fractions), reduction_factor=eta, min_results=d.get("min_results"))
+
+
+# --------------------------------------------------------------------------------------------------------------
+# the search's side: what TrialObjective uses
+
+
+def stopper_for(cfg: Any) -> EarlyStopper | None:
+    """The :class:`EarlyStopper` of a search config's ``early_stopping`` section; None when it is off."""
+    es = getattr(cfg, "early_stopping", None)
+    if es is None or not es.enabled:
+        return None
+    rungs = rungs_from({"rungs": es.rungs, "reduction_factor": es.reduction_factor, "min_results": es.min_results})
+    directions = ["maximize" if o == "accuracy" else "minimize" for o in cfg.objectives]
+    names = [{"accuracy": "accuracy", "macs": "macs_fraction", "params": "params_fraction"}[o] for o in cfg.objectives]
+    return EarlyStopper(rungs, directions, names=names)
+
+
+def trial_callback(stopper: EarlyStopper, trial: optuna.Trial, problem: Any, removal: Mapping[str, Any],
+                   values_of: Callable[[Mapping[str, Any]], Sequence[float]],
+                   log: Callable[[str], None] | None = None) -> Callable[[Any], TrialMonitor]:
+    """``callback_for(model)`` for :meth:`Problem.build`: a :class:`TrialMonitor` that measures the pruned model at
+    each rung (accuracy on the config's evaluation split; MAC/parameter fractions of the removal) and turns the
+    measurements into objective values with ``values_of`` (the trial function's own)."""
+    if not isinstance(getattr(trial, "study", None), optuna.Study):
+        raise ValueError("early_stopping needs the study's storage inside the trial (to read the other trials' rung "
+                         "results), which this driver's trials do not have (Ray trainables); use the local search or "
+                         "PostgreSQL workers, or set early_stopping: false")
+    measured = problem.measure(removal)
+
+    def callback_for(model: Any) -> TrialMonitor:
+        from ..train import evaluate
+
+        def values() -> Sequence[float]:
+            acc = evaluate(model, problem.data, split=problem.cfg.data.eval_split).accuracy
+            return values_of({"accuracy": acc, **measured})
+
+        return stopper.monitor(trial, values, batch_size=problem.cfg.finetune.batch_size, log=log)
+
+    return callback_for

@@ -63,6 +63,9 @@ class TrialObjective:
         self.lookup = lookup
         c = cfg.constraints
         self.budget_keys = [k for k in ("max_macs", "max_params") if getattr(c, k) is not None]
+        from .early_stopping import stopper_for
+
+        self.stopper = stopper_for(cfg)  # None unless early_stopping.enabled
 
     # -- the steps -------------------------------------------------------------------------------------------
     def propose(self, trial: optuna.Trial) -> tuple[str, dict[str, float], dict[str, Any]]:
@@ -97,8 +100,16 @@ class TrialObjective:
         return out
 
     def train_and_evaluate(self, trial: optuna.Trial, removal: Mapping[str, Any], *, train: bool) -> dict[str, Any]:
-        """Prune, fine-tune (when ``train``), evaluate: the measured results (keys :data:`RESULT_ATTRS`)."""
-        _, out = self.problem.build(removal, train=train)
+        """Prune, fine-tune (when ``train``), evaluate: the measured results (keys :data:`RESULT_ATTRS`).
+
+        With ``early_stopping`` the fine-tuning is checked at its rungs and a trial that cannot reach the front raises
+        :class:`~autoprune.study.early_stopping.TrialStopped` (an ``optuna.TrialPruned``: the trial ends PRUNED)."""
+        callback_for = None
+        if train and self.stopper is not None:
+            from .early_stopping import trial_callback
+
+            callback_for = trial_callback(self.stopper, trial, self.problem, removal, self.values)
+        _, out = self.problem.build(removal, train=train, callback_for=callback_for)
         return {k: getattr(out, k) for k in RESULT_ATTRS}
 
     def record(self, trial: optuna.Trial, results: Mapping[str, Any]) -> None:

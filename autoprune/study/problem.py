@@ -123,8 +123,26 @@ class Problem:
         return self._sens
 
     # -- one trial -------------------------------------------------------------------------------------------
-    def build(self, removal: Mapping[str, Any], *, train: bool = True) -> tuple[nn.Module, TrialOutcome]:
-        """Prune the base model by ``removal``, fine-tune it (unless ``train`` is False), evaluate it."""
+    def teacher(self) -> nn.Module:
+        """The unpruned model on the data's device, for distillation (``finetune.distill``); one copy per process."""
+        if getattr(self, "_teacher", None) is None:
+            self._teacher = copy.deepcopy(self.base_model).to(self.data.device).eval()
+        return self._teacher
+
+    def distill_kwargs(self) -> dict[str, Any]:
+        """``teacher=``/``distill=`` of :func:`autoprune.train.finetune` per ``finetune.distill`` (empty when off)."""
+        d = self.cfg.finetune.distill
+        if d is None or not d.enabled:
+            return {}
+        return {"teacher": self.teacher(), "distill": {"alpha": d.alpha, "temperature": d.temperature}}
+
+    def build(self, removal: Mapping[str, Any], *, train: bool = True,
+              callback_for: Callable[[nn.Module], Callable[[int, int], Any]] | None = None,
+              ) -> tuple[nn.Module, TrialOutcome]:
+        """Prune the base model by ``removal``, fine-tune it (unless ``train`` is False), evaluate it.
+
+        ``callback_for(model)`` -> the fine-tuning callback (``finetune(callback=)``) of the pruned model: early
+        stopping checks the trial at its rungs with it and may raise to stop."""
         from ..train import evaluate, finetune, recalibrate_bn
 
         t0 = time.perf_counter()
@@ -139,7 +157,8 @@ class Problem:
             res = finetune(model, self.data, epochs=ft.epochs, lr=ft.lr, momentum=ft.momentum,
                            weight_decay=ft.weight_decay, batch_size=ft.batch_size, schedule=ft.schedule,
                            label_smoothing=ft.label_smoothing, seed=cfg.seed, max_batches=ft.max_batches,
-                           progress=False)
+                           progress=False, callback=callback_for(model) if callback_for is not None else None,
+                           **self.distill_kwargs())
             ft_s = res.seconds
         ev = evaluate(model, self.data, split=cfg.data.eval_split)
         acc = float(ev.accuracy)
