@@ -255,6 +255,18 @@ class _Propagator(fx.Interpreter):
     def cat_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
         return self.cat(n, value)
 
+    def stack_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
+        """``torch.stack(parts, dim)``: a new dim of parts with one layout; their channels are tied."""
+        seq = n.args[0] if n.args else n.kwargs["tensors"]
+        dim = self.real(n.kwargs.get("dim", n.args[1] if len(n.args) > 1 else 0))
+        parts = [self.info.get(a.name) if isinstance(a, fx.Node) else None for a in seq]
+        if any(not isinstance(p, TI) for p in parts) or len({(p.shape, p.cdims) for p in parts}) != 1:
+            return self.lock_all(n, value, f"{self.where(n)}: stacking tensors with different channel layouts")
+        dim %= len(parts[0].shape) + 1
+        for p in parts[1:]:
+            self.E.union_arrays(parts[0].elem, p.elem)
+        return TI(tuple(value.shape), tuple(d if d < dim else d + 1 for d in parts[0].cdims), parts[0].elem)
+
     def move_op(self, n: fx.Node, x: TI | None, value: Any) -> Any:
         if x is None:
             return self.lock_all(n, value, f"{self.where(n)}: no channel input")
@@ -383,12 +395,18 @@ class _Propagator(fx.Interpreter):
             else:
                 return self.lock_all(n, value, f"{self.where(n)}: broadcasting over part of the channels")
         if full:
-            cd, base = full[0][1], full[0][0].elem
-            if any(c != cd or ti.elem.shape != base.shape for ti, c in full):
+            # Operands may carry channels on nested sets of dims ([B, 2, C, H, W] attention over a stack of
+            # [B, C, H, W] branches: SKNet): broadcast each to the widest layout and tie position by position.
+            full.sort(key=lambda tc: -len(tc[1]))
+            cd = full[0][1]
+            if any(not set(c) <= set(cd) for _, c in full):
                 return self.lock_all(n, value, f"{self.where(n)} combines tensors whose channels lie on "
                                                "different dims")
-            for ti, _ in full[1:]:
-                self.E.union_arrays(base, ti.elem)
+            target = [out_shape[d] for d in cd]
+            base = full[0][0].elem
+            for ti, c in full[1:]:
+                view = [ti.elem.shape[c.index(d)] if d in c else 1 for d in cd]
+                self.E.union_arrays(base, np.broadcast_to(ti.elem.reshape(view), target))
             for ti in single:  # one value applied to every channel: that value itself can never be removed
                 self.E.lock(ti.elem, f"{self.where(n)} broadcasts a single-channel tensor over channels")
             return TI(out_shape, cd, base)
@@ -409,8 +427,23 @@ class _Propagator(fx.Interpreter):
             return self.lock_all(n, value, f"{self.where(n)}: pooling/resampling over the channel dim")
         return TI(tuple(value.shape), x.cdims, x.elem)
 
+    def fibres(self, x: TI, dims: set) -> np.ndarray | None:
+        """Over a layout with several channel dims (a conv output viewed as [branch, C]), an op across some of them
+        (softmax or sum over the branches: SKNet, ResNeSt) is exact if whole fibres along those dims go together:
+        tie them, and return the layout without those dims (None if no channel dim would remain)."""
+        axes = sorted(x.cdims.index(d) for d in dims if d in x.cdims)
+        if len(axes) >= len(x.cdims):
+            return None
+        first = x.elem
+        for k in reversed(axes):
+            first = np.take(first, [0], axis=k)
+        self.E.union_arrays(np.broadcast_to(first, x.elem.shape), x.elem)
+        return first.reshape([s for k, s in enumerate(x.elem.shape) if k not in axes])
+
     def softmax(self, n: fx.Node, x: TI | None, dim: Any, value: Any) -> Any:
-        if x is None or dim is None or (dim % len(x.shape)) in x.cdims:
+        if x is None or dim is None:
+            return self.lock_all(n, value, f"{self.where(n)}: softmax over the channel dim")
+        if (dim % len(x.shape)) in x.cdims and self.fibres(x, {dim % len(x.shape)}) is None:
             return self.lock_all(n, value, f"{self.where(n)}: softmax over the channel dim")
         return TI(tuple(value.shape), x.cdims, x.elem)
 
@@ -423,10 +456,13 @@ class _Propagator(fx.Interpreter):
         if dim is None:
             return self.lock_all(n, value, f"{self.where(n)}: reduction over all dims including channels")
         dims = {d % nd for d in (dim if isinstance(dim, (tuple, list)) else (dim,))}
+        elem = x.elem
         if dims & set(x.cdims):
-            return self.lock_all(n, value, f"{self.where(n)}: reduction over the channel dim")
-        new_cd = tuple(d if keep else d - sum(1 for r in dims if r < d) for d in x.cdims)
-        return TI(tuple(value.shape), new_cd, x.elem)
+            elem = self.fibres(x, dims)
+            if elem is None:
+                return self.lock_all(n, value, f"{self.where(n)}: reduction over the channel dim")
+        new_cd = tuple(d if keep else d - sum(1 for r in dims if r < d) for d in x.cdims if d not in dims)
+        return TI(tuple(value.shape), new_cd, elem)
 
     def move(self, n: fx.Node, value: Any, fn: Callable, x: TI) -> Any:
         """Data movement (view, flatten, permute, getitem...): run the op on the element-id tensor itself."""

@@ -183,9 +183,12 @@ class Conv(ChannelRule):
 
     def analyse(self, p, node, m, x, value):
         name = str(node.target)
-        if x is None or x.cdims != (1,):
-            return p.lock_all(node, value, f"{type(m).__name__} '{name}' input channels are not on dim 1")
         transposed = isinstance(m, nn.modules.conv._ConvTransposeNd)
+        if x is None or x.cdims != (1,):
+            return _locked_site(p, node, name, m.in_channels, value, f"{type(m).__name__} '{name}' input channels "
+                                "are not on dim 1", {"groups": m.groups, "transposed": transposed,
+                                                     "in_dim": 0 if transposed else 1,
+                                                     "in_shape": p.values.get(node.args[0].name)}, self)
         data = {"in": x.elem, "groups": m.groups, "transposed": transposed, "in_dim": 0 if transposed else 1,
                 "in_shape": x.shape}
         if m.groups == 1:
@@ -222,13 +225,27 @@ class Conv(ChannelRule):
         m.out_channels = int(out_keep.sum())
 
 
+def _locked_site(p, node, name, n_in, value, reason, data, rule, dim=1, kind="conv"):
+    """A conv/linear layer whose input layout the rule cannot follow: every channel in and out is locked, but the
+    layer keeps a site (with locked elements) so the cost model still counts its MACs."""
+    out = p.lock_all(node, value, reason)
+    if not isinstance(value, torch.Tensor) or value.dim() < 2:
+        return out
+    locked_in, locked_out = p.fresh((n_in,), 0), p.fresh(tuple(value.shape), dim)
+    p.lock(locked_in.elem, reason)
+    p.lock(locked_out.elem, reason)
+    p.add_site(kind, node, name, {**data, "in": locked_in.elem, "out": locked_out.elem}, rule=rule)
+    return out
+
+
 class Linear(ChannelRule):
     """nn.Linear: reads features on the last dim, writes fresh ones there."""
 
     def analyse(self, p, node, m, x, value):
         name = str(node.target)
         if x is None or x.cdims not in ((len(x.shape) - 1,), ()) or (x.cdims == () and x.shape[-1] != 1):
-            return p.lock_all(node, value, f"Linear '{name}' reads features that are not on its last dim")
+            return _locked_site(p, node, name, m.in_features, value, f"Linear '{name}' reads features that are not "
+                                "on its last dim", {"in_dim": 1}, self, dim=-1, kind="linear")
         out = p.fresh(tuple(value.shape), -1)
         p.add_site("linear", node, name, {"in": x.elem.reshape(-1), "out": out.elem, "in_dim": 1}, rule=self)
         return out
@@ -505,6 +522,7 @@ def _builtins() -> None:
     _MODULES[tl + "norm_act.LayerNormAct"] = LayerNorm(tail=("act", "drop"))
     _MODULES[tl + "norm_act.LayerNormAct2d"] = LayerNorm(channels_first=True, tail=("act", "drop"))
     _MODULES[tl + "conv2d_same.Conv2dSame"] = conv
+    _MODULES[tl + "linear.Linear"] = _MODULES[nn.Linear]  # F.linear, with a dtype cast under torchscript only
     _MODULES[tl + "pool2d_same.MaxPool2dSame"] = spatial
     _MODULES[tl + "pool2d_same.AvgPool2dSame"] = spatial
     for n in ("GELUTanh", "Swish", "Mish", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "HardMish", "GELU",
@@ -529,6 +547,7 @@ def _builtins() -> None:
         "getitem_op": {operator.getitem},
         "reduce": {torch.mean, torch.sum, torch.amax, torch.amin},
         "split": {torch.split, torch.chunk},
+        "stack_op": {torch.stack},
         "cat_op": {torch.cat, torch.concat, torch.concatenate},
         "pad": {F.pad},
         "softmax_op": {F.softmax, torch.softmax, F.log_softmax},
