@@ -872,6 +872,9 @@ def main(argv: list[str] | None = None) -> int:
     (work / "state.json").write_text(json.dumps(state, indent=1))
     # inherited by every forked part and search process: the decoded data and sensitivity tables live here
     os.environ["AUTOPRUNE_CACHE"] = state["cache"]
+    # Forked processes can use CUDA only if this one never initialised it: should anything imported here ask
+    # torch.cuda.is_available(), let it ask NVML (fork-safe) instead of initialising the driver.
+    os.environ.setdefault("PYTORCH_NVML_BASED_CUDA_CHECK", "1")
     if args.smoke:
         os.environ["OMP_NUM_THREADS"] = "1"
     import autoprune  # noqa: F401  (imported once here, inherited by the forks; nothing here touches CUDA)

@@ -92,17 +92,45 @@ def test_smoke_run_reports_every_part(tmp_path: Path) -> None:
     assert "| hrank | activation |" in md and "| ap.finetune |" in md and "| quickstart | 2 |" in md
 
 
-def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:
+def suite_module():
     sys.path.insert(0, str(ROOT / "benchmarks"))
     try:
         import gpu_suite
     finally:
         sys.path.remove(str(ROOT / "benchmarks"))
+    return gpu_suite
+
+
+def test_results_section_is_replaced_in_place(tmp_path: Path) -> None:
+    gpu_suite = suite_module()
     doc = tmp_path / "gpu.md"
     doc.write_text(f"# how to\n\nkeep me\n\n{gpu_suite.RESULTS_START}\nold\n{gpu_suite.RESULTS_END}\n\nand me\n")
     gpu_suite.write_markdown(doc, "new results\n")
     text = doc.read_text()
     assert "keep me" in text and "and me" in text and "new results" in text and "old" not in text
+
+
+def test_subset_pack_keeps_the_first_images_of_each_class(tmp_path: Path) -> None:
+    gpu_suite = suite_module()
+    gpu_suite.tiny_pack(tmp_path / "full.npz", train_per_class=5, test_per_class=3, classes=4)
+    p = run_suite("--make-pack", str(tmp_path / "full.npz"), "--data", str(tmp_path / "sub.npz"),
+                  "--train-per-class", "2")
+    assert p.returncode == 0, p.stderr
+    full, sub = gpu_suite.read_pack(tmp_path / "full.npz"), gpu_suite.read_pack(tmp_path / "sub.npz")
+    assert sub["train_labels"].tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    assert sub["test_labels"].tolist() == full["test_labels"].tolist()  # no --test-per-class: all of them
+    first = full["train_labels"].tolist().index(1)  # the first training image of class 1 is the same JPEG
+    f_off, s_off = full["train_offsets"], sub["train_offsets"]
+    assert (full["train_jpeg"][f_off[first]:f_off[first + 1]].tobytes()
+            == sub["train_jpeg"][s_off[2]:s_off[3]].tobytes())
+
+
+@pytest.mark.skipif(CUDA, reason="checks the refusal on a machine without CUDA")
+def test_gpu_run_without_cuda_is_refused(tmp_path: Path) -> None:
+    suite_module().tiny_pack(tmp_path / "p.npz", train_per_class=2, test_per_class=2, classes=2)
+    p = run_suite("--data", str(tmp_path / "p.npz"), "--work", str(tmp_path / "w"), "--out", str(tmp_path))
+    assert p.returncode == 2 and "no CUDA device here" in p.stderr and "Traceback" not in p.stderr
+    assert not (tmp_path / "gpu.json").exists()
 
 
 def test_bad_input_is_refused(tmp_path: Path) -> None:
@@ -164,10 +192,10 @@ def test_cuda_finetune_reruns_agree_and_evaluate_matches_cpu(tmp_path: Path, fp3
         runs.append((m, res))
     (m1, r1), (m2, r2) = runs
     assert math.isfinite(r1.final_loss) and r1.images == r2.images == 3 * 32
-    assert r1.final_loss == pytest.approx(r2.final_loss, rel=1e-3)
+    assert r1.final_loss == pytest.approx(r2.final_loss, rel=2e-3)
     for (k, a), b in zip(m1.state_dict().items(), m2.state_dict().values()):
         if a.is_floating_point():
-            torch.testing.assert_close(a, b, rtol=1e-3, atol=1e-4, msg=k)
+            torch.testing.assert_close(a, b, rtol=1e-3, atol=5e-5, msg=k)  # atomics: not bit-exact on CUDA
     cpu_data = tiny_data(tmp_path, "cpu")
     e_gpu = ap.evaluate(m1, data, split="test", amp=False)
     e_cpu = ap.evaluate(copy.deepcopy(m1).cpu(), cpu_data, split="test")
