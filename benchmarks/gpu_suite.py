@@ -314,7 +314,9 @@ def part_criteria(state: dict[str, Any], rec: Recorder) -> None:
     t_fwd = best_time(forward, dev, sz["forward_repeat"])
     t_graph = best_time(lambda: ap.ChannelGraph(cpu_model, ex), "cpu", 2)
     rec.set(images=images, batch=sz["batch"], forward_s=t_fwd, graph_s=t_graph,
-            precision="fp32 (ap.score and the forward pass both run in fp32)")
+            precision="fp32, both (ap.score does not autocast)" + (
+                f"; cuDNN TF32 {'on' if torch.backends.cudnn.allow_tf32 else 'off'} (torch's default)"
+                if dev.type == "cuda" else ""))
     times: dict[str, float] = {}
     for name in ap.available_criteria():
         kind = ap.get_criterion(name).kind
