@@ -41,3 +41,59 @@ def test_polish_reports_val_and_test(bundle):
         polish(student, bundle, epochs=0)
     with pytest.raises(ValueError, match="without a teacher"):
         polish(student, bundle, epochs=1, distill={"alpha": 0.5})
+
+
+TINYNET = '''
+import torch.nn as nn
+
+
+def build(num_classes=10, width=8):
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, num_classes))
+'''
+
+CONFIG = """
+name: tiny_polish
+n_trials: 3
+threads: 1
+run_dir: {run}
+model: {{name: "tinynet:build", pretrain: {{epochs: 4, lr: 0.05, batch_size: 32}}}}
+data: {{dataset: synthetic, image_size: 12, val_fraction: 0.25, cache_dir: {cache},
+        options: {{train_per_class: 16, test_per_class: 3}}}}
+ratios: {{mode: per_group, default: [0.0, 0.6]}}
+sampler: {{name: nsga2, population_size: 4}}
+finetune: {{epochs: 1, max_batches: 2, batch_size: 32, lr: 0.02}}
+"""
+
+
+def test_export_polish_cli_and_front_polish(tmp_path, capsys):
+    import json
+    import textwrap
+
+    from autoprune.cli import main
+    from autoprune.study import search
+
+    (tmp_path / "tinynet.py").write_text(textwrap.dedent(TINYNET))
+    cfg = tmp_path / "tiny_polish.yaml"
+    cfg.write_text(CONFIG.format(run=tmp_path / "run", cache=tmp_path / "cache"))
+    front = search(str(cfg))
+    n = front[0].number
+    res = front.polish(n, 1)
+    assert res.distill == {"alpha": 0.5, "temperature": 4.0} and res.test_accuracy is not None
+    assert res.val_before == front.trial(n).accuracy  # the rebuilt model is the trial's
+    assert res.finetune.steps == res.finetune.images // 32 > 0
+    out = tmp_path / "polished.pt"
+    assert main(["export", str(cfg), str(out), "--trial", str(n), "--finetune-epochs", "1"]) == 0
+    printed = capsys.readouterr().out
+    assert "polished 1 epoch(s) (distillation alpha 0.5, T 4)" in printed and "test" in printed
+    info = json.loads((tmp_path / "polished.pt.json").read_text())
+    assert info["polish"]["epochs"] == 1 and info["polish"]["val_accuracy"] == res.val_accuracy  # deterministic
+    assert out.stat().st_size > 0
+    assert main(["export", str(cfg), str(tmp_path / "plain.pt"), "--trial", str(n), "--finetune-epochs", "1",
+                 "--no-distill"]) == 0
+    assert "labels only" in capsys.readouterr().out
+    assert main(["export", str(cfg), str(tmp_path / "bad.pt"), "--trial", str(n), "--finetune-epochs", "-1"]) == 2
+    assert "--finetune-epochs must be >= 0" in capsys.readouterr().err

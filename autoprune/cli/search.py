@@ -113,10 +113,20 @@ def _cmd_export(args: argparse.Namespace) -> int:
     """Rebuild a trial's pruned, fine-tuned model deterministically (same scores, channels and fine-tuning seed) and
     save it (autoprune.load reads it back); OUT.json records the trial and both accuracies."""
     front = _front(args)
-    model = front.export(args.trial, args.out)
+    if args.finetune_epochs < 0:
+        raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
+    model = front.export(args.trial, args.out, finetune_epochs=args.finetune_epochs, distill=not args.no_distill,
+                         lr=args.lr, progress=args.finetune_epochs > 0)
     info = model._autoprune_search
     print(f"trial {args.trial}: saved {args.out} -- accuracy {info['accuracy_export']:.2%} "
           f"(search: {info['accuracy_search']:.2%}), {info['macs']:,} MACs ({info['macs_fraction']:.1%})")
+    p = info.get("polish")
+    if p:
+        how = (f"distillation alpha {p['distill']['alpha']:g}, T {p['distill']['temperature']:g}" if p["distill"]
+               else "labels only")
+        test = (f", test {p['test_before']:.2%} -> {p['test_accuracy']:.2%}" if p.get("test_accuracy") is not None
+                else "")
+        print(f"polished {p['epochs']} epoch(s) ({how}): val {p['val_before']:.2%} -> {p['val_accuracy']:.2%}{test}")
     return 0
 
 
@@ -199,6 +209,11 @@ def add_subcommands(subparsers: Any) -> None:
     e.add_argument("config", nargs="?", help=_SOURCE_HELP)
     e.add_argument("out", help="output model file (.pt); OUT.json gets the trial's record")
     e.add_argument("--trial", type=int, required=True, metavar="N", help="trial number (see `autoprune pareto`)")
+    e.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
+                   help="polish: fine-tune the rebuilt model E more epochs before saving, with distillation from the "
+                        "unpruned model; reports val and test accuracy (default 0: the trial's model as it was)")
+    e.add_argument("--no-distill", action="store_true", help="polish with the labels only")
+    e.add_argument("--lr", type=float, default=None, help="polish learning rate (default: finetune.lr)")
     _add_source(e, positional=False)
     e.set_defaults(func=_cmd_export)
 

@@ -226,12 +226,40 @@ class ParetoFront(Sequence[TrialRecord]):
                               "scoring changed?); the exported model is not the one that was measured")
             return prob.build(removal, train=rec.finetuned)
 
-    def export(self, number: int, path: str | os.PathLike, *, verify: bool = True, atol: float = 1e-6) -> Any:
+    def polish(self, number: int, epochs: int, *, distill: bool | dict[str, float] = True, lr: float | None = None,
+               progress: bool = False, model: Any = None) -> Any:
+        """Rebuild trial ``number`` (or take its rebuilt ``model``) and fine-tune it ``epochs`` more epochs, with
+        distillation from the unpruned model by default (``distill=False``: labels only; the options default to the
+        config's ``finetune.distill`` or alpha 0.5, T 4); returns :class:`autoprune.polish.PolishResult` (val and
+        test accuracy before and after). The front chooses the model; this is the model to deploy."""
+        from ..polish import polish
+
+        if self.config is None:
+            raise ValueError("this study has no stored config; pass config= to rebuild and polish its models")
+        if model is None:
+            model, _ = self.rebuild(number)
+        prob, ft = self.problem(), self.config.finetune
+        if distill is True and ft.distill is not None and ft.distill.enabled:
+            distill = {"alpha": ft.distill.alpha, "temperature": ft.distill.temperature}
+        with self.config.cpu_threads():
+            res = polish(model, prob.data, epochs=epochs, teacher=prob.teacher() if distill else None,
+                         distill=distill, lr=ft.lr if lr is None else lr, batch_size=ft.batch_size,
+                         seed=self.config.seed, progress=progress,
+                         finetune_kwargs={"momentum": ft.momentum, "weight_decay": ft.weight_decay,
+                                          "schedule": ft.schedule, "label_smoothing": ft.label_smoothing})
+        res.extra.update(trial=number, accuracy_search=self.trial(number).accuracy)
+        return res
+
+    def export(self, number: int, path: str | os.PathLike, *, verify: bool = True, atol: float = 1e-6,
+               finetune_epochs: int = 0, distill: bool | dict[str, float] = True, lr: float | None = None,
+               progress: bool = False) -> Any:
         """Rebuild trial ``number`` (see :meth:`rebuild`), save it with :func:`autoprune.io.save` to ``path`` and write
         ``<path>.json`` (trial, ratios, criterion, stored and reproduced accuracy). Returns the model.
 
         With ``verify`` a reproduced accuracy that differs from the trial's by more than ``atol`` warns (expected
-        only on GPUs with non-deterministic kernels)."""
+        only on GPUs with non-deterministic kernels). ``finetune_epochs > 0`` polishes the rebuilt model first
+        (:meth:`polish`: with distillation unless ``distill=False``); ``<path>.json`` then has ``polish`` (val and
+        test accuracy before and after)."""
         from ..io import save
 
         rec = self.trial(number)
@@ -239,11 +267,16 @@ class ParetoFront(Sequence[TrialRecord]):
         if verify and abs(out.accuracy - rec.accuracy) > atol:
             warnings.warn(f"trial {number}: reproduced accuracy {out.accuracy:.4%} differs from the search's "
                           f"{rec.accuracy:.4%} (non-deterministic kernels?)")
+        polished = None
+        if finetune_epochs:
+            polished = self.polish(number, finetune_epochs, distill=distill, lr=lr, progress=progress, model=model)
         save(model.cpu(), path)
         info = {"study": self.study.study_name, "trial": number, "criterion": rec.criterion, "ratios": rec.ratios,
                 "accuracy_search": rec.accuracy, "accuracy_export": out.accuracy, "macs": out.macs,
                 "params": out.params, "macs_fraction": out.macs_fraction, "params_fraction": out.params_fraction,
                 "base": self.base}
+        if polished is not None:
+            info["polish"] = polished.to_dict()
         with open(os.fspath(path) + ".json", "w") as f:
             json.dump(info, f, indent=2)
         model._autoprune_search = info
