@@ -395,6 +395,9 @@ class FinetuneSpec:
                                _c_int(0))
     distill: DistillSpec | None = _key(None, "knowledge distillation from the unpruned model (section; `true` for "
                                        "alpha 0.5, temperature 4)", section=DistillSpec, shown="none (labels only)")
+    prune_steps: int = _key(1, "`autoprune prune`: reach the budget in this many prune -> fine-tune steps "
+                            "(repetitive pruning, scores recomputed on the partly pruned model, the same total "
+                            "fine-tuning split between the steps); search trials prune in one step", _c_int(1))
 
 
 @dataclass
@@ -496,6 +499,9 @@ class SearchConfig:
         keep = {k: d[k] for k in ("model", "data", "criteria", "ratios", "objectives", "constraints", "finetune",
                                   "scoring", "seed")}
         keep["ratios"].pop("anchors", None)  # where sampling starts, not what a trial measures
+        keep["finetune"].pop("prune_steps", None)  # `autoprune prune` only; trials prune in one step
+        if keep["finetune"].get("distill") is None:
+            keep["finetune"].pop("distill", None)  # off: the fingerprint of a study made before the key existed
         return hashlib.sha256(json.dumps(keep, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
     @contextlib.contextmanager

@@ -255,3 +255,30 @@ def test_search_with_early_stopping_and_distillation(tmp_path):
     best = max(front, key=lambda r: r.accuracy)
     model, out = front.rebuild(best.number)
     assert out.accuracy == best.accuracy  # the rung evaluations did not change the training
+
+
+def test_config_sections():
+    from autoprune.config import ConfigError, load_config
+    from autoprune.study.early_stopping import stopper_for
+
+    base = {"model": "resnet20", "data": {"dataset": "synthetic"}}
+    on = load_config({**base, "early_stopping": True, "finetune": {"distill": True}})
+    assert on.early_stopping.enabled and on.finetune.distill.alpha == 0.5 and on.finetune.distill.temperature == 4.0
+    es = stopper_for(on)
+    assert es.rungs.fractions == (0.0, 0.333333) and es.directions == ["maximize", "minimize"]
+    assert stopper_for(load_config(base)) is None and load_config(base).finetune.distill is None
+    assert load_config(on.to_dict()).early_stopping == on.early_stopping  # round trip
+    custom = load_config({**base, "early_stopping": {"enabled": True, "rungs": [0.5, 0.1], "reduction_factor": 4},
+                          "objectives": ["accuracy", "macs", "params"]})
+    assert stopper_for(custom).rungs.fractions == (0.1, 0.5) and stopper_for(custom).names[2] == "params_fraction"
+    # what a trial measures: distillation changes it, early stopping and prune_steps do not
+    fp = load_config(base).fingerprint()
+    assert load_config({**base, "early_stopping": True, "finetune": {"prune_steps": 3}}).fingerprint() == fp
+    assert load_config({**base, "finetune": {"distill": True}}).fingerprint() != fp
+    for bad, msg in [({"early_stopping": {"rungs": [1.0]}}, r"fractions of the fine-tuning budget in \[0, 1\)"),
+                     ({"early_stopping": {"reduction_factor": 1}}, "reduction_factor"),
+                     ({"early_stopping": {"enabeld": True}}, "did you mean 'enabled'"),
+                     ({"finetune": {"distill": {"alpha": 2}}}, "distill.alpha"),
+                     ({"early_stopping": True, "finetune": {"epochs": 0}}, "needs fine-tuning")]:
+        with pytest.raises(ConfigError, match=msg):
+            load_config({**base, **bad})

@@ -98,3 +98,41 @@ def test_prune_to_budget_distill_and_bad_steps(bundle):
         prune_to_budget(tiny_cnn(), bundle, macs=0.5, criterion="l1", allocation="uniform", finetune_epochs=1,
                         finetune_kwargs=ft, progress=False, steps=0)
     assert steps_per_epoch(bundle, 16) == len(bundle.train) // 16 and steps_per_epoch(bundle, 16, 3) == 3
+
+
+def test_cli_prune_steps_and_distill(tmp_path, monkeypatch, capsys):
+    import json
+
+    import yaml
+
+    from autoprune.cli import main
+
+    monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    torch.save(tiny_cnn(seed=3).state_dict(), tmp_path / "w.pt")
+    cfg = {"model": {"name": "test_repetitive:tiny_cnn", "weights": "w.pt"},
+           "data": {"dataset": "synthetic", "image_size": 32, "val_fraction": 0.25,
+                    "options": {"train_per_class": 12, "test_per_class": 2}},
+           "device": "cpu", "run_dir": str(tmp_path / "run"), "criteria": "l1", "constraints": {"max_macs": 0.6},
+           "finetune": {"epochs": 1, "batch_size": 16, "max_batches": 2, "prune_steps": 2,
+                        "distill": {"alpha": 0.8}}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    calls = []
+    import autoprune.budget as budget
+
+    real = budget.prune_to_budget
+
+    def spy(*a, **kw):
+        calls.append({k: kw[k] for k in ("steps", "distill")})
+        return real(*a, **kw)
+
+    monkeypatch.setattr(budget, "prune_to_budget", spy)
+    assert main(["prune", str(path), "--allocation", "uniform", "--quiet"]) == 0
+    assert calls[-1] == {"steps": 2, "distill": {"alpha": 0.8, "temperature": 4.0}}
+    assert main(["prune", str(path), "--allocation", "uniform", "--quiet", "--steps", "1"]) == 0
+    assert calls[-1]["steps"] == 1
+    summary = json.loads((tmp_path / "run" / "pruned.json").read_text())
+    assert summary["macs"] <= 0.6 * summary["base_macs"]
+    assert main(["prune", str(path), "--allocation", "uniform", "--quiet", "--steps", "0"]) == 2
+    assert "--steps must be >= 1" in capsys.readouterr().err

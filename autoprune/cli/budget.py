@@ -77,12 +77,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     if args.cache_dir:
         skw["cache_dir"] = args.cache_dir
     epochs = cfg.finetune.epochs if args.finetune_epochs is None else args.finetune_epochs
+    d = cfg.finetune.distill
+    distill = {"alpha": d.alpha, "temperature": d.temperature} if d is not None and d.enabled else None
+    steps = cfg.finetune.prune_steps if args.steps is None else args.steps
+    if steps < 1:
+        raise ValueError(f"--steps must be >= 1 (prune -> fine-tune repetitions), got {steps}")
     with cfg.cpu_threads():
         built = build(cfg, log=logger(args.quiet), progress=not args.quiet)
         result = prune_to_budget(
             built.model, built.data, macs=macs, params=params, criterion=args.criterion or cfg.criteria[0],
             allocation=allocation, finetune_epochs=epochs, example_inputs=built.example_inputs,
-            sensitivity_kwargs=skw, finetune_kwargs=ft, seed=seed, evaluate_test=args.test, progress=not args.quiet)
+            sensitivity_kwargs=skw, finetune_kwargs=ft, seed=seed, evaluate_test=args.test, progress=not args.quiet,
+            distill=distill, steps=steps)
     print(result.ratios.summary())
     print(result.summary())
     out = output_path(cfg, args.out, "pruned.pt")
@@ -129,6 +135,9 @@ def add_subcommands(subparsers: Any) -> None:
                    help="cap on batches per fine-tuning epoch (default: finetune.max_batches)")
     q.add_argument("--out", metavar="PATH", help="pruned model file (default <run_dir>/pruned.pt)")
     q.add_argument("--test", action="store_true", help="also report accuracy on the test split")
+    q.add_argument("--steps", type=int, default=None, metavar="K",
+                   help="repetitive pruning: reach the budget in K prune -> fine-tune steps, the fine-tuning split "
+                        "between them (default: finetune.prune_steps, 1)")
     q.add_argument("--seed", type=int, help="seed for scores and fine-tuning (default: the config's seed)")
     q.add_argument("--cache-dir", help="sensitivity cache folder")
     q.add_argument("--quiet", action="store_true", help="no progress bars or log")
