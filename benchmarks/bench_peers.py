@@ -1,8 +1,11 @@
 #!/usr/bin/env python3
 """Peer comparison: Torch-Pruning vs autoprune on the model zoo, uniform 30% channel pruning with L1.
 
-    python benchmarks/bench_peers.py [--models resnet18,resnet56,...] [--size 224|64] [--ratio 0.3]
-                                     [--threads 2] [--out docs/peers_benchmark.md | --no-write]
+    python benchmarks/bench_peers.py [--suite zoo|timm] [--models resnet18,resnet56,...] [--size 224|64]
+                                     [--ratio 0.3] [--threads 2] [--out docs/peers_benchmark.md | --no-write]
+
+``--suite timm`` runs the timm architectures of ``tests/test_timm_zoo.py`` (``timm.create_model(name,
+pretrained=False)``, 1x3xSxS inputs with S = --size, default 64 for this suite) and writes its own section.
 
 For every model (randomly initialised, eval mode, seed 0) both tools prune 30% of the channels of every group
 they consider prunable, ranked by L1 norm:
@@ -53,7 +56,17 @@ TORCHVISION = [
     "shufflenet_v2_x1_0", "squeezenet1_1", "vgg11_bn", "convnext_tiny",
 ]
 ZOO = TORCHVISION + CIFAR
-BEGIN, END = "<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"
+# the timm set of tests/test_timm_zoo.py (smallest variant of each family)
+TIMM = [
+    "resnet10t", "resnet18d", "resnext26ts", "legacy_seresnet18", "ecaresnet26t", "regnetx_002", "regnety_002",
+    "tf_efficientnet_lite0", "mobilenetv3_small_050", "mixnet_s", "tinynet_e", "lcnet_050", "mnasnet_small",
+    "mobilenetv4_conv_small_035", "ghostnet_050", "repghostnet_050", "rexnet_100", "dpn48b", "densenet121",
+    "dla46_c", "hrnet_w18_small", "cs3darknet_s", "darknet17", "ese_vovnet19b_slim_dw", "repvgg_a0", "gernet_s",
+    "skresnet18", "resnest14d", "convnext_atto", "edgenext_xx_small",
+]
+MARKERS = {"zoo": ("<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"),
+           "timm": ("<!-- bench_peers:timm:begin -->", "<!-- bench_peers:timm:end -->")}
+BEGIN, END = MARKERS["zoo"]
 
 
 def input_size(name: str, size: int) -> int:
@@ -146,12 +159,20 @@ def run_tool(fn, model: nn.Module, x: torch.Tensor, ratio: float, ref_shape: tup
     return r
 
 
-def bench_model(name: str, size: int, ratio: float, tools: list[str]) -> dict:
-    s = input_size(name, size)
+def load_model(name: str, suite: str) -> nn.Module:
+    if suite == "timm":
+        import timm
+
+        return timm.create_model(name, pretrained=False)
+    return ap.models.get_model(name)
+
+
+def bench_model(name: str, size: int, ratio: float, tools: list[str], suite: str = "zoo") -> dict:
+    s = input_size(name, size) if suite == "zoo" else size
     row = {"model": name, "input": f"{s}x{s}", "macs0": None, "error": "", "tools": {}}
     try:
         torch.manual_seed(0)
-        model = ap.models.get_model(name).eval()
+        model = load_model(name, suite).eval()
         x = torch.randn(1, 3, s, s, generator=torch.Generator().manual_seed(1))
         with torch.no_grad():
             ref = model(x)
@@ -224,6 +245,25 @@ def versions() -> dict[str, str]:
     return v
 
 
+def summary(rows: list[dict], tools: list[str]) -> str:
+    """Per tool: models pruned correctly-shaped with >= 15% MACs removed, failures; the ratio of analysis times."""
+    out = []
+    for t in tools:
+        rs = [row["tools"].get(t) for row in rows]
+        ok = sum(1 for r in rs if r and r["runs"] and r["shape"] and (r["removed"] or 0) >= 15)
+        bad = sum(1 for r in rs if not r or not r["runs"] or not r["shape"])
+        out.append(f"- {t}: {ok}/{len(rows)} models run, keep their output shape and lose >= 15% of MACs; "
+                   f"{bad} fail (raise, do not run, or change the output shape)")
+    if {"torch-pruning", "autoprune"} <= set(tools):
+        ratios = sorted(row["tools"]["autoprune"]["time"] / row["tools"]["torch-pruning"]["time"] for row in rows
+                        if row["tools"]["autoprune"]["time"] and row["tools"]["torch-pruning"]["time"])
+        if ratios:
+            med = ratios[len(ratios) // 2]
+            out.append(f"- analysis + prune time, autoprune / Torch-Pruning (models both prune): median {med:.2f}x, "
+                       f"range {ratios[0]:.2f}x-{ratios[-1]:.2f}x over {len(ratios)} models")
+    return "\n".join(out)
+
+
 def report(rows: list[dict], tools: list[str], args, cmd: str, total: float) -> str:
     v = versions()
     cuda = torch.cuda.is_available()
@@ -231,7 +271,8 @@ def report(rows: list[dict], tools: list[str], args, cmd: str, total: float) -> 
                f"torch threads {torch.get_num_threads()}, {'GPU: ' + torch.cuda.get_device_name(0) if cuda else 'no GPU'}"
                " (runs on CPU)")
     sizes = (f"1x3x{args.size}x{args.size} for torchvision models (inception_v3: "
-             f"{input_size('inception_v3', args.size)}), 1x3x32x32 for CIFAR models")
+             f"{input_size('inception_v3', args.size)}), 1x3x32x32 for CIFAR models") if args.suite == "zoo" else (
+        f"1x3x{args.size}x{args.size}, timm.create_model(name, pretrained=False)")
     return "\n".join([
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {machine}",
@@ -241,6 +282,8 @@ def report(rows: list[dict], tools: list[str], args, cmd: str, total: float) -> 
         "random init (seed 0), eval mode",
         "- MACs: `autoprune.count_macs(model, x)` (conv + linear MACs for one sample, fvcore) for both tools",
         "",
+        summary(rows, tools),
+        "",
         table(rows, tools),
         "",
         "Errors and notes (recorded, not raised):",
@@ -249,7 +292,8 @@ def report(rows: list[dict], tools: list[str], args, cmd: str, total: float) -> 
     ])
 
 
-def write_doc(path: str, body: str) -> None:
+def write_doc(path: str, body: str, suite: str = "zoo") -> None:
+    BEGIN, END = MARKERS[suite]
     block = f"{BEGIN}\n{body}\n{END}"
     if os.path.exists(path):
         text = open(path, encoding="utf-8").read()
@@ -270,8 +314,11 @@ def write_doc(path: str, body: str) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--models", default=",".join(ZOO), help="comma-separated names (default: the whole zoo)")
-    p.add_argument("--size", type=int, default=224, help="input side for torchvision models (CIFAR: always 32)")
+    p.add_argument("--suite", choices=sorted(MARKERS), default="zoo",
+                   help="zoo: torchvision + CIFAR models; timm: the timm set of tests/test_timm_zoo.py")
+    p.add_argument("--models", default=None, help="comma-separated names (default: the whole suite)")
+    p.add_argument("--size", type=int, default=None,
+                   help="input side (zoo: torchvision models, default 224, CIFAR always 32; timm: default 64)")
     p.add_argument("--ratio", type=float, default=0.3)
     p.add_argument("--tools", default=",".join(TOOLS), help="comma-separated: torch-pruning,autoprune")
     p.add_argument("--threads", type=int, default=None, help="torch.set_num_threads (default: torch's)")
@@ -281,7 +328,10 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
-    models = [m.strip() for m in args.models.split(",") if m.strip()]
+    if args.size is None:
+        args.size = 224 if args.suite == "zoo" else 64
+    default = ZOO if args.suite == "zoo" else TIMM
+    models = [m.strip() for m in (args.models or ",".join(default)).split(",") if m.strip()]
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in tools:
         if t not in TOOLS:
@@ -289,10 +339,16 @@ def main(argv: list[str] | None = None) -> int:
 
     import logging
     logging.getLogger("torch_pruning").setLevel(logging.ERROR)
+    # one-time costs (imports, fx's first stack-trace filter) are not charged to the first model of either tool
+    tiny = nn.Sequential(nn.Conv2d(3, 8, 3), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.Flatten(),
+                         nn.Linear(8 * 4 * 4, 10)).eval()
+    xt = torch.randn(1, 3, 8, 8)
+    for t in tools:
+        run_tool(TOOLS[t], tiny, xt, args.ratio, (1, 10), None)
     rows, t_start = [], time.perf_counter()
     for name in models:
         t0 = time.perf_counter()
-        row = bench_model(name, args.size, args.ratio, tools)
+        row = bench_model(name, args.size, args.ratio, tools, args.suite)
         rows.append(row)
         status = ", ".join(f"{t}: {'ok' if not r['error'] else r['error'][:60]}" for t, r in row["tools"].items())
         print(f"[{time.perf_counter() - t0:6.1f}s] {name}: {row['error'] or status}", file=sys.stderr, flush=True)
@@ -302,7 +358,7 @@ def main(argv: list[str] | None = None) -> int:
     body = report(rows, tools, args, cmd, total)
     print(body)
     if not args.no_write:
-        write_doc(args.out, body)
+        write_doc(args.out, body, args.suite)
     return 0
 
 
