@@ -30,9 +30,10 @@ import torch.nn as nn
 
 from ._files import atomic_write
 from .config import ConfigError, ModelSpec, SearchConfig
+from .io import read_checkpoint
 
 __all__ = ["Built", "build", "build_data", "build_model", "load_weights", "base_model", "example_inputs",
-           "read_checkpoint", "sensitivity_options", "finetune_options"]
+           "sensitivity_options", "finetune_options"]
 
 
 @dataclass
@@ -102,28 +103,6 @@ def build_model(spec: ModelSpec | SearchConfig, num_classes: int | None = None) 
         return get_model(name, **kwargs)
     except TypeError as e:  # a keyword the constructor does not take
         raise ConfigError(f"model.kwargs: {name} does not accept them ({e})") from None
-
-
-def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint") -> Any:
-    """``torch.load(path, weights_only=True)`` on the CPU, with errors that name the file and the fix.
-
-    ``what`` names the file's role in the message (e.g. ``"model.weights"``).
-    """
-    path = os.fspath(path)
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{what}: {path} not found")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / ... for a bad file
-        size = os.path.getsize(path)
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "WeightsUnpickler" in str(e):
-            fix = ("it holds pickled objects that weights_only loading refuses; save a plain state_dict "
-                   "(torch.save(model.state_dict(), path)) or an autoprune file (autoprune.save)")
-        else:
-            fix = ("it is truncated or corrupt (an interrupted download or copy?); copy or download it again, or "
-                   "re-save it with torch.save")
-        raise ValueError(f"{what}: cannot read {path} ({size:,} bytes): {fix}. torch said: {first}") from None
 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, what: str = "model.weights") -> nn.Module:

@@ -15,7 +15,7 @@ import torch.nn as nn
 
 from ._files import atomic_write
 
-__all__ = ["save", "load", "FORMAT"]
+__all__ = ["save", "load", "read_checkpoint", "FORMAT"]
 
 FORMAT = "autoprune.v1"
 
@@ -37,6 +37,28 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
     atomic_write(path, lambda f: torch.save(payload, f))
 
 
+def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", *, map_location: Any = "cpu") -> Any:
+    """``torch.load(path, weights_only=True)`` with errors that name the file and the fix.
+
+    ``what`` names the file's role in the message (e.g. ``"model.weights"``).
+    """
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{what}: {path} not found")
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / ... for a bad file
+        size = os.path.getsize(path)
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "weights_only" in str(e) or "WeightsUnpickler" in str(e):
+            fix = ("it holds pickled objects that weights_only loading refuses; save a plain state_dict "
+                   "(torch.save(model.state_dict(), path)) or an autoprune file (autoprune.save)")
+        else:
+            fix = ("it is truncated or corrupt (an interrupted download or copy?); copy or download it again, or "
+                   "re-save it with torch.save")
+        raise ValueError(f"{what}: cannot read {path} ({size:,} bytes): {fix}. torch said: {first}") from None
+
+
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_location: Any = "cpu") -> nn.Module:
     """Rebuild a model written by :func:`save`.
 
@@ -46,7 +68,7 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_locatio
     from .graph import ChannelGraph
     from .models import get_model
 
-    payload = torch.load(os.fspath(path), map_location=map_location, weights_only=True)
+    payload = read_checkpoint(path, "autoprune model file", map_location=map_location)
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{path} is not an autoprune model file (expected format {FORMAT!r})")
     arch = payload.get("arch")
