@@ -281,3 +281,23 @@ def test_constant_reshape_is_locked_at_analysis_with_its_line():
     assert not a.prunable and "constant shape (n, 16, 4, -1)" in a.reason.replace("getitem", "n")
     assert "test_channel_rules.py" in a.reason
     assert g.group("b.0").prunable  # the shuffle's constant 2 (groups) survives pruning: not locked
+
+
+def test_embedding_into_a_conv1d_stem():
+    class TextCNN(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.emb = nn.Embedding(20, 8)
+            self.conv = nn.Sequential(nn.Conv1d(8, 12, 3), nn.BatchNorm1d(12), nn.ReLU())
+            self.fc = nn.Linear(12, 2)
+
+        def forward(self, tokens):
+            return self.fc(self.conv(self.emb(tokens).transpose(1, 2)).amax(2))
+
+    model = TextCNN().eval()
+    randomise_norms(model)
+    tokens = torch.randint(0, 20, (2, 10), generator=torch.Generator().manual_seed(0))
+    graph, _ = check_model(model, tokens, min_drop=0.15)
+    assert graph.group("emb").prunable and graph.group("emb").channels == 8
+    p = graph.prune({"emb": 0.5})
+    assert p.get_submodule("emb").weight.shape == (20, 4) and p.get_submodule("conv.0").in_channels == 4

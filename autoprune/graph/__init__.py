@@ -2,7 +2,9 @@
 from .analysis import Analysis, analyse
 from .core import ChannelGraph
 from .groups import ChannelGroup, Member
+from .rules import ChannelRule, Dense, Elementwise, Lock, PerChannel, register_channel_rule
 from .surgery import PruneError
 from .trace import TraceError, trace
 
-__all__ = ["ChannelGraph", "ChannelGroup", "Member", "TraceError", "PruneError", "trace", "analyse", "Analysis"]
+__all__ = ["ChannelGraph", "ChannelGroup", "Member", "TraceError", "PruneError", "trace", "analyse", "Analysis",
+           "ChannelRule", "Dense", "Elementwise", "Lock", "PerChannel", "register_channel_rule"]

@@ -9,7 +9,8 @@ reshapes that split the channel dim) union ids in a union-find. The union-find's
 smallest units that can be removed, and each is removed everywhere at once.
 
 How each operation moves channels is a *channel rule*, looked up in an open table (``rules.py``) by module type
-(along the MRO) or by function / tensor method; users add rules with :func:`~autoprune.graph.rules.register_channel_rule`.
+(along the MRO) or by function / tensor method; users add rules with
+:func:`~autoprune.graph.rules.register_channel_rule`.
 
 Never silently wrong: any op without a rule locks every element flowing into or out of it (with the reason), as do
 the model's inputs and outputs, norms that mix channels (LayerNorm over channels, single-group GroupNorm),

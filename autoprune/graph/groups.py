@@ -14,9 +14,9 @@ __all__ = ["ChannelGroup", "Member", "build_groups"]
 class Member:
     """Where a group's channels live in one producing layer: output channel ``channels[i]`` belongs to the
     group's channel ``index[i]`` (several outputs may share one group channel, e.g. depthwise multipliers)."""
-    module: str | None   # conv/linear module name (None for a pad that creates zero channels)
+    module: str | None   # conv/linear module name (None for a pad that creates zero channels, or an embedding)
     node: str            # fx node whose output holds the channels
-    kind: str            # "conv", "linear" or "pad"
+    kind: str            # "conv", "linear", "embedding" or "pad"
     channels: np.ndarray
     index: np.ndarray
 
@@ -61,7 +61,7 @@ def build_groups(a: Analysis) -> list[ChannelGroup]:
     # producers, in graph order: (label, site, element array)
     producers = []
     for s in a.sites:
-        if s.kind in ("conv", "linear"):
+        if s.kind in ("conv", "linear", "embedding"):
             producers.append((s.module, s, s.data["out"]))
         elif s.kind == "pad":
             label = f"{a.node_module.get(s.node) or s.node}:pad"
@@ -110,8 +110,8 @@ def build_groups(a: Analysis) -> list[ChannelGroup]:
                 continue
             rr = E.roots(elem)
             sel = np.array([int(r) in pos for r in rr], dtype=bool)
-            if sel.any():
-                members.append(Member(s.module, s.node, s.kind, np.nonzero(sel)[0],
+            if sel.any():  # an embedding's weight rows are vocabulary entries: no filter to score
+                members.append(Member(None if s.kind == "embedding" else s.module, s.node, s.kind, np.nonzero(sel)[0],
                                       np.array([pos[int(r)] for r in rr[sel]], dtype=np.int64)))
         mods = sorted(set().union(*(touched.get(r, set()) for r in roots)))
         approx = list(dict.fromkeys(t for r in roots for t in notes.get(r, [])))

@@ -341,6 +341,23 @@ class LayerNorm(ChannelRule):
         return TI(x.shape, x.cdims, x.elem)
 
 
+class Embedding(ChannelRule):
+    """nn.Embedding: writes fresh channels (the embedding dims) on the last dim, e.g. into a Conv1d stem after a
+    transpose. Its weight rows are vocabulary entries, so weight criteria do not score it (member without module)."""
+
+    def analyse(self, p, node, m, x, value):
+        if not isinstance(value, torch.Tensor) or value.dim() < 1 or value.shape[-1] != m.embedding_dim:
+            return p.lock_all(node, value, f"{p.where(node)}: unexpected shapes")
+        out = p.fresh(tuple(value.shape), -1)
+        p.add_site("embedding", node, str(node.target), {"out": out.elem}, rule=self)
+        return out
+
+    def cut(self, m, site, keep):
+        k = keep(site.data["out"])
+        set_param(m, "weight", take(m.weight.data, 1, k))
+        m.embedding_dim = int(k.sum())
+
+
 @dataclass
 class PixelShuffle(ChannelRule):
     """nn.PixelShuffle(r): output channel c is made of input channels c*r²..(c+1)*r²-1 (one block, one unit)."""
@@ -497,6 +514,7 @@ def _builtins() -> None:
     for t in (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d):
         _MODULES[t] = conv
     _MODULES[nn.Linear] = Linear()
+    _MODULES[nn.Embedding] = Embedding()
     _MODULES[nn.PReLU] = PReLU()
     _MODULES[nn.GroupNorm] = GroupNorm()
     _MODULES[nn.LayerNorm] = LayerNorm()

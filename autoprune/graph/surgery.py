@@ -1,9 +1,9 @@
 """Physical channel removal on a copy of the traced graph, then shape validation.
 
 Validation re-runs the pruned graph on the example inputs and compares every node's output shape with the shape
-the analysis predicts. Constant shapes in the model code (``x.view(-1, 512 * 7 * 7)``) are already locked by the analysis; anything it
-missed, or a rule we got wrong, shows up there as a :class:`PruneError` naming the node and its source line, never as a silently wrong
-model.
+the analysis predicts. Constant shapes in the model code (``x.view(-1, 512 * 7 * 7)``) are already locked by the
+analysis; anything it missed, or a rule we got wrong, shows up there as a :class:`PruneError` naming the node and
+its source line, never as a silently wrong model.
 """
 from __future__ import annotations
 
@@ -18,7 +18,7 @@ import torch.nn as nn
 from .analysis import TI, Analysis, source_line
 from .rules import take
 
-_MODULE_KINDS = ("conv", "linear", "bn", "prelu")
+_MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding")
 
 __all__ = ["PruneError", "apply_pruning"]
 
