@@ -35,3 +35,92 @@ def test_macs_and_groups(capsys):
 def test_console_script_and_clear_errors():
     r = subprocess.run([sys.executable, "-m", "autoprune.cli", "macs", "resnet57"], capture_output=True, text=True)
     assert r.returncode == 2 and "unknown model 'resnet57'" in r.stderr and "resnet56" in r.stderr
+
+
+# ------------------------------------------------------------------------------------------- parsing and errors
+
+
+def test_export_takes_the_readme_argument_order():
+    parser = build_parser()
+    args = parser.parse_args(["export", "cfg.yaml", "--trial", "3", "out.pt"])  # as the README writes it
+    assert (args.config, args.out, args.trial) == ("cfg.yaml", "out.pt", 3)
+    args = parser.parse_args(["export", "cfg.yaml", "out.pt", "--trial", "3"])
+    assert (args.config, args.out, args.trial) == ("cfg.yaml", "out.pt", 3)
+    args = parser.parse_args(["export", "out.pt", "--trial", "3", "--storage", "x.journal"])
+    assert (args.config, args.out, args.storage) == (None, "out.pt", "x.journal")
+
+
+def _config(tmp_path, **model):
+    import yaml
+
+    raw = {"name": "t", "run_dir": str(tmp_path / "run"), "device": "cpu",
+           "model": {"name": "resnet20", **model},
+           "data": {"dataset": "synthetic", "image_size": 16, "options": {"train_per_class": 2, "test_per_class": 1}}}
+    path = tmp_path / "cfg.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def _fails(argv, capsys, *needles):
+    """The command exits with status 2 and one paragraph on stderr containing every needle, no traceback."""
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and err.strip().count("\n") == 0, err
+    for n in needles:
+        assert n in err, (n, err)
+    return err
+
+
+@pytest.mark.parametrize("cmd", [["groups"], ["search", "--dry-run", "--quiet"]])
+def test_input_shape_that_does_not_match_the_data(tmp_path, monkeypatch, capsys, cmd):
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    # Same channels, other size: the MAC counts would silently be those of 32x32 inputs.
+    cfg = _config(tmp_path, input_shape=[3, 32, 32])
+    _fails([cmd[0], str(cfg), *cmd[1:]], capsys, str(cfg), "model.input_shape", "[3, 32, 32]", "[3, 16, 16]",
+           "data.image_size")
+
+
+def test_model_that_cannot_run_on_the_data(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    (tmp_path / "grey.py").write_text("import torch.nn as nn\n\ndef build(num_classes=10):\n"
+                                      "    return nn.Sequential(nn.Conv2d(1, 4, 3), nn.AdaptiveAvgPool2d(1), "
+                                      "nn.Flatten(), nn.Linear(4, num_classes))\n")
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text().replace("name: resnet20", "name: grey:build"))
+    _fails(["search", str(cfg), "--dry-run", "--quiet"], capsys, "'grey:build'", str(cfg), "[3, 16, 16]",
+           "does not run on inputs")
+
+
+def test_truncated_checkpoint_names_the_file(tmp_path, monkeypatch, capsys):
+    import torch
+
+    import autoprune as ap
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    weights = tmp_path / "w.pt"
+    torch.save(ap.get_model("resnet20").state_dict(), weights)
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    cfg = _config(tmp_path, weights=str(weights))
+    _fails(["groups", str(cfg)], capsys, "model.weights", str(weights), "truncated or corrupt")
+    _fails(["macs", "resnet20", "--weights", str(weights)], capsys, "--weights", str(weights))
+    with pytest.raises(ValueError, match="w.pt .*truncated or corrupt"):
+        ap.load(weights)
+    # --debug: the traceback instead of the paragraph (before or after the subcommand)
+    with pytest.raises(ValueError, match="truncated"):
+        main(["groups", str(cfg), "--debug"])
+    with pytest.raises(ValueError, match="truncated"):
+        main(["--debug", "groups", str(cfg)])
+
+
+def test_config_errors_name_the_file_and_key(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    cfg.write_text(cfg.read_text() + "n_trial: 5\n")
+    for cmd in ("sensitivity", "prune", "compare-criteria", "search", "export"):
+        argv = [cmd, str(cfg)] + (["out.pt", "--trial", "0"] if cmd == "export" else [])
+        _fails(argv, capsys, f"{cfg}: unknown key 'n_trial'", "did you mean 'n_trials'?")
+    _fails(["sensitivity", str(tmp_path / "missing.yaml")], capsys, "missing.yaml", "not found")
+
+
+def test_prune_without_a_budget(tmp_path, capsys):
+    cfg = _config(tmp_path)
+    _fails(["prune", str(cfg)], capsys, str(cfg), "--macs", "constraints.max_macs")
