@@ -4,6 +4,7 @@
     python benchmarks/bench_latency.py [--models resnet56,resnet50] [--keep 0.7,0.5,0.3] [--round-to 1,8]
         [--runtimes torch,onnxruntime] [--batches 1,32] [--threads 1] [--device cpu] [--rounds 3]
         [--repeats 5] [--warmup 2] [--onnx-exporter torchscript] [--out docs/latency_cpu.json]
+    python benchmarks/bench_latency.py --table A.json B.json     # one table from several runs
 
 For each model (ResNet-56 at 32 px with the shared CIFAR-10-JPEG weights when present; torchvision ResNet-50 at
 224 px, random weights -- latency does not depend on the values), each kept MAC fraction and each ``round_to``:
@@ -80,7 +81,13 @@ def main(argv: list[str] | None = None) -> int:
                     help="exporter for the ONNX Runtime models (default torchscript: several times faster to export "
                          "than dynamo for ResNet-50; ONNX Runtime optimises either graph)")
     ap.add_argument("--out", help="JSON results")
+    ap.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of earlier runs' JSON files "
+                    "(e.g. batch 1 and batch 32 run separately) and exit")
     args = ap.parse_args(argv)
+    if args.table:
+        runs = [json.loads(Path(f).read_text()) for f in args.table]
+        print(table({"results": [r for run in runs for r in run["results"]]}))
+        return 0
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
