@@ -792,8 +792,9 @@ def reference_markdown() -> str:
     out = []
     for sec, cls in _SECTIONS.items():
         title = "top level" if not sec else f"`{sec}`"
-        lines = [f"#### {title}", "", (cls.__doc__ or "").strip().split("\n\n")[0] if sec else
-                 "Sections are the keys whose default says *section*.", "",
+        intro = " ".join((cls.__doc__ or "").strip().split("\n\n")[0].split()) if sec else \
+            "Sections are the keys whose default says *section*."
+        lines = [f"### {title}", "", intro, "",
                  "| key | default | meaning |", "|---|---|---|"]
         for f in _keys(cls):
             lines.append(f"| `{f.name}` | {_shown_default(f)} | {f.metadata['doc']} |")

@@ -152,3 +152,39 @@ def test_cli_help_for_every_subcommand(capsys):
     args = parser.parse_args(["export", "out.pt", "--trial", "3", "--storage", "x.journal"])
     assert (args.config, args.out) == (None, "out.pt")
     assert parser.parse_args(["dashboard", "cfg.yaml"]).port == 8080
+
+
+def test_docs_reference_is_generated_from_the_dataclasses():
+    """docs/search.md's key reference is reference_markdown() verbatim: every key, default and meaning comes from the
+    dataclasses of autoprune/config.py (their one home). To update the document, replace the text between the two
+    config-reference markers by autoprune.config.reference_markdown()."""
+    from autoprune.config import SCHEMA, reference_markdown
+
+    doc = (ROOT / "docs" / "search.md").read_text()
+    begin = doc.index("<!-- config-reference: generated")
+    block = doc[doc.index("\n", begin) + 1:doc.index("<!-- config-reference: end -->")]
+    assert block == reference_markdown()
+    for section, keys in SCHEMA.items():  # and the reference names every key the loader accepts
+        for key in keys:
+            assert f"| `{key}` |" in block
+
+
+def test_defaults_come_from_the_dataclasses():
+    """A key left out gets the dataclass default: the loader holds no second copy of any default."""
+    import dataclasses
+
+    from autoprune.config import SearchConfig, _SECTIONS
+
+    c = load_config(cfg())
+    for section, cls in _SECTIONS.items():
+        if section in ("", "model", "data", "model.pretrain", "finetune.distill"):
+            continue
+        obj = c
+        for part in section.split("."):
+            obj = getattr(obj, part)
+        assert obj == cls(), section
+    for f in dataclasses.fields(SearchConfig):
+        if f.name in ("n_trials", "name", "source") or f.metadata.get("section"):
+            continue
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        assert getattr(c, f.name) == default, f.name
