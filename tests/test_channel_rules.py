@@ -301,3 +301,33 @@ def test_embedding_into_a_conv1d_stem():
     assert graph.group("emb").prunable and graph.group("emb").channels == 8
     p = graph.prune({"emb": 0.5})
     assert p.get_submodule("emb").weight.shape == (20, 4) and p.get_submodule("conv.0").in_channels == 4
+
+
+@pytest.mark.parametrize("kind", ["retinanet", "fcos"])
+def test_torchvision_detection_heads_shared_across_levels(kind):
+    """The issue's real case: torchvision's RetinaNet/FCOS heads apply the same convs (and GroupNorms) to every
+    FPN level. Pruned, they must compute exactly what the original computes on the kept channels."""
+    from torchvision.models.detection.fcos import FCOSHead
+    from torchvision.models.detection.retinanet import RetinaNetHead
+
+    c = 16 if kind == "retinanet" else 64
+    head = RetinaNetHead(c, 3, 5) if kind == "retinanet" else FCOSHead(c, 3, 5, num_convs=2)
+
+    class TwoLevels(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.p3 = nn.Conv2d(3, c, 3, padding=1)
+            self.p4 = nn.Conv2d(3, c, 3, stride=2, padding=1)
+            self.head = head
+
+        def forward(self, x):
+            return self.head([self.p3(x), self.p4(x)])
+
+    model = TwoLevels().eval()
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, nn.GroupNorm):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+    graph, _ = check_model(model, _x(2, 3, 16, 16), min_drop=0.15)
+    assert "p4" in [m.module for m in graph.group("p3").members]  # both levels feed the shared head: one selection
