@@ -14,7 +14,7 @@ from PIL import Image
 import autoprune.data as D
 from autoprune.data import DataBundle, DatasetLayoutError, load_data, normalize, random_crop_flip
 
-SHARED_EXTRACT = Path("/work/shared/data/cifar10_jpeg.py")
+SHARED_EXTRACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg.py"  # ../shared
 
 
 @pytest.fixture(autouse=True)
