@@ -107,9 +107,9 @@ def test_a_removal_already_measured_is_not_retrained(tmp_path, monkeypatch):
     builds = []
     real = Problem.build
 
-    def counting(self, removal, *, train=True):
+    def counting(self, removal, **kwargs):
         builds.append(dict(removal))
-        return real(self, removal, train=train)
+        return real(self, removal, **kwargs)
 
     monkeypatch.setattr(Problem, "build", counting)
     front = search(d)
