@@ -331,3 +331,21 @@ def test_torchvision_detection_heads_shared_across_levels(kind):
                 m.bias.normal_()
     graph, _ = check_model(model, _x(2, 3, 16, 16), min_drop=0.15)
     assert "p4" in [m.module for m in graph.group("p3").members]  # both levels feed the shared head: one selection
+
+
+def test_pruned_model_shares_no_tensor_with_the_graph():
+    class Scaled(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = _cbr(3, 8), nn.Sequential(_cbr(8, 6), _cbr(6, 8))
+            self.gamma = nn.Parameter(torch.ones(8, 1, 1))
+            self.fc = Pool(8)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.fc(y + self.gamma * self.b(y))
+
+    g = ap.ChannelGraph(Scaled().eval(), _x(2, 3, 6, 6))
+    p = g.prune({"b.0.0": 0.5})  # the stream (and gamma) is not cut
+    ours = {id(t) for t in list(g.gm.parameters()) + list(g.gm.buffers())}
+    assert not any(id(t) in ours for t in list(p.parameters()) + list(p.buffers()))

@@ -64,7 +64,7 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
     # (on VGG's 100M-weight classifier this halves pruning time). The original's tensors are never modified.
     memo: dict[int, Any] = {}
     for s in a.sites:
-        if s.kind in _MODULE_KINDS or s.kind == "param":
+        if s.kind in _MODULE_KINDS:
             m = a.gm.get_submodule(s.module)
             for t in list(m.parameters(recurse=False)) + list(m.buffers(recurse=False)):
                 if t.dim() > 0:
@@ -78,7 +78,9 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
             if s.module in done:
                 continue  # a module called at several places is cut once (the analysis united its call sites)
             done.add(s.module)
-            s.rule.cut(gm.get_submodule(s.module), s, keep)
+            m = gm.get_submodule(s.module)
+            s.rule.cut(m, s, keep)
+            _unshare(m, memo)
         elif s.kind == "param":
             m = gm.get_submodule(s.module) if s.module else gm
             t = getattr(m, s.data["attr"])
@@ -132,6 +134,17 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
     gm.recompile()
     _validate(a, gm, keep, example_inputs)
     return gm
+
+
+def _unshare(m: nn.Module, memo: dict) -> None:
+    """Tensors a rule left uncut are still the analysed model's own (the deep copy skipped them): copy them, so
+    training the pruned model never touches the graph's model."""
+    for name, t in list(m.named_parameters(recurse=False)) + list(m.named_buffers(recurse=False)):
+        if id(t) in memo and memo[id(t)] is t:
+            if isinstance(t, nn.Parameter):
+                setattr(m, name, nn.Parameter(t.data.clone(), requires_grad=t.requires_grad))
+            else:
+                m._buffers[name] = t.clone()
 
 
 class _ShapeCheck(fx.Interpreter):
