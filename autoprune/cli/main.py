@@ -50,7 +50,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the full traceback of an error")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_SubcommandParser)
     search.add_subcommands(sub)        # search, pareto, report, export, dashboard
-    distributed.add_subcommands(sub)   # worker, and the Ray options of search
+    distributed.add_subcommands(sub)   # worker (search builds its own --backend ray options)
     budget.add_subcommands(sub)        # sensitivity, prune
     criteria.add_subcommands(sub)      # compare-criteria
     inspection.add_subcommands(sub)    # groups, macs
