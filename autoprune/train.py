@@ -228,7 +228,8 @@ def finetune(
     done = 0
     with torch.random.fork_rng(devices=fork_devices), kd_ctx:
         torch.manual_seed(seed)  # dropout & co.; data order and augmentation get their own seeds below
-        bar = tqdm(total=total * batch_size, unit="img", unit_scale=True, disable=not progress,
+        bar_bs = getattr(getattr(split, "loader", None), "batch_size", None) or batch_size  # a user's DataLoader
+        bar = tqdm(total=total * bar_bs, unit="img", unit_scale=True, disable=not progress,
                    desc="finetune", leave=False, dynamic_ncols=True)
         if dev.type == "cuda":
             torch.cuda.synchronize(dev)
