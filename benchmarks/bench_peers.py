@@ -37,6 +37,7 @@ import importlib.metadata
 import os
 import platform
 import shlex
+import signal
 import sys
 import time
 import traceback
@@ -125,8 +126,21 @@ def prune_autoprune(model: nn.Module, x: torch.Tensor, ratio: float, out_width: 
 TOOLS = {"torch-pruning": prune_torch_pruning, "autoprune": prune_autoprune}
 
 
+class ToolTimeout(Exception):
+    pass
+
+
+def _alarm(signum, frame):  # noqa: ARG001
+    raise ToolTimeout(f"no result within {TIMEOUT[0]} s (hung)")
+
+
+TIMEOUT = [300]
+
+
 def run_tool(fn, model: nn.Module, x: torch.Tensor, ratio: float, ref_shape: tuple, macs0: int | None) -> dict:
     r = {"runs": False, "shape": None, "macs": None, "removed": None, "time": None, "error": "", "note": ""}
+    old = signal.signal(signal.SIGALRM, _alarm)
+    signal.alarm(TIMEOUT[0])
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
@@ -135,6 +149,9 @@ def run_tool(fn, model: nn.Module, x: torch.Tensor, ratio: float, ref_shape: tup
     except Exception as e:  # noqa: BLE001 -- recorded, not raised
         r["error"] = f"prune: {short(e)} [{where(e)}]"
         return r
+    finally:
+        signal.alarm(0)
+        signal.signal(signal.SIGALRM, old)
     try:
         pruned.eval()
         with torch.no_grad():
@@ -325,7 +342,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "docs",
                                                   "peers_benchmark.md"))
     p.add_argument("--no-write", action="store_true", help="only print the table")
+    p.add_argument("--timeout", type=int, default=300, help="seconds per tool and model before it counts as hung")
     args = p.parse_args(argv)
+    TIMEOUT[0] = args.timeout
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.size is None:
