@@ -417,6 +417,10 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
             c.run_dir = str(c.run_path.resolve())  # the Ray trainables may run elsewhere
 
     cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
+    if cfg.early_stopping.enabled:  # before connecting: the trainables' trials have no storage to read rungs from
+        raise ValueError("early_stopping is not supported by the Ray backend (its trials cannot read the other "
+                         "trials' rung results); run the local search or PostgreSQL workers, or set "
+                         "early_stopping: false")
     absolute_run_dir(cfg)
     rdb.setdefault("connect_timeout", min(connect_timeout, 10.0))
     check_storage(cfg, connect_timeout=rdb["connect_timeout"])  # a wrong database URL fails here, in seconds
