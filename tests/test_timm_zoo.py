@@ -43,3 +43,27 @@ def test_timm_model(name, size):
     locked = {g.reason for g in graph.groups if not g.prunable} - {"model output"}
     if locked:  # each remaining lock is a true channel-mixing op (printed with -s)
         print(f"{name}: {drop:.1%} of MACs removed; locks: " + "; ".join(sorted(locked)[:5]))
+
+
+def test_timm_norm_act_layers_and_frozen_norms():
+    """timm's norm+act layers are per-channel statistics then an element-wise tail (kept as leaves); frozen
+    norms (timm.utils.freeze_batch_norm_2d) keep their statistics in buffers; GroupNormAct removes whole groups."""
+    from timm.layers import BatchNormAct2d, GroupNormAct
+    from timm.utils.model import freeze_batch_norm_2d
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), BatchNormAct2d(8, act_layer=torch.nn.SiLU), torch.nn.Conv2d(8, 8, 3),
+        GroupNormAct(8, num_groups=4), torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.Conv2d(8, 4, 1),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 4 * 4, 3)).eval()
+    randomise_norms(model)
+    with torch.no_grad():
+        model[3].weight.uniform_(0.5, 1.5)
+        model[3].bias.normal_()
+    x = torch.randn(2, 3, 10, 10, generator=torch.Generator().manual_seed(0))
+    graph, _ = check_model(model, x)
+    assert graph.group("0").prunable and graph.group("2").channels == 4  # GroupNormAct: 4 groups of 2
+    frozen = freeze_batch_norm_2d(model)
+    assert "Frozen" in type(frozen[1]).__name__ and "Frozen" in type(frozen[5]).__name__
+    graph, _ = check_model(frozen, x)
+    assert graph.group("0").prunable and graph.group("4").prunable
+    assert "Frozen" in type(graph.gm.get_submodule("1")).__name__  # kept as a leaf, cut as one

@@ -218,7 +218,7 @@ class ChannelGraph:
                 continue
             out_k = int(keep(s.data["out"]).sum())
             in_mask = keep(s.data["in"])
-            w = s.rule.weight_shape(m) if hasattr(s.rule, "weight_shape") else tuple(m.weight.shape)
+            w = tuple(getattr(m, getattr(s.rule, "weight", None) or "weight").shape)
             if s.kind == "conv":
                 g = s.data["groups"]
                 in_k = int(in_mask.sum())

@@ -81,7 +81,7 @@ def build_groups(a: Analysis) -> list[ChannelGroup]:
     # touched modules per root (producers, consumers, norms)
     touched: dict[int, set] = {}
     for s in a.sites:
-        if s.module is None:
+        if not s.module:  # pads, slices, splits, attributes of the root module
             continue
         arrays = [s.data[k] for k in ("in", "out", "elem") if k in s.data]
         for arr in arrays:

@@ -529,7 +529,6 @@ def _builtins() -> None:
     tl = "timm.layers."
     for n in ("norm_act.BatchNormAct2d", "norm_act.SyncBatchNormAct", "norm_act.FrozenBatchNormAct2d"):
         _MODULES[tl + n] = PerChannel(tail=("act", "drop"))
-    _MODULES[tl + "norm.FrozenBatchNorm2d"] = PerChannel()
     _MODULES["torchvision.ops.misc.FrozenBatchNorm2d"] = PerChannel(counts=())
     _MODULES[tl + "norm_act.GroupNormAct"] = GroupNorm(tail=("act", "drop"))
     _MODULES[tl + "norm_act.GroupNorm1Act"] = GroupNorm(tail=("act", "drop"))
