@@ -166,6 +166,12 @@ def base_model(cfg: SearchConfig, data: Any, *, log: Callable[[str], None] | Non
         model = build_model(cfg, getattr(data, "num_classes", None))
     example_inputs(cfg, data, model)  # before pretraining: a model that cannot run on the data fails in one line
     if cfg.model.weights:
+        if not os.path.exists(cfg.model.weights):
+            where = f" next to {cfg.source} and" if cfg.source else ""
+            raise FileNotFoundError(
+                f"model.weights: {cfg.model.weights} not found (a relative path is looked up{where} in the working "
+                f"directory {os.getcwd()}); run from the folder the path is relative to (the shipped configs: the "
+                "repository root, for ../shared/...) or give an absolute path")
         model = load_weights(model, cfg.model.weights)
     elif cfg.model.pretrain is not None:
         model = _pretrained(model, cfg, data, log, progress)

@@ -562,7 +562,7 @@ def _load_cifar(name: str, root: Any, cache: Path, image_size: tuple[int, int] |
         try:
             cls(str(root), train=True, download=True)
         except Exception as e:
-            raise RuntimeError(
+            raise ConnectionError(  # an OSError: the CLI reports it as a user error, without a traceback
                 f"could not download {name} into {root} ({e}). Without internet, use load_data('imagefolder', DIR) "
                 f"with CIFAR-10-JPEG: " + _EXTRACT_HINT.format(root="DIR")
             ) from e
