@@ -157,9 +157,10 @@ def _pretrained(model: nn.Module, cfg: SearchConfig, data: Any, log: Callable[[s
 
 
 def base_model(cfg: SearchConfig, data: Any, *, log: Callable[[str], None] | None = None,
-               progress: bool = False) -> nn.Module:
+               progress: bool = False, pretrain: bool = True) -> nn.Module:
     """The unpruned model of ``cfg`` on the CPU in eval mode: a seeded initialisation (so a rebuild gives the same
-    model), then ``model.weights`` loaded, or ``model.pretrain`` run (cached in the run directory)."""
+    model), then ``model.weights`` loaded, or ``model.pretrain`` run (cached in the run directory; skipped with
+    ``pretrain=False``, e.g. to look at the model's structure)."""
     log = log or (lambda s: None)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(cfg.seed)
@@ -173,7 +174,7 @@ def base_model(cfg: SearchConfig, data: Any, *, log: Callable[[str], None] | Non
                 f"directory {os.getcwd()}); run from the folder the path is relative to (the shipped configs: the "
                 "repository root, for ../shared/...) or give an absolute path")
         model = load_weights(model, cfg.model.weights)
-    elif cfg.model.pretrain is not None:
+    elif cfg.model.pretrain is not None and pretrain:
         model = _pretrained(model, cfg, data, log, progress)
     return model.cpu().eval()
 

@@ -124,3 +124,11 @@ def test_config_errors_name_the_file_and_key(tmp_path, capsys):
 def test_prune_without_a_budget(tmp_path, capsys):
     cfg = _config(tmp_path)
     _fails(["prune", str(cfg)], capsys, str(cfg), "--macs", "constraints.max_macs")
+
+
+def test_missing_weights_say_where_they_were_looked_up(tmp_path, monkeypatch, capsys):
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.chdir(tmp_path)
+    cfg = _config(tmp_path, weights="../nowhere/w.pt")
+    _fails(["groups", str(cfg)], capsys, "model.weights", "w.pt not found", f"next to {cfg}", "working directory",
+           "absolute path")

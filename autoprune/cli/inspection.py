@@ -1,4 +1,4 @@
-"""``autoprune groups`` and ``autoprune macs``: what the engine sees in a model, without data or search."""
+"""``autoprune groups`` and ``autoprune macs``: what the engine sees in a model, without training or searching."""
 from __future__ import annotations
 
 import argparse
@@ -10,19 +10,21 @@ __all__ = ["add_subcommands"]
 def _model_and_input(args: argparse.Namespace):
     """The model and an example input: from a config (its model, weights and data's input shape), or from a model
     name with --weights and --size / --input-shape."""
+    import os
+
     import torch
 
-    from ..build import build_data, build_model, example_inputs, load_weights
+    from ..build import base_model, build_data, build_model, example_inputs, load_weights
     from ..config import ModelSpec, load_config
 
     target = args.model
     if target.endswith((".yaml", ".yml")):
         cfg = load_config(target)
+        if args.weights:
+            cfg.model.weights = os.path.abspath(args.weights)
         data = build_data(cfg)
-        model = build_model(cfg, data.num_classes)  # pretraining changes weights, not channels: skipped here
-        if args.weights or cfg.model.weights:
-            model = load_weights(model, args.weights or cfg.model.weights)
-        return model.eval(), example_inputs(cfg, data, model)
+        model = base_model(cfg, data, pretrain=False)  # pretraining changes weights, not channels: skipped here
+        return model, example_inputs(cfg, data)
     model = build_model(ModelSpec(name=target))
     if args.weights:
         model = load_weights(model, args.weights, what="--weights")
