@@ -145,8 +145,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def table(out: dict) -> str:
-    """Markdown: one row per (model, keep, round_to); per runtime/batch the median ms, [range of round medians],
-    and the speed-up over the unpruned model."""
+    """Markdown: one row per (model, keep, round_to); per runtime/batch the median ms, [range of round medians]
+    (one round: [IQR of its calls]), and the speed-up over the unpruned model."""
     res = out["results"]
     cols = sorted({(r["runtime"], r["batch"]) for r in res}, key=lambda c: (c[0] != "torch", c[1]))
     rows: dict[tuple, dict] = {}
@@ -163,7 +163,8 @@ def table(out: dict) -> str:
                 cells.append("")
                 continue
             lo, hi = min(r["round_medians_ms"]), max(r["round_medians_ms"])
-            cells.append(f"{r['median_ms']:.2f} [{lo:.2f}-{hi:.2f}] ({r['speedup']:.2f}x)")
+            spread = f"[{lo:.2f}-{hi:.2f}]" if len(r["round_medians_ms"]) > 1 else f"[IQR {r['iqr_ms']:.2f}]"
+            cells.append(f"{r['median_ms']:.2f} {spread} ({r['speedup']:.2f}x)")
         label = "unpruned" if keep == 1.0 else f"{keep:.0%}"
         lines.append(f"| {model} | {label} | {k} | {any_r['macs'] / 1e6:.1f}M ({any_r['macs_fraction']:.1%}) | "
                      f"{any_r['params'] / 1e6:.3f}M | " + " | ".join(cells) + " |")
