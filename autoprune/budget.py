@@ -99,6 +99,7 @@ def prune_to_budget(
     progress: bool = True,
     distill: bool | Mapping[str, float] | None = None,
     steps: int = 1,
+    round_to: int = 1,
 ) -> BudgetResult:
     """Prune ``model`` (untouched; a new model is returned) to keep ``macs`` (and/or ``params``) and fine-tune it.
 
@@ -118,17 +119,22 @@ def prune_to_budget(
     (same total); ``result.prune_steps`` records each step and ``accuracy_before_finetune`` is the accuracy after the
     first step's pruning.
 
+    ``round_to=k``: every pruned group keeps a multiple of k channels (at least k; the budget still met; see
+    :mod:`autoprune.allocation`); an explicit ``allocation`` mapping is rounded the same way
+    (:func:`autoprune.allocation.round_ratios`).
+
     ``data``: a ``(train, val)`` pair of DataLoaders or Datasets of ``(image, label)`` (train: scores, BatchNorm
     statistics, fine-tuning; val: every accuracy), a ``(train, val, test)`` triple (``evaluate_test``), or a
     DataBundle from :func:`autoprune.load_data`. One DataLoader or Dataset alone serves both roles (with a warning:
     its accuracies are measured on training images). ``example_inputs`` defaults to zeros shaped like one input.
     """
-    from .allocation import Allocation, allocate
+    from .allocation import Allocation, allocate, check_round_to, round_ratios
     from .flops import count_macs, count_params
     from .scoring import score_groups
     from .sensitivity_analysis import cpu_graph, sensitivity
     from .train import _model_device, evaluate, finetune, recalibrate_bn
 
+    round_to = check_round_to(round_to)
     times: dict[str, float] = {}
     t0 = time.perf_counter()
     dev = _model_device(model)
@@ -164,6 +170,9 @@ def prune_to_budget(
 
     t = time.perf_counter()
     if isinstance(allocation, Mapping):
+        if round_to > 1:
+            resolved = graph.resolve_ratios(dict(allocation))
+            allocation = round_ratios(resolved, {n: graph.group(n).channels for n in resolved}, round_to)
         removal = graph.plan(allocation, scores)
         counts = {g.name: len(removal.get(g.name, ())) for g in graph.prunable_groups}
         alloc = Allocation(
@@ -174,7 +183,7 @@ def prune_to_budget(
         method_name = "explicit"
     else:
         alloc = allocate(table if table is not None else graph, macs=macs, params=params, method=allocation,
-                         graph=graph, scores=scores, **dict(allocate_kwargs or {}))
+                         graph=graph, scores=scores, **{"round_to": round_to, **dict(allocate_kwargs or {})})
         method_name = allocation
     times["allocate"] = time.perf_counter() - t
 

@@ -93,3 +93,40 @@ def test_round_ratios_match_plan(graph, scores):
     for g, c in channels.items():
         kept = c - len(removal.get(g, []))
         assert kept % 8 == 0 and kept >= 8
+
+
+def _tiny_cnn() -> torch.nn.Module:
+    nn = torch.nn
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(16, 24, 3, padding=1, bias=False), nn.BatchNorm2d(24), nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(24, 10)).eval()
+
+
+@pytest.fixture(scope="module")
+def bundle(tmp_path_factory):
+    from autoprune.data import load_data
+
+    return load_data("synthetic", cache_dir=tmp_path_factory.mktemp("data"), device="cpu", image_size=16,
+                     train_per_class=4, test_per_class=2, val_fraction=0.25)
+
+
+def _widths(model):
+    return [m.out_channels for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+
+
+def test_prune_to_budget_round_to(bundle):
+    from autoprune.budget import prune_to_budget
+
+    model = _tiny_cnn()
+    res = prune_to_budget(model, bundle, macs=0.5, criterion="l1", allocation="uniform", finetune_epochs=0,
+                          bn_batches=1, progress=False, round_to=8)
+    assert all(w % 8 == 0 for w in _widths(res.model)), _widths(res.model)
+    assert res.macs <= math.floor(0.5 * res.base_macs) and res.ratios.info["round_to"] == 8
+    # an explicit allocation is rounded too: 16 -> keeps 9.6 -> 8; 24 -> keeps 14.4 -> 16
+    res = prune_to_budget(model, bundle, criterion="l1", allocation={"0": 0.4, "4": 0.4}, finetune_epochs=0,
+                          bn_batches=1, progress=False, round_to=8)
+    assert _widths(res.model) == [8, 16]
+    with pytest.raises(ValueError, match="round_to"):
+        prune_to_budget(model, bundle, allocation="uniform", finetune_epochs=0, progress=False, round_to=0)
