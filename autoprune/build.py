@@ -33,7 +33,7 @@ from .config import ConfigError, ModelSpec, SearchConfig
 from .io import read_checkpoint
 
 __all__ = ["Built", "build", "build_data", "build_model", "load_weights", "base_model", "example_inputs",
-           "sensitivity_options", "finetune_options"]
+           "sensitivity_options", "finetune_options", "prune_options"]
 
 
 @dataclass
@@ -246,6 +246,22 @@ def finetune_options(cfg: SearchConfig) -> dict[str, Any]:
     return {"lr": ft.lr, "momentum": ft.momentum, "weight_decay": ft.weight_decay, "batch_size": ft.batch_size,
             "schedule": ft.schedule, "label_smoothing": ft.label_smoothing, "max_batches": ft.max_batches,
             "seed": cfg.seed}
+
+
+def prune_options(cfg: SearchConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`autoprune.budget.prune_to_budget` that ``cfg`` implies (what ``autoprune prune
+    CONFIG`` does): the budget of ``constraints``, the first of ``criteria``, the guided config's ``ratios.guide``
+    (else ``sensitivity``) as allocation, the ``finetune`` section (epochs, optimiser, distillation,
+    ``prune_steps``) and ``ratios.sensitivity``."""
+    ft = finetune_options(cfg)
+    seed = ft.pop("seed")
+    d = cfg.finetune.distill
+    return {"macs": cfg.constraints.max_macs, "params": cfg.constraints.max_params, "criterion": cfg.criteria[0],
+            "allocation": cfg.ratios.guide if cfg.ratios.mode == "guided" else "sensitivity",
+            "finetune_epochs": cfg.finetune.epochs, "finetune_kwargs": ft,
+            "sensitivity_kwargs": sensitivity_options(cfg, criterion=False), "seed": seed,
+            "distill": {"alpha": d.alpha, "temperature": d.temperature} if d is not None and d.enabled else None,
+            "steps": cfg.finetune.prune_steps}
 
 
 def build(cfg: SearchConfig, *, log: Callable[[str], None] | None = None, progress: bool = False) -> Built:

@@ -158,3 +158,13 @@ def test_cli_sensitivity_and_prune(config, tmp_path, capsys):
     assert summary["allocation"] == "uniform" and summary["macs"] <= 0.6 * summary["base_macs"]
     model = load_model(out, model=tiny_cnn())
     assert count_macs(model, EX) == summary["macs"]
+
+
+def test_prune_options_come_from_the_config(config):
+    from autoprune.build import prune_options
+
+    opts = prune_options(load_config(config))
+    assert (opts["macs"], opts["params"], opts["criterion"], opts["allocation"]) == (0.6, None, "l1", "sensitivity")
+    assert opts["finetune_epochs"] == 1 and opts["finetune_kwargs"]["max_batches"] == 1 and opts["seed"] == 0
+    assert opts["sensitivity_kwargs"] == {"ratios": [0.5], "bn_batches": 1}  # the criterion is prune's own argument
+    assert opts["distill"] is None and opts["steps"] == 1

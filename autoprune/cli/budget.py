@@ -56,39 +56,32 @@ def cmd_prune(args: argparse.Namespace) -> int:
     Budgets: --macs/--params, else the config's constraints.max_macs/max_params; 0.5 or 50% = keep half,
     62M = keep that many."""
     from ..budget import prune_to_budget
-    from ..build import build, finetune_options, sensitivity_options
+    from ..build import build, prune_options
 
     cfg = read_config(args)
+    opts = prune_options(cfg)  # what the config says; the options below override it
     macs, params = parse_budget(args.macs), parse_budget(args.params)
-    if macs is None and params is None:
-        macs, params = cfg.constraints.max_macs, cfg.constraints.max_params
-    if macs is None and params is None:
+    if macs is not None or params is not None:
+        opts.update(macs=macs, params=params)
+    if opts["macs"] is None and opts["params"] is None:
         raise ValueError(f"{args.config}: no budget: give --macs 0.5 (or --params), or set constraints.max_macs in "
                          "the config")
-    allocation = args.allocation or (cfg.ratios.guide if cfg.ratios.mode == "guided" else "sensitivity")
-    ft = finetune_options(cfg)
-    seed = ft.pop("seed") if args.seed is None else args.seed
-    ft.pop("seed", None)
+    if args.steps is not None and args.steps < 1:
+        raise ValueError(f"--steps must be >= 1 (prune -> fine-tune repetitions), got {args.steps}")
+    for key, value in (("criterion", args.criterion), ("allocation", args.allocation), ("seed", args.seed),
+                       ("finetune_epochs", args.finetune_epochs), ("steps", args.steps)):
+        if value is not None:
+            opts[key] = value
     if args.lr is not None:
-        ft["lr"] = args.lr
+        opts["finetune_kwargs"]["lr"] = args.lr
     if args.max_batches is not None:
-        ft["max_batches"] = args.max_batches
-    skw = sensitivity_options(cfg, criterion=False)
+        opts["finetune_kwargs"]["max_batches"] = args.max_batches
     if args.cache_dir:
-        skw["cache_dir"] = args.cache_dir
-    epochs = cfg.finetune.epochs if args.finetune_epochs is None else args.finetune_epochs
-    d = cfg.finetune.distill
-    distill = {"alpha": d.alpha, "temperature": d.temperature} if d is not None and d.enabled else None
-    steps = cfg.finetune.prune_steps if args.steps is None else args.steps
-    if steps < 1:
-        raise ValueError(f"--steps must be >= 1 (prune -> fine-tune repetitions), got {steps}")
+        opts["sensitivity_kwargs"]["cache_dir"] = args.cache_dir
     with cfg.cpu_threads():
         built = build(cfg, log=logger(args.quiet), progress=not args.quiet)
-        result = prune_to_budget(
-            built.model, built.data, macs=macs, params=params, criterion=args.criterion or cfg.criteria[0],
-            allocation=allocation, finetune_epochs=epochs, example_inputs=built.example_inputs,
-            sensitivity_kwargs=skw, finetune_kwargs=ft, seed=seed, evaluate_test=args.test, progress=not args.quiet,
-            distill=distill, steps=steps)
+        result = prune_to_budget(built.model, built.data, example_inputs=built.example_inputs,
+                                 evaluate_test=args.test, progress=not args.quiet, **opts)
     print(result.ratios.summary())
     print(result.summary())
     out = output_path(cfg, args.out, "pruned.pt")
