@@ -33,7 +33,7 @@ from .config import ConfigError, ModelSpec, SearchConfig
 from .io import read_checkpoint
 
 __all__ = ["Built", "build", "build_data", "build_model", "load_weights", "base_model", "example_inputs",
-           "sensitivity_options", "finetune_options", "prune_options"]
+           "sensitivity_options", "finetune_options", "prune_options", "compare_options"]
 
 
 @dataclass
@@ -262,6 +262,17 @@ def prune_options(cfg: SearchConfig) -> dict[str, Any]:
             "sensitivity_kwargs": sensitivity_options(cfg, criterion=False), "seed": seed,
             "distill": {"alpha": d.alpha, "temperature": d.temperature} if d is not None and d.enabled else None,
             "steps": cfg.finetune.prune_steps}
+
+
+def compare_options(cfg: SearchConfig) -> dict[str, Any]:
+    """Keyword arguments of :func:`autoprune.compare.compare_criteria` that ``cfg`` implies (``autoprune
+    compare-criteria CONFIG``): its criteria when it lists several, else every registered criterion; scoring
+    batches, seed and evaluation split from the config."""
+    from .criteria import available_criteria
+
+    criteria = list(cfg.criteria) if len(cfg.criteria) > 1 else list(available_criteria())
+    return {"criteria": criteria, "score_batches": cfg.scoring.num_batches, "seed": cfg.seed,
+            "split": cfg.data.eval_split}
 
 
 def build(cfg: SearchConfig, *, log: Callable[[str], None] | None = None, progress: bool = False) -> Built:

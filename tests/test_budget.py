@@ -168,3 +168,13 @@ def test_prune_options_come_from_the_config(config):
     assert opts["finetune_epochs"] == 1 and opts["finetune_kwargs"]["max_batches"] == 1 and opts["seed"] == 0
     assert opts["sensitivity_kwargs"] == {"ratios": [0.5], "bn_batches": 1}  # the criterion is prune's own argument
     assert opts["distill"] is None and opts["steps"] == 1
+
+
+def test_compare_options_come_from_the_config(config):
+    from autoprune import available_criteria
+    from autoprune.build import compare_options
+
+    cfg = load_config(config)
+    assert compare_options(cfg)["criteria"] == list(available_criteria())  # one criterion: compare them all
+    opts = compare_options(cfg.replace(criteria=["l1", "hrank"]))
+    assert opts == {"criteria": ["l1", "hrank"], "score_batches": 5, "seed": 0, "split": "val"}

@@ -13,22 +13,20 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Liu et al.'s methodology: uniform ratios, every criterion, BN re-estimation only (no fine-tuning); prints a
     table and writes criteria.md, criteria.json and criteria.png. Criteria: --criteria, else the config's criteria
     when it lists several, else every registered criterion."""
-    from ..build import build
+    from ..build import build, compare_options
     from ..compare import compare_criteria
-    from ..criteria import available_criteria
 
     cfg = read_config(args)
+    opts = compare_options(cfg)
     if args.criteria:
-        criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
-    else:
-        criteria = cfg.criteria if len(cfg.criteria) > 1 else list(available_criteria())
-    ratios = parse_floats(args.ratios, "--ratios")
+        opts["criteria"] = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    if args.split:
+        opts["split"] = args.split
     with cfg.cpu_threads():
         built = build(cfg, log=logger(args.quiet), progress=not args.quiet)
-        res = compare_criteria(built.model, built.data, criteria, ratios, recalibrate=not args.no_bn,
-                               bn_batches=args.bn_batches, example_inputs=built.example_inputs,
-                               score_batches=cfg.scoring.num_batches, seed=cfg.seed,
-                               split=args.split or cfg.data.eval_split, progress=not args.quiet)
+        res = compare_criteria(built.model, built.data, ratios=parse_floats(args.ratios, "--ratios"),
+                               recalibrate=not args.no_bn, bn_batches=args.bn_batches,
+                               example_inputs=built.example_inputs, progress=not args.quiet, **opts)
     out = output_path(cfg, args.out, "criteria")
     out.mkdir(parents=True, exist_ok=True)
     print(res.table())
