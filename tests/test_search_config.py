@@ -163,7 +163,11 @@ def test_docs_reference_is_generated_from_the_dataclasses():
     doc = (ROOT / "docs" / "search.md").read_text()
     begin = doc.index("<!-- config-reference: generated")
     block = doc[doc.index("\n", begin) + 1:doc.index("<!-- config-reference: end -->")]
-    assert block == reference_markdown()
+    assert block == reference_markdown(), (
+        "docs/search.md's config reference is out of date; regenerate it with: python -c \"import re, pathlib; "
+        "from autoprune.config import reference_markdown as r; p = pathlib.Path('docs/search.md'); "
+        "p.write_text(re.sub(r'(<!-- config-reference: generated[^\\n]*\\n).*?(<!-- config-reference: end -->)', "
+        "lambda m: m[1] + r() + m[2], p.read_text(), flags=re.S))\"")
     for section, keys in SCHEMA.items():  # and the reference names every key the loader accepts
         for key in keys:
             assert f"| `{key}` |" in block
