@@ -34,11 +34,11 @@ from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 __all__ = [
     "ConfigError", "SearchConfig", "ModelSpec", "PretrainSpec", "DataSpec", "RatioSpec", "ConstraintSpec",
-    "SamplerSpec", "FinetuneSpec", "ScoringSpec", "load_config", "check_against_graph", "group_bounds",
+    "SamplerSpec", "FinetuneSpec", "ScoringSpec", "LatencySpec", "load_config", "check_against_graph", "group_bounds",
     "reference_markdown", "OBJECTIVES", "SAMPLERS", "GUIDES", "SCHEMA",
 ]
 
-OBJECTIVES = ("accuracy", "macs", "params")
+OBJECTIVES = ("accuracy", "macs", "params", "latency")
 SAMPLERS = ("nsga2", "tpe")
 GUIDES = ("sensitivity", "srr", "uniform")
 MODES = ("guided", "per_group")
@@ -173,7 +173,7 @@ def _c_criteria(v: Any, where: str, ctx: _Ctx) -> list[str]:
 
 
 def _c_objectives(v: Any, where: str, ctx: _Ctx) -> list[str]:
-    want = {"accuracy": "max", "macs": "min", "params": "min"}
+    want = {"accuracy": "max", "macs": "min", "params": "min", "latency": "min"}
     if isinstance(v, Mapping):
         for k, d in v.items():
             _str(k, where, choices=OBJECTIVES)
@@ -189,7 +189,7 @@ def _c_objectives(v: Any, where: str, ctx: _Ctx) -> list[str]:
     if len(set(items)) != len(items):
         raise ConfigError(f"{where}: duplicates in {items}")
     if "accuracy" not in items or len(items) < 2:
-        raise ConfigError(f"{where}: need accuracy and at least one of macs, params; got {items}")
+        raise ConfigError(f"{where}: need accuracy and at least one of macs, params, latency; got {items}")
     return sorted(items, key=OBJECTIVES.index)
 
 
@@ -322,6 +322,9 @@ class RatioSpec:
                                           "Group names: `autoprune groups CONFIG`", _c_groups)
     step: float | None = _key(None, "discretisation step of the searched ratios/offsets",
                               _c_float(0.0, 0.5, lo_open=True), shown="continuous")
+    round_to: int = _key(1, "keep every pruned group at a multiple of this many channels (at least that many; a group "
+                         "left whole keeps its count): the sampled ratios are rounded to the nearest multiple before "
+                         "channels are chosen (e.g. 8 for SIMD/tensor-core friendly widths; docs/deploy.md)", _c_int(1))
     sensitivity: dict = _key({}, "guided `sensitivity`: options of `autoprune.sensitivity_analysis.sensitivity` "
                              "(`ratios`, `bn_batches`, `eval_batches`, `batch_size`, `criterion` -- default the first "
                              "of `criteria` -- ...); `autoprune sensitivity CONFIG` uses them too", _c_sensitivity)
@@ -337,12 +340,34 @@ class ConstraintSpec:
                                     _c_float(0.0, 1.0, lo_open=True), shown="none")
     min_accuracy: float | None = _key(None, "reject trials below this validation accuracy (fraction in [0, 1])",
                                       _c_float(0.0, 1.0), shown="none")
+    max_latency_ms: float | None = _key(None, "reject trials slower than this measured latency (median ms per call, "
+                                        "settings in the `latency` section); over-budget trials are not fine-tuned",
+                                        _c_float(0.0, lo_open=True), shown="none")
     finetune_infeasible: bool = _key(False, "fine-tune trials over a MAC/parameter budget anyway (otherwise they "
                                      "are only evaluated after pruning)", _c_bool)
 
     def active(self) -> dict[str, float]:
         return {k: v for k, v in (("max_macs", self.max_macs), ("max_params", self.max_params),
-                                  ("min_accuracy", self.min_accuracy)) if v is not None}
+                                  ("min_accuracy", self.min_accuracy), ("max_latency_ms", self.max_latency_ms))
+                if v is not None}
+
+
+@dataclass
+class LatencySpec:
+    """How trial latency is measured (`autoprune.latency.measure_latency`) for a `latency` objective or
+    `constraints.max_latency_ms`: on the base model pruned by the trial's channels (speed depends on the
+    architecture, not the weights), before fine-tuning, cached by the removal digest in `<run_dir>/latency.json`.
+    Warm-up calls, then the median of `repeats` timed calls; the spread is recorded with every trial."""
+
+    device: str = _key("cpu", "`cpu` or `cuda`", _c_str(("cpu", "cuda")))
+    batch_size: int = _key(1, "inputs per call", _c_int(1))
+    threads: int | None = _key(1, "intra-op threads (torch or ONNX Runtime); `null` for the runtime's default",
+                               _c_int(1))
+    runtime: str = _key("torch", "`torch` (eager PyTorch) or `onnxruntime` (the trial's model exported to ONNX; "
+                        "needs `pip install \"autoprune[deploy]\"`)", _c_str(("torch", "onnxruntime")))
+    warmup: int = _key(5, "untimed calls first", _c_int(0))
+    repeats: int = _key(20, "timed calls; the median is the objective (more repeats: steadier on a busy machine)",
+                        _c_int(1))
 
 
 @dataclass
@@ -453,9 +478,13 @@ class SearchConfig:
                                "criterion is a searched categorical. Names: `autoprune.available_criteria()`",
                                _c_criteria)
     ratios: RatioSpec = _key(RatioSpec, "ratio parameterisation (section)", section=RatioSpec)
-    objectives: list[str] = _key(["accuracy", "macs"], "`[accuracy, macs]`, `[accuracy, macs, params]` or "
-                                 "`[accuracy, params]`; accuracy is maximised, the others minimised", _c_objectives)
+    objectives: list[str] = _key(["accuracy", "macs"], "`[accuracy, macs]`, `[accuracy, macs, params]`, "
+                                 "`[accuracy, params]`, `[accuracy, latency]` or `[accuracy, macs, latency]`; accuracy "
+                                 "is maximised, the others minimised (latency: measured, see the `latency` section)",
+                                 _c_objectives)
     constraints: ConstraintSpec = _key(ConstraintSpec, "budgets (section)", section=ConstraintSpec)
+    latency: LatencySpec = _key(LatencySpec, "how latency is measured for a `latency` objective or "
+                                "`constraints.max_latency_ms` (section)", section=LatencySpec)
     sampler: SamplerSpec = _key(SamplerSpec, "Optuna sampler (section)", section=SamplerSpec)
     finetune: FinetuneSpec = _key(FinetuneSpec, "fine-tuning of every trial (section)", section=FinetuneSpec)
     scoring: ScoringSpec = _key(ScoringSpec, "data used by activation criteria (section)", section=ScoringSpec)
@@ -499,6 +528,12 @@ class SearchConfig:
         keep = {k: d[k] for k in ("model", "data", "criteria", "ratios", "objectives", "constraints", "finetune",
                                   "scoring", "seed")}
         keep["ratios"].pop("anchors", None)  # where sampling starts, not what a trial measures
+        if keep["ratios"].get("round_to") == 1:
+            keep["ratios"].pop("round_to")  # the default: the fingerprint of a study made before the key existed
+        if keep["constraints"].get("max_latency_ms") is None:
+            keep["constraints"].pop("max_latency_ms", None)
+        if "latency" in self.objectives or self.constraints.max_latency_ms is not None:
+            keep["latency"] = d["latency"]  # what the latency objective/constraint measures
         keep["finetune"].pop("prune_steps", None)  # `autoprune prune` only; trials prune in one step
         if keep["finetune"].get("distill") is None:
             keep["finetune"].pop("distill", None)  # off: the fingerprint of a study made before the key existed
@@ -642,7 +677,7 @@ def _resolve_input_path(p: str | None, base: Path | None) -> str | None:
 _SECTIONS: dict[str, type] = {"": SearchConfig, "model": ModelSpec, "model.pretrain": PretrainSpec, "data": DataSpec,
                               "ratios": RatioSpec, "constraints": ConstraintSpec, "sampler": SamplerSpec,
                               "finetune": FinetuneSpec, "finetune.distill": DistillSpec, "scoring": ScoringSpec,
-                              "early_stopping": EarlyStoppingSpec}
+                              "early_stopping": EarlyStoppingSpec, "latency": LatencySpec}
 
 
 def _keys(cls: type) -> list[dataclasses.Field]:
