@@ -252,7 +252,7 @@ def prune_options(cfg: SearchConfig) -> dict[str, Any]:
     """Keyword arguments of :func:`autoprune.budget.prune_to_budget` that ``cfg`` implies (what ``autoprune prune
     CONFIG`` does): the budget of ``constraints``, the first of ``criteria``, the guided config's ``ratios.guide``
     (else ``sensitivity``) as allocation, the ``finetune`` section (epochs, optimiser, distillation,
-    ``prune_steps``) and ``ratios.sensitivity``."""
+    ``prune_steps``), ``ratios.sensitivity`` and ``ratios.round_to``."""
     ft = finetune_options(cfg)
     seed = ft.pop("seed")
     d = cfg.finetune.distill
@@ -261,7 +261,7 @@ def prune_options(cfg: SearchConfig) -> dict[str, Any]:
             "finetune_epochs": cfg.finetune.epochs, "finetune_kwargs": ft,
             "sensitivity_kwargs": sensitivity_options(cfg, criterion=False), "seed": seed,
             "distill": {"alpha": d.alpha, "temperature": d.temperature} if d is not None and d.enabled else None,
-            "steps": cfg.finetune.prune_steps}
+            "steps": cfg.finetune.prune_steps, "round_to": cfg.ratios.round_to}
 
 
 def compare_options(cfg: SearchConfig) -> dict[str, Any]:
