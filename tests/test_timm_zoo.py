@@ -67,3 +67,19 @@ def test_timm_norm_act_layers_and_frozen_norms():
     graph, _ = check_model(frozen, x)
     assert graph.group("0").prunable and graph.group("4").prunable
     assert "Frozen" in type(graph.gm.get_submodule("1")).__name__  # kept as a leaf, cut as one
+
+
+def test_timm_blur_pool_fixed_filter():
+    """BlurPool2d: a fixed depthwise filter per channel (its buffer is sliced when it has one row per channel); the
+    cost model counts its MACs as fvcore does."""
+    from timm.layers import BlurPool2d
+
+    model = torch.nn.Sequential(
+        torch.nn.Conv2d(3, 8, 3), torch.nn.BatchNorm2d(8), torch.nn.ReLU(), BlurPool2d(8, stride=2),
+        torch.nn.Conv2d(8, 8, 3), torch.nn.BatchNorm2d(8), BlurPool2d(None, stride=1), torch.nn.Conv2d(8, 4, 1),
+        torch.nn.Flatten(), torch.nn.Linear(4 * 3 * 3, 3)).eval()
+    randomise_norms(model)
+    graph, _ = check_model(model, torch.randn(2, 3, 12, 12, generator=torch.Generator().manual_seed(0)))
+    assert graph.macs_exact and graph.group("0").prunable and graph.group("4").prunable
+    p = graph.prune({"0": 0.5})
+    assert p.get_submodule("3").filt.shape[0] == 4 and p.get_submodule("3").channels == 4

@@ -206,6 +206,9 @@ class ChannelGraph:
         batch = self.example_inputs[0].shape[0] if self.example_inputs[0].dim() else 1
         total, seen = 0, set()
         for s in self.analysis.sites:
+            if s.kind == "filter" and not params:  # a fixed depthwise filter (BlurPool): C * k * k per position
+                total += int(keep(s.data["elem"]).sum()) * s.data["k"] * int(np.prod(values[s.node][2:]))
+                continue
             if s.kind not in ("conv", "linear") and not (params and s.kind in ("bn", "prelu")):
                 continue
             m = modules[s.module]

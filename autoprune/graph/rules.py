@@ -359,6 +359,31 @@ class Embedding(ChannelRule):
 
 
 @dataclass
+class FixedFilter(ChannelRule):
+    """A fixed depthwise filter applied per channel (timm's ``BlurPool2d``: ``F.conv2d(x, filt, groups=C)`` with a
+    constant ``[C or 1, 1, k, k]`` buffer): channel i in, channel i out, spatial size may change. When the buffer
+    holds one row per channel (``channels`` set), surgery slices it. The cost model counts its MACs as fvcore does
+    (``C * k * k`` per output position)."""
+    filt: str = "filt"
+    count: str = "channels"
+
+    def analyse(self, p, node, m, x, value):
+        out = p.spatial(node, x, value) if x is not None else p.lock_all(node, value, "no channel input")
+        if isinstance(out, TI) and x is not None and x.cdims == (1,):
+            w = getattr(m, self.filt)
+            p.add_site("filter", node, str(node.target), {"elem": x.elem, "k": int(np.prod(w.shape[2:]))}, rule=self)
+        return out
+
+    def cut(self, m, site, keep):
+        w = getattr(m, self.filt)
+        k = keep(site.data["elem"])
+        if w.shape[0] == len(k) and w.shape[0] > 1:
+            set_param(m, self.filt, take(w.data, 0, k))
+            if getattr(m, self.count, None) is not None:
+                setattr(m, self.count, int(k.sum()))
+
+
+@dataclass
 class PixelShuffle(ChannelRule):
     """nn.PixelShuffle(r): output channel c is made of input channels c*r²..(c+1)*r²-1 (one block, one unit)."""
 
@@ -540,6 +565,7 @@ def _builtins() -> None:
     _MODULES[tl + "norm_act.LayerNormAct2d"] = LayerNorm(channels_first=True, tail=("act", "drop"))
     _MODULES[tl + "conv2d_same.Conv2dSame"] = conv
     _MODULES[tl + "linear.Linear"] = _MODULES[nn.Linear]  # F.linear, with a dtype cast under torchscript only
+    _MODULES[tl + "blur_pool.BlurPool2d"] = FixedFilter()
     _MODULES[tl + "pool2d_same.MaxPool2dSame"] = spatial
     _MODULES[tl + "pool2d_same.AvgPool2dSame"] = spatial
     for n in ("GELUTanh", "Swish", "Mish", "Sigmoid", "Tanh", "HardSigmoid", "HardSwish", "HardMish", "GELU",

@@ -18,7 +18,7 @@ import torch.nn as nn
 from .analysis import TI, Analysis, source_line
 from .rules import take
 
-_MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding")
+_MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding", "filter")
 
 __all__ = ["PruneError", "apply_pruning"]
 

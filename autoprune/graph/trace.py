@@ -20,6 +20,7 @@ pruning; the analysis locks the channels feeding them (with the line), and shape
 from __future__ import annotations
 
 import contextlib
+import linecache
 import os
 import sys
 import traceback
@@ -49,11 +50,32 @@ def _timm_notrace() -> tuple[tuple, tuple]:
         return (), ()
 
 
+_TORCH_DIR = os.path.dirname(os.path.abspath(torch.__file__))
+_OWN_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
 class _Tracer(fx.Tracer):
+    """fx tracer: leaves for modules with rules, wrapped timm notrace functions, and the user's source line on every
+    node (``node.meta["stack_trace"]``, for lock reasons). fx's own ``record_stack_traces`` formats the whole stack
+    for each node; walking frames to the first one outside torch and autoprune is several times cheaper."""
+
     def __init__(self) -> None:
         self.notrace_modules, notrace_fns = _timm_notrace()
         super().__init__(autowrap_functions=notrace_fns)
-        self.record_stack_traces = True
+
+    def create_proxy(self, *args: Any, **kwargs: Any) -> fx.Proxy:
+        proxy = super().create_proxy(*args, **kwargs)
+        node = proxy.node
+        if not node.meta.get("stack_trace"):
+            f = sys._getframe(1)
+            while f is not None and (f.f_code.co_filename.startswith(_TORCH_DIR)
+                                     or f.f_code.co_filename.startswith(_OWN_DIR)):
+                f = f.f_back
+            if f is not None:
+                code = linecache.getline(f.f_code.co_filename, f.f_lineno).strip()
+                node.meta["stack_trace"] = (f'  File "{f.f_code.co_filename}", line {f.f_lineno}, in '
+                                            f"{f.f_code.co_name}\n    {code}\n")
+        return proxy
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
         if lookup_module(m) is not None or isinstance(m, self.notrace_modules):
