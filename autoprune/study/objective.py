@@ -62,7 +62,7 @@ class TrialObjective:
         self.worker = dict(worker) if worker is not None else worker_info()
         self.lookup = lookup
         c = cfg.constraints
-        self.budget_keys = [k for k in ("max_macs", "max_params") if getattr(c, k) is not None]
+        self.budget_keys = [k for k in ("max_macs", "max_params", "max_latency_ms") if getattr(c, k) is not None]
         from .early_stopping import stopper_for
 
         self.stopper = stopper_for(cfg)  # None unless early_stopping.enabled
@@ -76,7 +76,8 @@ class TrialObjective:
         """Set the budget constraints of a removal's MAC/parameter fractions; True when all budgets are met."""
         c = self.cfg.constraints
         violation = {"max_macs": measured["macs_fraction"] - (c.max_macs or 0.0),
-                     "max_params": measured["params_fraction"] - (c.max_params or 0.0)}
+                     "max_params": measured["params_fraction"] - (c.max_params or 0.0),
+                     "max_latency_ms": measured.get("latency_ms", 0.0) - (c.max_latency_ms or 0.0)}
         for k in self.budget_keys:
             trial.set_constraint(k, violation[k])
         return all(violation[k] <= 1e-12 for k in self.budget_keys)
@@ -120,11 +121,14 @@ class TrialObjective:
         for k in RESULT_ATTRS:
             v = results[k]
             trial.set_user_attr(k, None if k == "loss" and v == float("inf") else v)
+        for k, v in results.items():  # measured latency (median, spread, settings) when the config asks for it
+            if k.startswith("latency"):
+                trial.set_user_attr(k, v)
 
     def values(self, results: Mapping[str, Any]) -> list[float]:
         """The objective values in the config's order."""
         vals = {"accuracy": results["accuracy"], "macs": results["macs_fraction"],
-                "params": results["params_fraction"]}
+                "params": results["params_fraction"], "latency": results.get("latency_ms")}
         return [float(vals[o]) for o in self.cfg.objectives]
 
     # -- the trial -------------------------------------------------------------------------------------------
@@ -136,10 +140,12 @@ class TrialObjective:
         try:
             crit, ratios, extra = self.propose(trial)
             removal = self.problem.removal(ratios, crit)
-            within = self.constrain(trial, self.problem.measure(removal))
+            measured = self.problem.measure(removal)
+            within = self.constrain(trial, measured)
             sha = removal_digest(removal)
             trial.set_user_attr("criterion", crit)
-            trial.set_user_attr("ratios", {n: round(r, 6) for n, r in ratios.items()})
+            # exact floats: export rebuilds the removal as floor(r * C), so a rounded k/C would lose a channel
+            trial.set_user_attr("ratios", {n: float(r) for n, r in ratios.items()})
             trial.set_user_attr("removal_sha", sha)
             for k, v in extra.items():
                 trial.set_user_attr(k, v)
@@ -147,6 +153,7 @@ class TrialObjective:
             if results is None:
                 results = self.train_and_evaluate(trial, removal,
                                                   train=within or self.cfg.constraints.finetune_infeasible)
+            results = {**results, **{k: v for k, v in measured.items() if k.startswith("latency")}}
             self.record(trial, results)
             trial.set_user_attr("seconds", time.perf_counter() - t0)
             return self.values(results)
