@@ -127,7 +127,9 @@ def speed_table(front: Any, *, measure: bool = False, settings: Mapping[str, Any
     setup = next((r["latency_setup"] for r in rows if r.get("latency_setup")), None)
     if setup:
         out.append(f"latency: median of timed calls ({setup}); IQR = spread")
-    elif not any(r.get("latency_ms") for r in rows):
+    elif any(r.get("latency_ms") for r in rows):
+        out.append("latency: as the search measured it (the config's `latency` section); IQR = spread")
+    else:
         out.append("latency: not measured (search without a latency objective); measure the front with "
                    "`autoprune report CONFIG --latency` or front.speed_table(measure=True)")
     return "\n".join(out)

@@ -95,7 +95,8 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 
 
 def _cmd_report(args: argparse.Namespace) -> int:
-    """Write pareto.png (accuracy vs MACs), ratios.png (per-group ratios of chosen trials) and report.html."""
+    """Write pareto.png (accuracy vs MACs), ratios.png (per-group ratios of chosen trials) and report.html, and print
+    the speed table (MACs, params and measured latency of the front side by side; also written as speed.txt)."""
     from ..report import make_report
 
     front = _front(args)
@@ -104,8 +105,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
         out = str(front.config.run_path / "report") if front.config is not None else "report"
     trials = [int(t) for t in args.trials.split(",")] if args.trials else None
     paths = make_report(front, out, trials=trials)
+    speed = front.speed_table(measure=args.latency)
+    from pathlib import Path
+
+    paths["speed"] = str(Path(out) / "speed.txt")
+    Path(paths["speed"]).write_text(speed + "\n")
     for k, v in paths.items():
         print(f"{k}: {v}")
+    print(speed)
     return 0
 
 
@@ -116,10 +123,12 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
     model = front.export(args.trial, args.out, finetune_epochs=args.finetune_epochs, distill=not args.no_distill,
-                         lr=args.lr, progress=args.finetune_epochs > 0)
+                         lr=args.lr, progress=args.finetune_epochs > 0, format=args.format)
     info = model._autoprune_search
     print(f"trial {args.trial}: saved {args.out} -- accuracy {info['accuracy_export']:.2%} "
           f"(search: {info['accuracy_search']:.2%}), {info['macs']:,} MACs ({info['macs_fraction']:.1%})")
+    if getattr(model, "_autoprune_export", None) is not None:
+        print(model._autoprune_export)  # format, exporter (dynamo or the TorchScript fallback) and the check
     p = info.get("polish")
     if p:
         how = (f"distillation alpha {p['distill']['alpha']:g}, T {p['distill']['temperature']:g}" if p["distill"]
@@ -202,18 +211,25 @@ def add_subcommands(subparsers: Any) -> None:
     r.add_argument("--out", help="output directory (default <run_dir>/report)")
     r.add_argument("--trials", help="comma-separated trial numbers for the ratio chart (default: up to 4 front "
                                     "trials)")
+    r.add_argument("--latency", action="store_true",
+                   help="measure the latency of the unpruned model and of every front member missing one, on this "
+                        "machine, with the config's latency section (cached in <run_dir>/latency.json)")
     r.set_defaults(func=_cmd_report)
 
     e = subparsers.add_parser("export", help="rebuild and save the pruned model of one trial",
                               description=_cmd_export.__doc__)
     e.add_argument("config", nargs="?", help=_SOURCE_HELP)
-    e.add_argument("out", help="output model file (.pt); OUT.json gets the trial's record")
+    e.add_argument("out", help="output model file (.pt, .onnx, .pt2); OUT.json gets the trial's record")
     e.add_argument("--trial", type=int, required=True, metavar="N", help="trial number (see `autoprune pareto`)")
     e.add_argument("--finetune-epochs", type=int, default=0, metavar="E",
                    help="polish: fine-tune the rebuilt model E more epochs before saving, with distillation from the "
                         "unpruned model; reports val and test accuracy (default 0: the trial's model as it was)")
     e.add_argument("--no-distill", action="store_true", help="polish with the labels only")
     e.add_argument("--lr", type=float, default=None, help="polish learning rate (default: finetune.lr)")
+    e.add_argument("--format", choices=["autoprune", "onnx", "torchscript", "exported"], default="autoprune",
+                   help="autoprune (autoprune.load reads it), onnx (dynamo exporter, TorchScript exporter as "
+                        "fallback; needs pip install \"autoprune[deploy]\"), torchscript, or exported (torch.export, "
+                        "OUT must end in .pt2); every file is run back and compared with the model")
     _add_source(e, positional=False)
     e.set_defaults(func=_cmd_export)
 

@@ -5,7 +5,7 @@ import json
 import os
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterator, Sequence
+from typing import Any, Iterator, Mapping, Sequence
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
@@ -31,6 +31,8 @@ class TrialRecord:
     feasible: bool = True
     finetuned: bool = True
     level: float | None = None
+    latency_ms: float | None = None       # measured (median ms per call) when the search had a latency objective
+    latency_iqr_ms: float | None = None   # ... and its spread
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -49,11 +51,14 @@ def _record(t: FrozenTrial, cfg: SearchConfig | None) -> TrialRecord | None:
             feasible = False
         if c.min_accuracy is not None and a["accuracy"] < c.min_accuracy:
             feasible = False
+        if c.max_latency_ms is not None and a.get("latency_ms", float("inf")) > c.max_latency_ms:
+            feasible = False
     return TrialRecord(number=t.number, accuracy=float(a["accuracy"]), macs=int(a["macs"]), params=int(a["params"]),
                        macs_fraction=float(a["macs_fraction"]), params_fraction=float(a["params_fraction"]),
                        criterion=str(a.get("criterion", "")), ratios=dict(a.get("ratios", {})),
                        seconds=float(a.get("seconds", 0.0)), feasible=feasible,
-                       finetuned=bool(a.get("finetuned", True)), level=a.get("level"))
+                       finetuned=bool(a.get("finetuned", True)), level=a.get("level"),
+                       latency_ms=a.get("latency_ms"), latency_iqr_ms=a.get("latency_iqr_ms"))
 
 
 def trial_records(study: optuna.Study, cfg: SearchConfig | None = None) -> list[TrialRecord]:
@@ -70,7 +75,7 @@ def trial_records(study: optuna.Study, cfg: SearchConfig | None = None) -> list[
 def _objectives_of(cfg: SearchConfig | None, study: optuna.Study) -> list[str]:
     if cfg is not None:
         return list(cfg.objectives)
-    names = {"accuracy": "accuracy", "macs_fraction": "macs", "params_fraction": "params"}
+    names = {"accuracy": "accuracy", "macs_fraction": "macs", "params_fraction": "params", "latency_ms": "latency"}
     stored = study.metric_names or []
     if stored and all(n in names for n in stored):
         return [names[n] for n in stored]
@@ -82,7 +87,8 @@ def pareto_filter(records: Sequence[TrialRecord], objectives: Sequence[str] = ("
     """Non-dominated feasible records (accuracy maximised; MAC and parameter fractions minimised), sorted by MACs.
     Of records with identical objective values only the first is kept."""
     def key(r: TrialRecord) -> tuple[float, ...]:  # all minimised
-        vals = {"accuracy": -r.accuracy, "macs": r.macs_fraction, "params": r.params_fraction}
+        vals = {"accuracy": -r.accuracy, "macs": r.macs_fraction, "params": r.params_fraction,
+                "latency": r.latency_ms if r.latency_ms is not None else float("inf")}
         return tuple(vals[o] for o in objectives)
 
     feas = [r for r in records if r.feasible]
@@ -184,19 +190,35 @@ class ParetoFront(Sequence[TrialRecord]):
         return [r.to_dict() for r in self.trials]
 
     def table(self, records: Sequence[TrialRecord] | None = None) -> str:
-        """The front as a text table."""
+        """The front as a text table (with a measured-latency column when the search measured latency)."""
         recs = self.trials if records is None else records
+        lat = any(r.latency_ms is not None for r in recs)
+
+        def ms(v: Any) -> str:
+            return (f"{v:10.3f}  " if v is not None else f"{'-':>10}  ") if lat else ""
+
         rows = [f"{'trial':>5}  {'accuracy':>8}  {'MACs':>12}  {'MACs %':>6}  {'params':>10}  {'params %':>8}  "
-                f"{'criterion':9s}  note"]
+                + (f"{'latency ms':>10}  " if lat else "") + f"{'criterion':9s}  note"]
         if self.base:
             rows.append(f"{'base':>5}  {self.base.get('accuracy', float('nan')):8.2%}  {int(self.base['macs']):>12,}  "
-                        f"{1:6.1%}  {int(self.base['params']):>10,}  {1:8.1%}  {'-':9s}  unpruned")
+                        f"{1:6.1%}  {int(self.base['params']):>10,}  {1:8.1%}  {ms(self.base.get('latency_ms'))}"
+                        f"{'-':9s}  unpruned")
         on_front = {r.number for r in self.trials}
         for r in recs:
             note = "front" if r.number in on_front else ("" if r.feasible else "infeasible")
             rows.append(f"{r.number:>5}  {r.accuracy:8.2%}  {r.macs:>12,}  {r.macs_fraction:6.1%}  {r.params:>10,}  "
-                        f"{r.params_fraction:8.1%}  {r.criterion:9s}  {note}".rstrip())
+                        f"{r.params_fraction:8.1%}  {ms(r.latency_ms)}{r.criterion:9s}  {note}".rstrip())
         return "\n".join(rows)
+
+    def speed_table(self, *, measure: bool = False, settings: Mapping[str, Any] | None = None) -> str:
+        """MACs, parameters and measured latency of the front's members side by side, with the speed-up over the
+        unpruned model: does a smaller MAC count mean a faster model on this device? Latency as the search measured
+        it; with ``measure`` measured now where missing (``settings``: :func:`autoprune.latency.measure_latency`
+        keywords, default the config's ``latency`` section), cached in ``<run_dir>/latency.json``
+        (:mod:`autoprune.speed`)."""
+        from ..speed import speed_table
+
+        return speed_table(self, measure=measure, settings=settings)
 
     # -- export ----------------------------------------------------------------------------------------------
     def problem(self) -> Any:
@@ -252,16 +274,22 @@ class ParetoFront(Sequence[TrialRecord]):
 
     def export(self, number: int, path: str | os.PathLike, *, verify: bool = True, atol: float = 1e-6,
                finetune_epochs: int = 0, distill: bool | dict[str, float] = True, lr: float | None = None,
-               progress: bool = False) -> Any:
+               progress: bool = False, format: str = "autoprune") -> Any:
         """Rebuild trial ``number`` (see :meth:`rebuild`), save it with :func:`autoprune.io.save` to ``path`` and write
         ``<path>.json`` (trial, ratios, criterion, stored and reproduced accuracy). Returns the model.
 
         With ``verify`` a reproduced accuracy that differs from the trial's by more than ``atol`` warns (expected
         only on GPUs with non-deterministic kernels). ``finetune_epochs > 0`` polishes the rebuilt model first
         (:meth:`polish`: with distillation unless ``distill=False``); ``<path>.json`` then has ``polish`` (val and
-        test accuracy before and after)."""
+        test accuracy before and after). ``format``: ``"autoprune"`` (:func:`autoprune.io.save`), or ``"onnx"``,
+        ``"exported"``, ``"torchscript"``: written by :func:`autoprune.export.export_model`, which runs the file back
+        and compares it with the model (its result is ``<path>.json``'s ``export`` entry and
+        ``model._autoprune_export``)."""
+        from ..export import FORMATS
         from ..io import save
 
+        if format not in FORMATS:
+            raise ValueError(f"unknown export format {format!r}; choose one of {', '.join(FORMATS)}")
         rec = self.trial(number)
         model, out = self.rebuild(number)
         if verify and abs(out.accuracy - rec.accuracy) > atol:
@@ -270,13 +298,22 @@ class ParetoFront(Sequence[TrialRecord]):
         polished = None
         if finetune_epochs:
             polished = self.polish(number, finetune_epochs, distill=distill, lr=lr, progress=progress, model=model)
-        save(model.cpu(), path)
+        exported = None
+        if format == "autoprune":
+            save(model.cpu(), path)
+        else:
+            from ..export import export_model
+
+            exported = export_model(model.cpu(), self.problem().example_inputs, path, format=format)
+            model._autoprune_export = exported
         info = {"study": self.study.study_name, "trial": number, "criterion": rec.criterion, "ratios": rec.ratios,
                 "accuracy_search": rec.accuracy, "accuracy_export": out.accuracy, "macs": out.macs,
                 "params": out.params, "macs_fraction": out.macs_fraction, "params_fraction": out.params_fraction,
                 "base": self.base}
         if polished is not None:
             info["polish"] = polished.to_dict()
+        if exported is not None:
+            info["export"] = exported.to_dict()
         with open(os.fspath(path) + ".json", "w") as f:
             json.dump(info, f, indent=2)
         model._autoprune_search = info

@@ -73,6 +73,11 @@ class Problem:
             ev = evaluate(model, self.data, split=self.cfg.data.eval_split)
             self._base_eval = {"accuracy": ev.accuracy, "loss": ev.loss, "macs": self.base_macs,
                                "params": self.base_params}
+            from ..speed import wants_latency
+
+            if wants_latency(self.cfg):  # the unpruned model's speed, for the speed-up of the front's members
+                lat = self.latency({})
+                self._base_eval.update(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms)
         return self._base_eval
 
     # -- scores and plans ------------------------------------------------------------------------------------
@@ -93,11 +98,28 @@ class Problem:
     def removal(self, ratios: Mapping[str, float], criterion: str) -> dict[str, list[int]]:
         return self.graph.plan(dict(ratios), self.scores(criterion))
 
-    def measure(self, removal: Mapping[str, Any]) -> dict[str, float]:
+    def measure(self, removal: Mapping[str, Any]) -> dict[str, Any]:
+        """MACs and parameters of a removal (counts and fractions of the base model); with a latency objective or
+        constraint also its measured latency (:data:`autoprune.speed.LATENCY_ATTRS` and ``latency_setup``)."""
+        from ..speed import latency_attrs, wants_latency
+
         macs = self.graph.macs(removal)
         params = self.graph.macs(removal, params=True)
-        return {"macs": int(macs), "params": int(params), "macs_fraction": macs / self.base_macs,
-                "params_fraction": params / self.base_params}
+        out: dict[str, Any] = {"macs": int(macs), "params": int(params), "macs_fraction": macs / self.base_macs,
+                               "params_fraction": params / self.base_params}
+        if wants_latency(self.cfg):
+            out.update(latency_attrs(self.latency(removal)))
+        return out
+
+    def latency(self, removal: Mapping[str, Any], sha: str | None = None) -> Any:
+        """Measured latency (:class:`autoprune.latency.Latency`) of the base model pruned by ``removal``, with the
+        config's ``latency`` settings; cached by the removal digest in memory and in ``<run_dir>/latency.json``."""
+        if getattr(self, "_latency", None) is None:
+            from ..speed import RemovalLatency, latency_settings
+
+            self._latency = RemovalLatency(self.graph, self.example_inputs, latency_settings(self.cfg),
+                                           self.cfg.run_path / "latency.json")
+        return self._latency(removal, sha)
 
     def macs_fraction_at(self, ratios: Mapping[str, float]) -> float:
         """MAC fraction kept at ``ratios`` (channel counts only: the criterion does not change MACs)."""

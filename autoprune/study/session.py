@@ -45,7 +45,8 @@ def directions(cfg: SearchConfig) -> list[str]:
 
 
 def metric_names(cfg: SearchConfig) -> list[str]:
-    return [{"accuracy": "accuracy", "macs": "macs_fraction", "params": "params_fraction"}[o] for o in cfg.objectives]
+    return [{"accuracy": "accuracy", "macs": "macs_fraction", "params": "params_fraction", "latency": "latency_ms"}[o]
+            for o in cfg.objectives]
 
 
 def make_sampler(cfg: SearchConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:

@@ -10,7 +10,8 @@
     :func:`autoprune.allocation.allocate`), or is the uniform ratio meeting the level (``guide: uniform``, computed
     here). Only ``sensitivity`` runs a sensitivity analysis (once; cached on disk by :mod:`autoprune.sensitivity_analysis`).
 
-The criterion is the categorical parameter ``criterion`` when ``criteria`` lists several.
+The criterion is the categorical parameter ``criterion`` when ``criteria`` lists several. With ``ratios.round_to: k``
+the ratios of either mode are rounded so that every pruned group keeps a multiple of k channels.
 """
 from __future__ import annotations
 
@@ -115,7 +116,7 @@ class RatioSpace:
                         ratios[n] = lo
                         continue
                 ratios[n] = float(trial.suggest_float(f"r:{n}", lo, hi, step=step))
-            return crit, ratios, extra
+            return crit, self.rounded(ratios), extra
         lv_lo, lv_hi = r.level
         if lv_hi - lv_lo < 1e-12:
             level = lv_lo
@@ -129,7 +130,17 @@ class RatioSpace:
             if span:
                 d = float(trial.suggest_float(f"d:{n}", -span, span, step=step))
             ratios[n] = self._clip(n, base[n] + d)
-        return crit, ratios, extra
+        return crit, self.rounded(ratios), extra
+
+    def rounded(self, ratios: dict[str, float]) -> dict[str, float]:
+        """``ratios.round_to``: each group keeps a multiple of k channels (the nearest; at least k; a group left whole
+        stays whole), see :func:`autoprune.allocation.round_ratios`."""
+        k = self.cfg.ratios.round_to
+        if k <= 1:
+            return ratios
+        from ..allocation import round_ratios
+
+        return round_ratios(ratios, {n: self.problem.graph.group(n).channels for n in ratios}, k)
 
     def _level_step(self) -> float | None:
         lv_lo, lv_hi = self.cfg.ratios.level
