@@ -36,10 +36,15 @@ __all__ = ["ChannelRule", "Elementwise", "PerChannel", "Dense", "Lock", "registe
 class RuleContext(Protocol):
     """What a rule may call on the propagator ``p``."""
 
+    approximate: bool                                                        # approximate rules allowed?
+
     def fresh(self, shape: tuple, dim: int | None = 1) -> TI: ...            # new channel elements along ``dim``
     def union(self, a: np.ndarray, b: np.ndarray) -> None: ...              # tie elements (removed together)
     def lock(self, ids: np.ndarray, reason: str) -> None: ...               # elements that may never be removed
+    def note(self, ids: np.ndarray, text: str) -> None: ...                 # an approximation, shown on groups
     def lock_all(self, node: fx.Node, value: Any, reason: str) -> Any: ...  # lock every input and the output
+    def same_layout(self, node: fx.Node, x: TI | None, value: Any) -> Any: ...  # channel i in, channel i out
+    def where(self, node: fx.Node) -> str: ...                              # "op at node 'n' in module" for reasons
     def add_site(self, kind: str, node: fx.Node, module: str | None, data: dict, rule: Any = None) -> Site: ...
 
 
