@@ -5,6 +5,9 @@
         [--runtimes torch,onnxruntime] [--batches 1,32] [--threads 1] [--device cpu] [--rounds 3]
         [--repeats 5] [--warmup 2] [--onnx-exporter torchscript] [--out docs/latency_cpu.json]
     python benchmarks/bench_latency.py --table A.json B.json     # one table from several runs
+    python benchmarks/bench_latency.py --fronts A.yaml B.yaml [--batches 1] [--rounds 5] [--repeats 100]
+        # the Pareto fronts of finished searches (e.g. a MACs objective vs a latency objective), every member and
+        # the unpruned model timed in interleaved rounds under the same settings
 
 For each model (ResNet-56 at 32 px with the shared CIFAR-10-JPEG weights when present; torchvision ResNet-50 at
 224 px, random weights -- latency does not depend on the values), each kept MAC fraction and each ``round_to``:
@@ -81,6 +84,7 @@ def main(argv: list[str] | None = None) -> int:
                     help="exporter for the ONNX Runtime models (default torchscript: several times faster to export "
                          "than dynamo for ResNet-50; ONNX Runtime optimises either graph)")
     ap.add_argument("--out", help="JSON results")
+    ap.add_argument("--fronts", nargs="+", metavar="CONFIG", help="time the front members of these searches")
     ap.add_argument("--table", nargs="+", metavar="JSON", help="print the markdown table of earlier runs' JSON files "
                     "(e.g. batch 1 and batch 32 run separately) and exit")
     args = ap.parse_args(argv)
@@ -88,6 +92,8 @@ def main(argv: list[str] | None = None) -> int:
         runs = [json.loads(Path(f).read_text()) for f in args.table]
         print(table({"results": [r for run in runs for r in run["results"]]}))
         return 0
+    if args.fronts:
+        return fronts(args, argv)
 
     started = datetime.datetime.now(datetime.timezone.utc)
     t_start = time.perf_counter()
@@ -141,6 +147,57 @@ def main(argv: list[str] | None = None) -> int:
     if args.out:
         Path(args.out).write_text(json.dumps(out, indent=1))
         print(f"wrote {args.out}", file=sys.stderr)
+    return 0
+
+
+def fronts(args: argparse.Namespace, argv: list[str] | None) -> int:
+    """``--fronts``: every front member of each search (and its unpruned model), timed in interleaved rounds."""
+    from autoprune.study import load_front
+
+    started = datetime.datetime.now(datetime.timezone.utc)
+    entries = []  # (search, trial or None, record, model, example input)
+    for path in args.fronts:
+        front = load_front(path)
+        prob = front.problem()
+        name = front.config.name
+        entries.append((name, None, None, prob.base_model, prob.example_inputs))
+        for r in front:
+            entries.append((name, r.number, r, prob.graph.prune_channels(prob.removal(r.ratios, r.criterion)),
+                            prob.example_inputs))
+    results = []
+    b = int(args.batches.split(",")[0])
+    for rt in args.runtimes.split(","):
+        runners = [LatencyRunner(m, ex, batch_size=b, device=args.device, threads=args.threads, runtime=rt,
+                                 onnx_exporter=args.onnx_exporter) for _, _, _, m, ex in entries]
+        per: list[list] = [[] for _ in entries]
+        for _ in range(args.rounds):
+            for i, run in enumerate(runners):
+                per[i].append(run.measure(warmup=args.warmup, repeats=args.repeats))
+        for (name, number, rec, _, _), lats in zip(entries, per):
+            results.append({"search": name, "trial": number, "runtime": rt, "batch": b,
+                            "accuracy": rec.accuracy if rec else None,
+                            "macs_fraction": rec.macs_fraction if rec else 1.0,
+                            "latency_search_ms": rec.latency_ms if rec else None,
+                            "median_ms": statistics.median(l.median_ms for l in lats),
+                            "round_medians_ms": [l.median_ms for l in lats],
+                            "iqr_ms": statistics.median(l.iqr_ms for l in lats)})
+    lines = ["| search | trial | accuracy | MACs | " + " | ".join(f"{rt} b{b} ms [rounds]"
+                                                                  for rt in args.runtimes.split(",")) + " |",
+             "|---|---|---|---|" + "---|" * len(args.runtimes.split(","))]
+    for name, number, rec, _, _ in entries:
+        cells = []
+        for rt in args.runtimes.split(","):
+            r = next(x for x in results if x["search"] == name and x["trial"] == number and x["runtime"] == rt)
+            cells.append(f"{r['median_ms']:.3f} [{min(r['round_medians_ms']):.3f}-{max(r['round_medians_ms']):.3f}]")
+        acc = f"{rec.accuracy:.1%}" if rec else "-"
+        lines.append(f"| {name} | {number if number is not None else 'unpruned'} | {acc} | "
+                     f"{(rec.macs_fraction if rec else 1.0):.1%} | " + " | ".join(cells) + " |")
+    print("\n".join(lines))
+    if args.out:
+        out = {"date": started.isoformat(timespec="seconds"),
+               "command": "python " + " ".join(shlex.quote(a) for a in [sys.argv[0], *(argv or sys.argv[1:])]),
+               "machine": machine(), "settings": vars(args), "results": results}
+        Path(args.out).write_text(json.dumps(out, indent=1))
     return 0
 
 
