@@ -71,7 +71,7 @@ class ExportResult:
 
     path: str
     format: str
-    exporter: str                       # "dynamo" / "torchscript" (ONNX), "torch.export", "torch.jit.trace", "autoprune"
+    exporter: str                       # "dynamo"/"torchscript" (ONNX), "torch.export", "torch.jit.trace", "autoprune"
     checked_with: str                   # the runtime that ran the file
     checked_batches: tuple[int, ...]    # batch sizes the file was run at
     max_abs_diff: float                 # largest |file output - model output| over the checks (nan when unchecked)
@@ -83,7 +83,8 @@ class ExportResult:
         return {k: (list(v) if isinstance(v, tuple) else v) for k, v in self.__dict__.items()}
 
     def __str__(self) -> str:
-        how = f"{self.format} ({self.exporter} exporter)" if self.format == "onnx" else f"{self.format} ({self.exporter})"
+        how = (f"{self.format} ({self.exporter} exporter)" if self.format == "onnx"
+               else f"{self.format} ({self.exporter})")
         if self.fallback_reason:
             how += f" [the dynamo exporter failed: {self.fallback_reason}]"
         if self.checked_batches:

@@ -34,8 +34,8 @@ import torch.nn as nn
 
 from ._files import atomic_write
 
-__all__ = ["measure_latency", "Latency", "LatencyCache", "LatencyRunner", "DEVICES", "RUNTIMES", "check_latency_settings",
-           "machine_label"]
+__all__ = ["measure_latency", "Latency", "LatencyCache", "LatencyRunner", "DEVICES", "RUNTIMES",
+           "check_latency_settings", "machine_label"]
 
 DEVICES = ("cpu", "cuda")
 RUNTIMES = ("torch", "onnxruntime")

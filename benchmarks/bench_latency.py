@@ -63,7 +63,8 @@ def machine() -> dict:
         lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, timeout=10).stdout.splitlines()[:20]
     except (OSError, subprocess.SubprocessError):
         lscpu = []
-    model_name = next((ln.split(":", 1)[1].strip() for ln in lscpu if ln.startswith("Model name")), platform.processor())
+    model_name = next((ln.split(":", 1)[1].strip() for ln in lscpu if ln.startswith("Model name")),
+                      platform.processor())
     return {"cpu": model_name, "cpus": os.cpu_count(), "platform": platform.platform(), "torch": torch.__version__,
             "lscpu": lscpu, "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
 
@@ -209,7 +210,8 @@ def table(out: dict) -> str:
     rows: dict[tuple, dict] = {}
     for r in res:
         rows.setdefault((r["model"], r["keep"], r["round_to"]), {})[(r["runtime"], r["batch"])] = r
-    head = "| model | MACs kept | round_to | MACs | params | " + " | ".join(f"{rt} b{b} ms (x)" for rt, b in cols) + " |"
+    head = ("| model | MACs kept | round_to | MACs | params | " + " | ".join(f"{rt} b{b} ms (x)" for rt, b in cols)
+            + " |")
     lines = [head, "|" + "---|" * (5 + len(cols))]
     for (model, keep, k), d in sorted(rows.items(), key=lambda t: (t[0][0], -t[0][1], t[0][2])):
         any_r = next(iter(d.values()))

@@ -2,7 +2,8 @@
 
 Models: a pruned CIFAR ResNet-20 (zero-padding shortcuts) and a pruned torchvision MobileNetV3-Small at 64 px
 (squeeze-excitation, hardswish, depthwise convs), with realistic activations (BatchNorm statistics re-estimated on
-random batches, classifier weights scaled to give logits of a few units) so the comparison is not between near-zero outputs.
+random batches, classifier weights scaled to give logits of a few units), so the comparison is not between near-zero
+outputs.
 """
 from __future__ import annotations
 
