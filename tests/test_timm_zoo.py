@@ -83,3 +83,19 @@ def test_timm_blur_pool_fixed_filter():
     assert graph.macs_exact and graph.group("0").prunable and graph.group("4").prunable
     p = graph.prune({"0": 0.5})
     assert p.get_submodule("3").filt.shape[0] == 4 and p.get_submodule("3").channels == 4
+
+
+def test_convnext_with_the_approximate_channel_layernorm():
+    """Opt-in: ConvNeXt's channel LayerNorms are pruned too (about 50% of MACs instead of 26%); every group whose
+    channels pass through one says so, and the model still runs with its output shape."""
+    from autoprune import ChannelGraph, count_macs
+
+    model = timm.create_model("convnext_atto", pretrained=False, num_classes=10).eval()
+    x = torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    exact, approx = ChannelGraph(model, x), ChannelGraph(model, x, approximate=True)
+    assert not exact.group("stem.0").prunable and not exact.group("stem.0").approximate
+    assert approx.group("stem.0").prunable and "LayerNorm2d" in approx.group("stem.0").approximate[0]
+    assert any(g.prunable and not g.approximate for g in approx.groups)  # the MLP hidden widths stay exact
+    pruned = approx.prune(0.3)
+    assert pruned(x).shape == (1, 10)
+    assert count_macs(pruned, x) < 0.6 * count_macs(model, x) < count_macs(exact.prune(0.3), x)
