@@ -1,6 +1,8 @@
 """The open rule table and the bug classes of issue 11: registered rules for custom layers, layers with new rules
 (ConvTranspose, PixelShuffle, Conv1d/3d, GroupNorm, layer scale, channel LayerNorm opt-in), modules called at several
 call sites, custom autograd Functions and constant shapes."""
+import io
+
 import pytest
 import torch
 import torch.nn as nn
@@ -258,6 +260,12 @@ def test_custom_autograd_function_keeps_its_backward():
     p = g.prune({"a.0": 0.5})
     assert any(getattr(n.target, "_autoprune_function", None) is RoundSTE for n in p.graph.nodes)
     assert _input_grad(p, x).abs().sum() > 0
+    # the pruned model pickles: the call is importable by name
+    buf = io.BytesIO()
+    torch.save(p, buf)
+    buf.seek(0)
+    q = torch.load(buf, weights_only=False)
+    assert torch.allclose(_input_grad(q, x), _input_grad(p, x))
 
 
 # -- constant shapes --------------------------------------------------------------------------------------------

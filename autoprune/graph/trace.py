@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from .functions import caller
 from .rules import lookup_module
 
 __all__ = ["TraceError", "trace"]
@@ -83,23 +84,6 @@ class _Tracer(fx.Tracer):
         return super().is_leaf_module(m, qualname)
 
 
-_CALLERS: dict[type, Any] = {}
-
-
-def _caller(fn_cls: type) -> Any:
-    """A plain function that calls ``fn_cls.apply``: the graph node that replaces the inlined Function, so the
-    rebuilt model calls the user's Function (and its backward). Its ``_autoprune_function`` names the class."""
-    if fn_cls not in _CALLERS:
-        def call(*args: Any, **kwargs: Any) -> Any:
-            return fn_cls.apply(*args, **kwargs)
-
-        call.__name__ = call.__qualname__ = f"{fn_cls.__name__}_apply"
-        call.__module__ = fn_cls.__module__
-        call._autoprune_function = fn_cls  # type: ignore[attr-defined]
-        _CALLERS[fn_cls] = call
-    return _CALLERS[fn_cls]
-
-
 @contextlib.contextmanager
 def _leaf_autograd_functions() -> Iterator[None]:
     """While tracing, ``Function.apply`` on proxies records one call node instead of running ``forward``."""
@@ -108,7 +92,7 @@ def _leaf_autograd_functions() -> Iterator[None]:
     def apply(cls: type, *args: Any, **kwargs: Any) -> Any:
         proxies = [a for a in (*args, *kwargs.values()) if isinstance(a, fx.Proxy)]
         if proxies:
-            return proxies[0].tracer.create_proxy("call_function", _caller(cls), args, kwargs)
+            return proxies[0].tracer.create_proxy("call_function", caller(cls), args, kwargs)
         return original.__get__(None, cls)(*args, **kwargs)
 
     torch.autograd.Function.apply = classmethod(apply)  # type: ignore[method-assign, assignment]
