@@ -10,7 +10,9 @@ Channel graph and models:
   :class:`TraceError`, :class:`PruneError` -- what it raises when a model cannot be traced or pruned;
 - :func:`count_macs`, :func:`count_params` -- the papers' MAC convention, counted by fvcore;
 - :func:`get_model` -- the CIFAR ResNets/VGGs and torchvision classifiers by name;
-- :func:`save`, :func:`load` -- pruned models without pickled code.
+- :func:`save`, :func:`load` -- pruned models without pickled code;
+- :func:`register_channel_rule` with :class:`ChannelRule` (or the presets :class:`PerChannel`, :class:`Dense`,
+  :class:`Elementwise`, :class:`Lock`) -- teach the engine a layer of your own (docs/engine.md).
 
 Channel importance:
 
@@ -31,7 +33,14 @@ Sensitivity and budgets:
 
 Search:
 
-- :func:`search` -- the Optuna search of per-group ratios; :func:`load_front` -> :class:`ParetoFront`.
+- :func:`search` -- the Optuna search of per-group ratios; :func:`load_front` -> :class:`ParetoFront`;
+- :func:`load_config` -> :class:`SearchConfig` (raises :class:`ConfigError`) -- the one config schema of every command.
+
+Deployment:
+
+- :func:`export_model` -> :class:`ExportResult` -- ONNX, torch.export, TorchScript or autoprune files, checked by
+  running them back;
+- :func:`measure_latency` -> :class:`Latency` -- measured latency (median and spread) on a device and runtime.
 
 :data:`__version__` is the package version.
 """
@@ -41,7 +50,8 @@ from ._version import __version__
 
 # channel graph and models
 from .flops import count_macs, count_params
-from .graph import ChannelGraph, ChannelGroup, PruneError, TraceError
+from .graph import (ChannelGraph, ChannelGroup, ChannelRule, Dense, Elementwise, Lock, PerChannel, PruneError,
+                    TraceError, register_channel_rule)
 from .io import load, save
 from .models import get_model
 
@@ -60,13 +70,18 @@ from .compare import CriteriaComparison, compare_criteria
 from .sensitivity_analysis import SensitivityTable, sensitivity
 
 # search
+from .config import ConfigError, SearchConfig, load_config
 from .study import ParetoFront, load_front, search
+
+# deployment
+from .export import ExportResult, export_model
+from .latency import Latency, measure_latency
 
 __all__ = [
     "__version__",
     # channel graph and models
     "ChannelGraph", "ChannelGroup", "TraceError", "PruneError", "count_macs", "count_params", "get_model", "save",
-    "load",
+    "load", "register_channel_rule", "ChannelRule", "PerChannel", "Dense", "Elementwise", "Lock",
     # channel importance
     "score", "get_criterion", "register_criterion", "available_criteria",
     # data and the inner loop of a trial
@@ -75,5 +90,7 @@ __all__ = [
     "sensitivity", "SensitivityTable", "allocate", "Allocation", "prune_to_budget", "BudgetResult",
     "compare_criteria", "CriteriaComparison",
     # search
-    "search", "load_front", "ParetoFront",
+    "search", "load_front", "ParetoFront", "load_config", "SearchConfig", "ConfigError",
+    # deployment
+    "export_model", "ExportResult", "measure_latency", "Latency",
 ]
