@@ -8,6 +8,7 @@ flop, so its per-operator counts *are* MACs; :func:`count_macs` keeps the operat
 from __future__ import annotations
 
 import logging
+import warnings
 from typing import Any
 
 import torch
@@ -32,7 +33,9 @@ def count_macs(model: nn.Module, example_inputs: Any, *, full: bool = False) -> 
     By default only conv and linear layers (the papers' convention); ``full=True`` adds everything fvcore counts
     (BatchNorm, adaptive pooling, ...). The model is traced in eval mode and restored to its previous mode.
     """
-    from fvcore.nn import FlopCountAnalysis
+    with warnings.catch_warnings():  # fvcore.nn scripts its focal loss at import; torch 2.14 deprecates jit.script
+        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+        from fvcore.nn import FlopCountAnalysis
 
     inputs = _first_sample(example_inputs)
     was_training = model.training
