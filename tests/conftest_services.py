@@ -113,8 +113,10 @@ class Postgres:
 
     def resume(self) -> "Postgres":
         """Start the server (again) on its data directory and port."""
+        # fsync=off keeps it fast; commits still write their WAL to the OS before returning (synchronous_commit
+        # stays on), so what a client saw committed survives halt() (an immediate stop) as it would a real crash
         opts = (f"-c listen_addresses=127.0.0.1 -c port={self.port} -c unix_socket_directories={self.dir} "
-                "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c shared_buffers=16MB "
+                "-c fsync=off -c full_page_writes=off -c shared_buffers=16MB "
                 "-c max_connections=60")
         r = self._run([str(self.bindir / "pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-o", opts,
                        "-w", "-t", "60", "start"], timeout=90)
