@@ -200,6 +200,40 @@ def test_shared_head_over_two_feature_maps_gets_one_selection():
     assert graph.group("head.0").channels == 8
 
 
+def test_block_with_split_sizes_called_at_two_sites():
+    """A block that splits its conv's output by fixed sizes, applied to two feature maps: the split sizes are rewritten
+    for the one selection both call sites share, so both calls keep computing what the original did."""
+    class SplitBlock(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(8, 12, 1, bias=False)
+            self.bn = nn.BatchNorm2d(12)
+
+        def forward(self, x):
+            a, b = torch.split(self.bn(self.conv(x)), [4, 8], dim=1)
+            return torch.cat([a.relu(), b.sigmoid()], dim=1)
+
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.s1, self.s2 = _cbr(3, 8), _cbr(3, 8, k=1)
+            self.block = SplitBlock()
+            self.head = nn.Conv2d(12, 5, 1)
+
+        def forward(self, x):
+            return self.head(self.block(self.s1(x)) + self.block(self.s2(x)))
+
+    model = Twice().eval()
+    randomise_norms(model)
+    graph, removed = check_model(model, _x(2, 3, 8, 8))
+    assert removed > 0.15
+    pruned = graph.prune(0.5, criterion="l1")
+    splits = [n for n in pruned.graph.nodes if n.target in (torch.split, "split")]
+    assert len(splits) == 2  # one split per call site, each rewritten
+    sizes = [tuple(n.args[1]) if len(n.args) > 1 else tuple(n.kwargs["split_size_or_sections"]) for n in splits]
+    assert sizes[0] == sizes[1] and sum(sizes[0]) == pruned.block.conv.out_channels < 12
+
+
 def test_batchnorm_applied_to_two_branches():
     class TwoBranch(nn.Module):
         def __init__(self):
