@@ -11,6 +11,8 @@ from autoprune.study.early_stopping import (RUNG_ATTR, STOP_ATTR, Decision, Earl
                                             TrialStopped, nondominated_ranks, promotes, rungs_from)
 from autoprune.study.pareto import ParetoFront, front_records
 
+from tiny_models import TINYNET
+
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 DIRS = ("maximize", "minimize")  # accuracy, MAC fraction
 
@@ -192,19 +194,6 @@ def test_trial_stopped_is_optuna_pruned():
     with pytest.raises(ValueError, match="maximize"):
         EarlyStopper(directions=["max", "min"])
 
-
-TINYNET = '''
-import torch.nn as nn
-
-
-def build(num_classes=10, width=8):
-    w = width
-    return nn.Sequential(
-        nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
-        nn.Conv2d(2 * w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, num_classes))
-'''
 
 CONFIG = """
 name: tiny_es
