@@ -158,3 +158,27 @@ def test_latency_config_errors():
         load_config({**base, "ratios": {"round_to": 0}})
     cfg = load_config({**base, "objectives": ["accuracy", "macs", "latency"]})
     assert cfg.objectives == ["accuracy", "macs", "latency"] and cfg.latency.repeats == 20
+
+
+def test_latency_objective_on_the_quickstart(tmp_path, monkeypatch):
+    """The shipped quickstart config with `objectives: [accuracy, latency]` (fast settings, 2 trials): every trial's
+    second objective is its measured median latency, recorded with its spread."""
+    import yaml
+
+    from tiny_configs import ROOT, tiny_copy
+
+    monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
+    path = tiny_copy(ROOT / "search_spaces" / "quickstart.yaml", tmp_path)
+    raw = yaml.safe_load(path.read_text())
+    raw.update(objectives=["accuracy", "latency"], latency={"batch_size": 2, "threads": 1, "warmup": 1, "repeats": 3})
+    path.write_text(yaml.safe_dump(raw, sort_keys=False))
+    from autoprune import search
+
+    front = search(path)
+    done = [t for t in front.study.trials if t.state.name == "COMPLETE"]
+    assert len(done) == 2
+    for t in done:
+        assert t.values[1] == t.user_attrs["latency_ms"] > 0
+        a = t.user_attrs
+        assert a["latency_min_ms"] <= a["latency_ms"] <= a["latency_max_ms"] and a["latency_iqr_ms"] >= 0
+        assert a["latency_setup"]["batch_size"] == 2
