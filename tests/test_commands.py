@@ -11,10 +11,11 @@ synthetic data set (10 classes, 40 training images) at the config's image size, 
 224x224 costs ~4 GMACs per image on the CPU. Weights that exist (the shared ResNet-56 checkpoint) are loaded;
 missing ones (the ImageNet ResNet-50) are replaced by a seeded state_dict, so the weights path is still exercised.
 
-The ImageNet ResNet-50 is checked as itself by `groups`, `macs` and `search --dry-run` (its weights, its group
-patterns such as `layer4.*` and its budget against the real graph); the commands that prune it once per group or
-trial run on a torchvision ResNet-18 stand-in, which has the same stem and layer names, so the config's patterns
-apply unchanged (the 38 groups of a ResNet-50 alone would double this test's time).
+The ImageNet ResNet-50 and the CIFAR ResNet-56 are checked as themselves by `groups`, `macs` and `search --dry-run`
+(their weights -- the shared ResNet-56 checkpoint is loaded --, their group patterns such as `layer4.*` and their
+budgets against the real graph); the commands that prune once per group or trial run on a stand-in of the same
+family with the same stem and layer names (torchvision ResNet-18, CIFAR ResNet-20), so the config's patterns apply
+unchanged (ResNet-50's 38 groups, or ResNet-56's sensitivity table, would double this test's time).
 """
 from __future__ import annotations
 
