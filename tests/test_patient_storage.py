@@ -10,7 +10,8 @@ import optuna
 import pytest
 import sqlalchemy.exc
 
-from autoprune.study.patient_storage import WRAPPED, PatientRDBStorage, StorageLost, is_disconnect
+from autoprune.study.patient_storage import (WRAPPED, PatientRDBStorage, StorageLost, is_disconnect, storage_of,
+                                              trial_id_of)
 
 
 def _lost_connection() -> sqlalchemy.exc.OperationalError:
@@ -93,3 +94,14 @@ def test_is_a_working_optuna_storage(tmp_path):
     study.optimize(lambda t: [t.suggest_float("x", 0, 1), 0.5], n_trials=2)
     again = optuna.load_study(study_name="s", storage=PatientRDBStorage(f"sqlite:///{tmp_path / 's.db'}"))
     assert [t.state for t in again.trials] == [optuna.trial.TrialState.COMPLETE] * 2
+
+
+def test_storage_and_trial_id_readers_match_the_public_api():
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(storage=storage, study_name="ids")
+    for _ in range(3):
+        study.ask()
+    assert storage_of(study) is storage
+    study_id = storage.get_study_id_from_name("ids")
+    for t in study.get_trials(deepcopy=False):
+        assert trial_id_of(t) == storage.get_trial_id_from_study_id_trial_number(study_id, t.number)

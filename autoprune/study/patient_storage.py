@@ -9,7 +9,8 @@ raised would print a traceback.
 
 This is the one adapter over Optuna internals in the search: it wraps the storage methods ``_CachedStorage`` calls,
 private ones included (``_create_new_trial``, ``_get_trials``...); tests/test_patient_storage.py checks the list
-against the installed Optuna. The back-off loop is written here (a dozen lines) rather than taken from ``tenacity``,
+against the installed Optuna. :func:`storage_of` and :func:`trial_id_of` are the two other private reads (a study's
+storage, a frozen trial's storage id), used by the stale-trial recovery and tested there too. The back-off loop is written here (a dozen lines) rather than taken from ``tenacity``,
 which is not a dependency.
 """
 from __future__ import annotations
@@ -21,7 +22,7 @@ from typing import Any, Callable
 
 import optuna
 
-__all__ = ["PatientRDBStorage", "StorageLost", "is_disconnect", "WRAPPED"]
+__all__ = ["PatientRDBStorage", "StorageLost", "is_disconnect", "WRAPPED", "storage_of", "trial_id_of"]
 
 #: RDBStorage methods that talk to the database (the public storage API and what Optuna's cache calls).
 WRAPPED = (
@@ -32,6 +33,16 @@ WRAPPED = (
     "set_trial_system_attr", "get_trial_id_from_study_id_trial_number", "get_trial", "get_all_trials", "_get_trials",
     "get_best_trial", "_get_best_trial_id", "_get_stale_trial_ids",
 )
+
+
+def storage_of(study: optuna.Study) -> optuna.storages.BaseStorage:
+    """The storage a study reads and writes (Optuna keeps it in a private attribute)."""
+    return study._storage
+
+
+def trial_id_of(trial: optuna.trial.FrozenTrial) -> int:
+    """A frozen trial's id in its storage (private in Optuna; the public way costs two storage queries)."""
+    return trial._trial_id
 
 
 class StorageLost(ConnectionError):

@@ -22,6 +22,8 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .patient_storage import storage_of, trial_id_of
+
 __all__ = ["worker_info", "worker_alive", "WorkerRegistry", "RetryFailedTrial", "recover_stale_trials",
            "DEFAULT_MAX_RETRY"]
 
@@ -158,7 +160,7 @@ def recover_stale_trials(study: optuna.Study, *, no_other_workers: bool = False,
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         optuna.storages.fail_stale_trials(study)
     host = socket.gethostname()
-    storage = study._storage
+    storage = storage_of(study)
     failed = []
     now = time.time()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
@@ -171,10 +173,10 @@ def recover_stale_trials(study: optuna.Study, *, no_other_workers: bool = False,
         if not stale:
             continue
         try:
-            storage.set_trial_user_attr(t._trial_id, "failure", "worker died while the trial was running")
-            if storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL):
+            storage.set_trial_user_attr(trial_id_of(t), "failure", "worker died while the trial was running")
+            if storage.set_trial_state_values(trial_id_of(t), state=TrialState.FAIL):
                 failed.append(t)
-                retry(study, storage.get_trial(t._trial_id))
+                retry(study, storage.get_trial(trial_id_of(t)))
         except (optuna.exceptions.UpdateFinishedTrialError, RuntimeError):
             pass  # another worker got there first
     trials = study.get_trials(deepcopy=False)
