@@ -21,7 +21,6 @@ import dataclasses
 import datetime
 import json
 import os
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -37,36 +36,22 @@ from autoprune.scoring import score_groups  # noqa: E402
 from autoprune.sensitivity_analysis import cpu_graph, sensitivity  # noqa: E402
 from autoprune.train import evaluate, finetune, recalibrate_bn  # noqa: E402
 
-SHARED = Path(__file__).resolve().parents[2] / "shared"
-WEIGHTS = SHARED / "models" / "resnet56-cifar10jpeg.pt"
-EXTRACT = SHARED / "data" / "cifar10_jpeg.py"
+from bench_sensitivity import WEIGHTS, ensure_data, machine, subset  # noqa: E402
 
 
-def ensure_data(root: Path) -> None:
-    if (root / "train").is_dir() and (root / "test").is_dir():
-        return
-    print(f"extracting CIFAR-10-JPEG into {root} ...", file=sys.stderr)
-    subprocess.run([sys.executable, str(EXTRACT), "--out", str(root)], check=True)
-
-
-def subset(split, n: int | None):
-    if n is None or n >= len(split):
-        return split
-    idx = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))[:n].sort().values
-    return split.subset(idx)
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__} {torch.get_num_threads()} threads, {gpu}"
+def load_shared(args: argparse.Namespace) -> tuple:
+    """The shared CIFAR-10-JPEG (val and test: halves of the test images, optionally subsampled) and ResNet-56 on
+    ``args.device``; also used by bench_repetitive.py. Returns (data, model, example input, device)."""
+    root = Path(args.data).expanduser()
+    ensure_data(root)
+    dev = torch.device(args.device)
+    data = load_data("imagefolder", root, device=dev, val_from="test", val_fraction=0.5)
+    data = dataclasses.replace(data, val=subset(data.val, args.val_size), test=subset(data.test, args.test_size))
+    model = resnet56()
+    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
+    model.to(dev).eval()
+    print(f"{data}\nmachine: {machine()}", file=sys.stderr)
+    return data, model, torch.zeros(1, 3, 32, 32, device=dev), dev
 
 
 def main() -> None:
@@ -93,16 +78,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     t_start = time.perf_counter()
-    root = Path(args.data).expanduser()
-    ensure_data(root)
-    dev = torch.device(args.device)
-    data = load_data("imagefolder", root, device=dev, val_from="test", val_fraction=0.5)
-    data = dataclasses.replace(data, val=subset(data.val, args.val_size), test=subset(data.test, args.test_size))
-    model = resnet56()
-    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    model.to(dev).eval()
-    ex = torch.zeros(1, 3, 32, 32, device=dev)
-    print(f"{data}\nmachine: {machine()}", file=sys.stderr)
+    data, model, ex, dev = load_shared(args)
 
     graph = cpu_graph(model, ex)
     if args.allocation == "sensitivity":

@@ -25,8 +25,6 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from autoprune.config import load_config  # noqa: E402
@@ -35,24 +33,13 @@ from autoprune.study.pareto import ParetoFront, hypervolume_2d, pareto_filter  #
 from autoprune.study.session import open_session  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
+from bench_sensitivity import machine  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
 class BudgetReached(Exception):
     pass
-
-
-def machine() -> str:
-    cpu = "unknown CPU"
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return f"{cpu}, {os.cpu_count()} cores visible, torch {torch.__version__}, {gpu}"
 
 
 def images_used(study, cfg) -> int:

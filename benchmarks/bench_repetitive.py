@@ -14,7 +14,6 @@ test accuracy, fine-tuning images, seconds. Not a test; prints and writes markdo
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import datetime
 import json
 import os
@@ -27,10 +26,8 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from autoprune.budget import prune_to_budget  # noqa: E402
-from autoprune.data import load_data  # noqa: E402
-from autoprune.models import resnet56  # noqa: E402
 
-from bench_distill import WEIGHTS, ensure_data, machine, subset  # noqa: E402
+from bench_distill import WEIGHTS, load_shared, machine  # noqa: E402
 
 
 def main() -> None:
@@ -57,16 +54,7 @@ def main() -> None:
         torch.set_num_threads(args.threads)
 
     t_start = time.perf_counter()
-    root = Path(args.data).expanduser()
-    ensure_data(root)
-    dev = torch.device(args.device)
-    data = load_data("imagefolder", root, device=dev, val_from="test", val_fraction=0.5)
-    data = dataclasses.replace(data, val=subset(data.val, args.val_size), test=subset(data.test, args.test_size))
-    model = resnet56()
-    model.load_state_dict(torch.load(args.weights, map_location="cpu", weights_only=True))
-    model.to(dev).eval()
-    ex = torch.zeros(1, 3, 32, 32, device=dev)
-    print(f"{data}\nmachine: {machine()}", file=sys.stderr)
+    data, model, ex, dev = load_shared(args)
 
     rows = []
     for k in [int(s) for s in args.steps.split(",")]:

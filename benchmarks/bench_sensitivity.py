@@ -99,7 +99,7 @@ def hrank_scaled(graph: ChannelGraph, scores: dict, target_macs: int) -> tuple[d
     return hrank_ratios(graph, hi), hi
 
 
-def ensure_data(root: Path, limit: int | None) -> None:
+def ensure_data(root: Path, limit: int | None = None) -> None:
     if (root / "train").is_dir() and (root / "test").is_dir():
         return
     cmd = [sys.executable, str(EXTRACT), "--out", str(root)]
