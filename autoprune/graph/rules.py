@@ -102,6 +102,17 @@ class Lock(ChannelRule):
         return p.lock_all(node, value, f"{p.where(node)}: {self.reason}")
 
 
+def _tail_without_rule(module: nn.Module, tail: tuple, what: str) -> str | None:
+    """Why a norm's element-wise tail (``act``, ``drop``...) blocks pruning: its first submodule without an
+    element-wise rule; None when every one has one."""
+    for t in tail:
+        sub = getattr(module, t, None)
+        if sub is not None and not isinstance(lookup_module(sub), Elementwise):
+            return (f"{what} applies '{t}' ({type(sub).__name__}), which has no element-wise rule (register one with "
+                    "register_channel_rule)")
+    return None
+
+
 @dataclass
 class PerChannel(ChannelRule):
     """A per-channel layer (norms with statistics, per-channel scales): channels on ``dim`` of the input, every
@@ -122,11 +133,9 @@ class PerChannel(ChannelRule):
         d = self.dim % len(x.shape)
         if x.cdims != (d,):
             return p.lock_all(node, value, f"{what} over a tensor whose channels are not on dim {self.dim}")
-        for t in self.tail:
-            sub = getattr(module, t, None)
-            if sub is not None and not isinstance(lookup_module(sub), Elementwise):
-                return p.lock_all(node, value, f"{what} applies '{t}' ({type(sub).__name__}), which has no "
-                                               "element-wise rule (register one with register_channel_rule)")
+        reason = _tail_without_rule(module, self.tail, what)
+        if reason:
+            return p.lock_all(node, value, reason)
         owned = [n for n in self.params if isinstance(getattr(module, n, None), torch.Tensor)]
         if any(getattr(module, n).dim() == 0 or getattr(module, n).shape[0] != x.shape[d] for n in owned):
             return p.lock_all(node, value, f"{what}: parameters do not hold one entry per channel")
@@ -283,11 +292,9 @@ class GroupNorm(ChannelRule):
         what = f"{type(m).__name__} '{name}'"
         if x is None or x.cdims != (1,) or not isinstance(value, torch.Tensor) or tuple(value.shape) != x.shape:
             return p.lock_all(node, value, f"{what} over a tensor whose channels are not on dim 1")
-        for t in self.tail:
-            sub = getattr(m, t, None)
-            if sub is not None and not isinstance(lookup_module(sub), Elementwise):
-                return p.lock_all(node, value, f"{what} applies '{t}' ({type(sub).__name__}), which has no "
-                                               "element-wise rule")
+        reason = _tail_without_rule(m, self.tail, what)
+        if reason:
+            return p.lock_all(node, value, reason)
         g = m.num_groups
         if g == 1:
             return p.lock_all(node, value, f"{what} has a single group: it normalises over every channel")
@@ -322,11 +329,9 @@ class LayerNorm(ChannelRule):
         what = f"{type(m).__name__} '{name}'"
         if x is None or not isinstance(value, torch.Tensor) or tuple(value.shape) != x.shape:
             return p.lock_all(node, value, f"{what}: unexpected shapes")
-        for t in self.tail:
-            sub = getattr(m, t, None)
-            if sub is not None and not isinstance(lookup_module(sub), Elementwise):
-                return p.lock_all(node, value, f"{what} applies '{t}' ({type(sub).__name__}), which has no "
-                                               "element-wise rule")
+        reason = _tail_without_rule(m, self.tail, what)
+        if reason:
+            return p.lock_all(node, value, reason)
         nd = len(x.shape)
         k = len(m.normalized_shape)
         normed = {1} if self.channels_first else set(range(nd - k, nd))
