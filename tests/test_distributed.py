@@ -77,6 +77,22 @@ finetune: {{epochs: 24, max_batches: 4, batch_size: 32}}
 """
 
 
+def _first_running_trial(proc: subprocess.Popen, storage, study: str = "shared", timeout: float = 120):
+    """Wait until the worker ``proc`` runs a trial of ``study`` (one that has recorded its worker); return it."""
+    deadline = time.time() + timeout
+    while True:
+        try:
+            ts = optuna.load_study(study_name=study, storage=storage).get_trials(deepcopy=False)
+        except KeyError:
+            ts = []
+        running = [t for t in ts if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
+        if running:
+            return running[0]
+        assert proc.poll() is None, proc.communicate()
+        assert time.time() < deadline, "no trial started"
+        time.sleep(0.05)
+
+
 def _write(tmp: Path, template: str, name: str) -> Path:
     p = tmp / name
     p.write_text(textwrap.dedent(template).format(run=tmp / "run", cache=tmp / "cache"))
@@ -281,20 +297,8 @@ def test_sigterm_fails_the_trial_and_enqueues_its_retry(tmp_path, pg):
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     storage = optuna.storages.RDBStorage(url)
 
-    def running() -> list:
-        try:
-            ts = optuna.load_study(study_name="shared", storage=storage).get_trials(deepcopy=False)
-        except KeyError:
-            return []
-        return [t for t in ts if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-
     try:
-        deadline = time.time() + 120
-        while not running():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.time() < deadline, "no trial started"
-            time.sleep(0.05)
-        victim = running()[0]
+        victim = _first_running_trial(proc, storage)
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     finally:
@@ -323,21 +327,9 @@ def test_database_outage_worker_gives_up_cleanly_and_its_trial_is_retried(tmp_pa
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     storage = optuna.storages.RDBStorage(url)
 
-    def running() -> list:
-        try:
-            ts = optuna.load_study(study_name="shared", storage=storage).get_trials(deepcopy=False)
-        except KeyError:
-            return []
-        return [t for t in ts if t.state == TrialState.RUNNING and "worker" in t.user_attrs]
-
     halted = False
     try:
-        deadline = time.time() + 120
-        while not running():
-            assert proc.poll() is None, proc.communicate()
-            assert time.time() < deadline, "no trial started"
-            time.sleep(0.05)
-        victim = running()[0]
+        victim = _first_running_trial(proc, storage)
         storage.remove_session()
         storage.engine.dispose()
         pg.halt()
