@@ -8,7 +8,6 @@ import types
 
 import pytest
 import torch
-import torch.nn as nn
 import yaml
 
 from autoprune import count_macs, count_params
@@ -20,18 +19,9 @@ from autoprune.config import load_config
 from autoprune.io import load as load_model
 from autoprune.data import load_data
 
+from tiny_models import tiny_cnn
+
 EX = torch.zeros(1, 3, 32, 32)
-
-
-def tiny_cnn(num_classes: int = 10, seed: int = 0) -> nn.Module:
-    """Also the builder the CLI test imports as ``test_budget:tiny_cnn``."""
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, num_classes),
-    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -125,7 +115,7 @@ def config(tmp_path, monkeypatch):
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
     torch.save(tiny_cnn(seed=3).state_dict(), tmp_path / "w.pt")
-    cfg = {"model": {"name": "test_budget:tiny_cnn", "weights": "w.pt"},  # relative to the config's folder
+    cfg = {"model": {"name": "tiny_models:tiny_cnn", "weights": "w.pt"},  # relative to the config's folder
            "data": {"dataset": "synthetic", "image_size": 32, "val_fraction": 0.25,
                     "options": {"train_per_class": 12, "test_per_class": 2}},
            "device": "cpu", "run_dir": str(tmp_path / "run"), "criteria": "l1",

@@ -10,17 +10,9 @@ from autoprune.budget import prune_to_budget
 from autoprune.data import load_data
 from autoprune.repetitive import step_counts, steps_per_epoch
 
+from tiny_models import tiny_cnn
+
 EX = torch.zeros(1, 3, 32, 32)
-
-
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
-    ).eval()
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +102,7 @@ def test_cli_prune_steps_and_distill(tmp_path, monkeypatch, capsys):
     monkeypatch.syspath_prepend(str(__import__("pathlib").Path(__file__).parent))
     monkeypatch.setenv("AUTOPRUNE_CACHE", str(tmp_path / "cache"))
     torch.save(tiny_cnn(seed=3).state_dict(), tmp_path / "w.pt")
-    cfg = {"model": {"name": "test_repetitive:tiny_cnn", "weights": "w.pt"},
+    cfg = {"model": {"name": "tiny_models:tiny_cnn", "weights": "w.pt"},
            "data": {"dataset": "synthetic", "image_size": 32, "val_fraction": 0.25,
                     "options": {"train_per_class": 12, "test_per_class": 2}},
            "device": "cpu", "run_dir": str(tmp_path / "run"), "criteria": "l1", "constraints": {"max_macs": 0.6},

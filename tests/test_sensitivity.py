@@ -5,7 +5,6 @@ import math
 
 import pytest
 import torch
-import torch.nn as nn
 
 import autoprune.train as train_mod
 from autoprune import ChannelGraph, count_macs
@@ -15,17 +14,9 @@ from autoprune.sensitivity_analysis import SensitivityTable, sensitivity, sensit
 from autoprune.train import evaluate, recalibrate_bn
 
 RATIOS = (0.25, 0.5, 0.75)
+from tiny_models import tiny_cnn
+
 EX = torch.zeros(1, 3, 32, 32)
-
-
-def tiny_cnn(seed: int = 0) -> nn.Module:
-    torch.manual_seed(seed)
-    return nn.Sequential(
-        nn.Conv2d(3, 8, 3, padding=1, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(8, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(), nn.MaxPool2d(2),
-        nn.Conv2d(16, 16, 3, padding=1, bias=False), nn.BatchNorm2d(16), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(16, 10),
-    ).eval()
 
 
 @pytest.fixture(scope="module")
