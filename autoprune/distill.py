@@ -26,6 +26,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 
+from .train import _model_device  # the train loop's own rule for a model's device
+
 __all__ = ["DistillOptions", "Distiller", "distillation_loss", "kd_loss"]
 
 
@@ -82,14 +84,6 @@ def distillation_loss(student_logits: Tensor, teacher_logits: Tensor, labels: Te
     return kd if alpha == 1.0 else (1.0 - alpha) * ce + alpha * kd
 
 
-def _device_of(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
 class Distiller:
     """The distillation loss of one fine-tuning run: holds the teacher and its options.
 
@@ -131,9 +125,9 @@ class Distiller:
     def attached(self, device: str | torch.device | None = None, *, amp: bool = False,
                  channels_last: bool = False) -> Iterator["Distiller"]:
         """Make the teacher ready for batches on ``device``: eval mode, no gradients, bf16 autocast if ``amp``."""
-        dev = torch.device(device) if device is not None else _device_of(self.teacher)
+        dev = torch.device(device) if device is not None else _model_device(self.teacher)
         teacher = self.teacher
-        if _device_of(teacher) != dev:
+        if _model_device(teacher) != dev:
             teacher = copy.deepcopy(teacher).to(dev)  # the caller's model stays where it is
             if channels_last:
                 teacher.to(memory_format=torch.channels_last)
