@@ -131,6 +131,24 @@ def test_stale_trial_of_dead_worker_is_failed_once(tmp_path):
     assert study.get_trials()[t2.number].state == TrialState.RUNNING
 
 
+def test_interrupted_trial_without_retry_is_retried_late_and_once():
+    """A FAIL trial left without its retry (its failer died before enqueuing it) is retried -- but only once it is
+    old enough that the process which failed it cannot still be enqueuing (two workers retrying it: two retries)."""
+    from autoprune.study.recovery import recover_stale_trials
+
+    study = optuna.create_study(directions=["maximize", "minimize"])
+    t = study.ask()
+    t.suggest_float("x", 0, 1)
+    t.set_user_attr("interrupted", True)
+    study.tell(t, state=TrialState.FAIL)
+    recover_stale_trials(study)  # just failed: its failer may be enqueuing the retry right now
+    assert study.get_trials(states=(TrialState.WAITING,)) == []
+    recover_stale_trials(study, late_retry_after=0.0)
+    recover_stale_trials(study, late_retry_after=0.0)  # and once only
+    waiting = study.get_trials(states=(TrialState.WAITING,))
+    assert len(waiting) == 1 and waiting[0].user_attrs["retry_of"] == t.number
+
+
 def test_worker_registry(tmp_path):
     from autoprune.study.recovery import WorkerRegistry
 

@@ -509,10 +509,11 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
             with _tune_env():
                 grid = tuner.fit()
         finally:
-            for t in searcher.unfinished():  # interrupted: fail them, so the next run retries their parameters
+            for t in searcher.unfinished():  # interrupted: fail them and enqueue their retries
                 try:
                     t.set_user_attr("interrupted", True)
                     study.tell(t, state=TrialState.FAIL)
+                    session.retry_trial(t.number)
                 except Exception:
                     pass
         errors += [f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime
 import os
 import socket
 import time
@@ -30,6 +31,10 @@ __all__ = ["worker_info", "worker_alive", "WorkerRegistry", "RetryFailedTrial", 
 #: Retries of one trial whose workers keep dying (then it stays FAIL).
 DEFAULT_MAX_RETRY = 3
 _STALE_NO_WORKER_S = 600.0  # a RUNNING trial that never recorded its worker is stale after this long
+#: Seconds after which an interrupted FAIL trial without a retry is retried by whoever sees it. Whoever fails a trial
+#: enqueues its retry right after (milliseconds later); only a process killed in between leaves one without. Waiting
+#: keeps a second worker from retrying a trial whose failer is still enqueuing (two retries of one trial).
+LATE_RETRY_AFTER_S = 60.0
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -147,9 +152,11 @@ def _retried(trials: list[FrozenTrial]) -> set[int]:
 
 def recover_stale_trials(study: optuna.Study, *, no_other_workers: bool = False,
                          retry: Callable[[optuna.Study, FrozenTrial], None] | None = None,
-                         no_worker_after: float = _STALE_NO_WORKER_S) -> list[FrozenTrial]:
+                         no_worker_after: float = _STALE_NO_WORKER_S,
+                         late_retry_after: float = LATE_RETRY_AFTER_S) -> list[FrozenTrial]:
     """Fail RUNNING trials whose worker is dead and retry them (``retry``, default :class:`RetryFailedTrial`); retry
-    FAIL trials that were interrupted (Ctrl-C, a lost database, a stopped Ray driver) and have no retry yet.
+    FAIL trials that were interrupted (Ctrl-C, a lost database, a worker found dead) and still have no retry
+    ``late_retry_after`` seconds after they failed (the process that failed them died before it could enqueue it).
 
     A worker on this host is dead when its pid is gone (or reused). A RUNNING trial that never recorded its worker
     (killed right after it was created) is stale when ``no_other_workers`` (see :class:`WorkerRegistry`), else
@@ -181,8 +188,10 @@ def recover_stale_trials(study: optuna.Study, *, no_other_workers: bool = False,
             pass  # another worker got there first
     trials = study.get_trials(deepcopy=False)
     done = _retried(trials)
-    for t in trials:  # interrupted, but the process ended before it could enqueue the retry
+    late = datetime.datetime.now() - datetime.timedelta(seconds=late_retry_after)
+    for t in trials:  # interrupted, but the process that failed it ended before it could enqueue the retry
         if t.state == TrialState.FAIL and t.number not in done and (
-                t.user_attrs.get("interrupted") or t.user_attrs.get("failure")):
+                t.user_attrs.get("interrupted") or t.user_attrs.get("failure")) and (
+                t.datetime_complete is None or t.datetime_complete <= late):
             retry(study, t)
     return failed
