@@ -670,7 +670,9 @@ def part_cuda_tests(state: dict[str, Any], rec: Recorder) -> None:
     os.chdir(ROOT)
     plugin = _Outcomes()
     t0 = time.perf_counter()
-    rc = int(pytest.main(["-q", "-m", "cuda", "-p", "no:cacheprovider", *files], plugins=[plugin]))
+    # one process (not the suite's pytest-xdist addopts): the device image need not have pytest-xdist
+    rc = int(pytest.main(["-q", "-o", "addopts=-ra", "-p", "no:xdist", "-m", "cuda", "-p", "no:cacheprovider", *files],
+                         plugins=[plugin]))
     c = plugin.counts
     rec.row(passed=c["passed"], failed=c["failed"], skipped=c["skipped"], errors=c["errors"],
             deselected=c["deselected"], seconds=time.perf_counter() - t0, exit_code=rc)

@@ -25,6 +25,9 @@ from optuna.trial import TrialState
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from conftest_services import child_env, free_port, postgres_bindir, postgres_server, ray_cluster  # noqa: E402
 
+# starts processes or services: runs in the one test process of group "processes" (see pyproject.toml)
+pytestmark = pytest.mark.xdist_group("processes")
+
 # The quickstart search (search_spaces/quickstart.yaml) shrunk: a ResNet-20 pretrained on 2 batches, 8x8 images,
 # uniform guide (no sensitivity analysis), 2 fine-tuning batches per trial.
 RAY_CONFIG = """

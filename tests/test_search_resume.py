@@ -12,6 +12,9 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
+# starts processes or services: runs in the one test process of group "processes" (see pyproject.toml)
+pytestmark = pytest.mark.xdist_group("processes")
+
 ROOT = Path(__file__).resolve().parents[1]
 
 CONFIG = """
