@@ -9,6 +9,7 @@ import torch.nn as nn
 
 from autoprune.data import load_data
 from autoprune.polish import PolishResult, polish
+from tiny_models import TINYNET
 
 
 def tiny(seed: int = 0, width: int = 8) -> nn.Module:
@@ -43,18 +44,6 @@ def test_polish_reports_val_and_test(bundle):
         polish(student, bundle, epochs=1, distill={"alpha": 0.5})
 
 
-TINYNET = '''
-import torch.nn as nn
-
-
-def build(num_classes=10, width=8):
-    w = width
-    return nn.Sequential(
-        nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
-        nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
-        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(2 * w, num_classes))
-'''
-
 CONFIG = """
 name: tiny_polish
 n_trials: 3
@@ -76,7 +65,7 @@ def test_export_polish_cli_and_front_polish(tmp_path, capsys):
     from autoprune.cli import main
     from autoprune.study import search
 
-    (tmp_path / "tinynet.py").write_text(textwrap.dedent(TINYNET))
+    (tmp_path / "tinynet.py").write_text(textwrap.dedent(TINYNET))  # tests/tiny_models.py
     cfg = tmp_path / "tiny_polish.yaml"
     cfg.write_text(CONFIG.format(run=tmp_path / "run", cache=tmp_path / "cache"))
     front = search(str(cfg))

@@ -10,25 +10,11 @@ import math
 import pytest
 import torch
 
-from autoprune import ChannelGraph
 from autoprune.allocation import allocate, round_count, round_ratios
-from autoprune.models import resnet20
-from autoprune.scoring import score_groups
 
-from test_allocate import fake_table
+from test_allocate import fake_table, graph, scores  # noqa: F401 -- graph, scores: the same module fixtures
 
 EX = torch.zeros(1, 3, 32, 32)
-
-
-@pytest.fixture(scope="module")
-def graph():
-    torch.manual_seed(0)
-    return ChannelGraph(resnet20(), EX)
-
-
-@pytest.fixture(scope="module")
-def scores(graph):
-    return score_groups(graph, "l1")
 
 
 @pytest.fixture(scope="module")
