@@ -1,6 +1,7 @@
 """The search on a Ray cluster: every trial a Ray Tune trial, every result in the search's own Optuna storage.
 
-This module is the only place that imports Ray. :func:`search_ray` (``autoprune search CONFIG --backend ray``):
+This module (with its adapter to ``OptunaSearch``'s internals, :mod:`.tune_searcher`) is the only place that
+imports Ray. :func:`search_ray` (``autoprune search CONFIG --backend ray``):
 
 * connects to a cluster (``address``: ``auto``, ``HOST:PORT``, ``ray://HOST:10001``, or a new local instance), failing
   within seconds with a message naming the address when nothing answers there;
@@ -39,6 +40,8 @@ from typing import Any, Callable, Mapping
 import optuna
 from optuna.trial import TrialState
 
+from .tune_searcher import RECORD_KEY, searcher_class
+
 __all__ = ["search_ray", "connect", "RayUnreachable", "TESTED_VERSIONS"]
 
 #: Versions this adapter was written and tested against (pin them together).
@@ -46,7 +49,6 @@ TESTED_VERSIONS = {"ray": "2.60.0", "optuna": "5.0.0"}
 
 _TRIAL_KEY = "__autoprune_trial__"  # Optuna trial number, put into the Tune config by the define-by-run space
 _LEVEL_KEY = "__autoprune_alloc__"  # the guided allocation of the trial's level, computed on the driver
-_RECORD_KEY = "autoprune_record"  # JSON: user attributes and constraints set by the trial function
 _REUSE_KEY = "__autoprune_reuse__"  # an earlier trial with the same removal, found by the driver: (number, results)
 
 
@@ -268,7 +270,7 @@ def _trainable(config: dict, payload: dict) -> None:
     names = payload["metrics"]
     record = {"user_attrs": trial.user_attrs, "constraints": trial.constraints}
     tune.report({**{n: float(v) for n, v in zip(names, values)},
-                 _RECORD_KEY: json.dumps(record, default=_json_default)})
+                 RECORD_KEY: json.dumps(record, default=_json_default)})
 
 
 def _json_default(o: Any) -> Any:
@@ -281,48 +283,6 @@ def _json_default(o: Any) -> Any:
 
 # ------------------------------------------------------------------------------------------------------------
 # the driver side
-
-
-def _searcher_class():
-    from ray.tune.search.optuna import OptunaSearch
-
-    class AutopruneOptunaSearch(OptunaSearch):
-        """``OptunaSearch`` that writes the trial function's user attributes and constraints into the Optuna trial
-        before telling it, and leaves Tune's experiment checkpoint out (the Optuna storage is the record)."""
-
-        def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
-            ot_trial = getattr(self, "_ot_trials", {}).get(trial_id)
-            if ot_trial is not None and result and result.get(_RECORD_KEY):
-                rec = json.loads(result[_RECORD_KEY])
-                try:
-                    for k, v in rec.get("user_attrs", {}).items():
-                        ot_trial.set_user_attr(k, v)
-                    for k, v in rec.get("constraints", {}).items():
-                        ot_trial.set_constraint(k, v)
-                except optuna.exceptions.UpdateFinishedTrialError:
-                    pass  # failed meanwhile by another process (stale); super() logs the tell failure
-            elif ot_trial is not None and error:
-                try:
-                    ot_trial.set_user_attr("error", "the Ray trial failed (see the Ray Tune trial log)")
-                except Exception:
-                    pass
-            super().on_trial_complete(trial_id, result=result, error=error)
-
-        def unfinished(self) -> list[Any]:
-            done = getattr(self, "_completed_trials", set())
-            return [t for tid, t in getattr(self, "_ot_trials", {}).items() if tid not in done]
-
-        def save(self, checkpoint_path: str) -> None:
-            pass
-
-        def restore(self, checkpoint_path: str) -> None:
-            pass
-
-        def __getstate__(self) -> dict:  # Tuner pickles its config (tuner.pkl); the study and space stay here
-            keep = ("_metric", "_mode", "_study_name")
-            return {k: v for k, v in self.__dict__.items() if k in keep}
-
-    return AutopruneOptunaSearch
 
 
 class _Space:
@@ -470,7 +430,7 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
     resources = {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}
     trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload), resources)
     storage_path = storage_path or str(cfg.run_path.resolve() / "ray")
-    Searcher = _searcher_class()
+    Searcher = searcher_class()
     define = _Space(space, problem, session.objective.worker)
 
     class Progress(tune.Callback):
