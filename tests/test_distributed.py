@@ -181,16 +181,25 @@ def test_ray_backend_search_lands_in_the_optuna_storage(tmp_path, capsys):
 @pytest.mark.slow
 def test_ray_backend_on_a_new_local_instance(tmp_path):
     """No --address: a Ray instance is started for the search (from the main thread: its processes die with the
-    thread that starts them) and shut down after it."""
-    cfg = _write(tmp_path, RAY_CONFIG, "qray.yaml")
+    thread that starts them) and shut down after it. With early stopping: the trainables send their rung results
+    to the driver, which records them in the study and stops (PRUNED) what cannot reach the front."""
+    cfg = _write(tmp_path, RAY_CONFIG + "early_stopping: {{enabled: true, rungs: [0], reduction_factor: 2, "
+                 "min_results: 2}}\n", "qray.yaml")
     env = child_env(AUTOPRUNE_CACHE=str(tmp_path / "cache"))
     env.pop("RAY_ADDRESS", None)
     res = subprocess.run(_cli("search", str(cfg), "--backend", "ray", "--trials", "2", "--max-concurrent", "1"),
                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=400)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-5000:]
     assert "connected to a new local instance" in res.stderr
+    from autoprune.study.early_stopping import RUNG_ATTR, STOP_ATTR
+
     trials = _journal_trials(tmp_path / "run" / "optuna.journal", "qray")
-    assert [t.state for t in trials] == [TrialState.COMPLETE] * 2
+    assert sum(t.state == TrialState.COMPLETE for t in trials) == 2
+    assert {t.state for t in trials} <= {TrialState.COMPLETE, TrialState.PRUNED}
+    for t in trials:  # every trial's rung result recorded by the driver; stopped ones PRUNED with their record
+        assert list(t.user_attrs[RUNG_ATTR]) == ["0"] and len(t.user_attrs[RUNG_ATTR]["0"]) == 2
+        assert (STOP_ATTR in t.user_attrs) == (t.state == TrialState.PRUNED)
+    assert trials[0].state == TrialState.COMPLETE  # alone on its rung (min_results 2): promoted
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -50,3 +50,49 @@ def test_pickled_searcher_keeps_metric_and_mode_only():
     state = cloudpickle.loads(cloudpickle.dumps(searcher)).__dict__
     assert set(state) == {"_metric", "_mode", "_study_name"}
     assert state["_metric"] == ["accuracy", "macs"] and state["_mode"] == ["max", "min"]
+
+
+def test_rung_scheduler_stops_a_dominated_trial_which_ends_pruned():
+    """Early stopping on the Ray driver: rung results reported by trainables are recorded in their Optuna trials and
+    judged with the local search's rule; a dominated trial is stopped there and told PRUNED, never COMPLETE."""
+    from types import SimpleNamespace
+
+    from ray.tune.schedulers import TrialScheduler
+
+    from autoprune.study.early_stopping import RUNG_ATTR, STOP_ATTR, EarlyStopper, Rungs
+    from autoprune.study.ray_backend import _RUNG_INDEX, _RUNG_STEP, _quota, _rung_scheduler
+
+    searcher, study = _searcher()
+    stopper = EarlyStopper(Rungs((0.0,), reduction_factor=2, min_results=2), ["maximize", "minimize"],
+                           names=["accuracy", "macs_fraction"])
+    logs: list[str] = []
+    scheduler = _rung_scheduler(stopper, searcher, study, ["accuracy", "macs"], 16, logs.append)
+    for tid in ("a", "b", "c"):
+        searcher.suggest(tid)
+
+    def rung(tid, acc, macs):
+        return scheduler.on_trial_result(None, SimpleNamespace(trial_id=tid),
+                                         {"accuracy": acc, "macs": macs, _RUNG_STEP: 0, _RUNG_INDEX: 0})
+
+    assert rung("a", 0.8, 0.5) == TrialScheduler.CONTINUE  # alone on the rung (min_results 2)
+    assert rung("b", 0.9, 0.4) == TrialScheduler.CONTINUE  # dominates a
+    assert rung("c", 0.5, 0.6) == TrialScheduler.STOP  # dominated by both: cannot reach the front
+    assert scheduler.on_trial_result(None, SimpleNamespace(trial_id="a"), {"accuracy": 0.8, "macs": 0.5}) == \
+        TrialScheduler.CONTINUE  # not a rung result
+    searcher.on_trial_complete("c", result={"accuracy": 0.5, "macs": 0.6, _RUNG_STEP: 0, _RUNG_INDEX: 0})
+    searcher.on_trial_complete("b", result={"accuracy": 0.92, "macs": 0.4})
+
+    a, b, c = study.get_trials()
+    assert c.state == TrialState.PRUNED and c.values is None
+    assert c.user_attrs[STOP_ATTR]["values"] == {"accuracy": 0.5, "macs_fraction": 0.6}
+    assert c.user_attrs[STOP_ATTR]["images"] == 0 and c.user_attrs[STOP_ATTR]["decision"]["promote"] is False
+    assert b.state == TrialState.COMPLETE and b.values == [0.92, 0.4] and STOP_ATTR not in b.user_attrs
+    assert {t.number: t.user_attrs[RUNG_ATTR] for t in (a, b, c)} == \
+        {0: {"0": [0.8, 0.5]}, 1: {"0": [0.9, 0.4]}, 2: {"0": [0.5, 0.6]}}
+    assert [t.number for t in searcher.unfinished()] == [0]
+    # The searcher hands out trials until enough are COMPLETE, waiting while the running ones could suffice.
+    assert [_quota(1, 0, 2), _quota(1, 1, 2), _quota(2, 1, 2)] == ["go", "wait", "done"]
+    searcher.set_quota(lambda: "wait")
+    assert searcher.suggest("d") is None
+    searcher.set_quota(lambda: "done")
+    assert searcher.suggest("d") == "FINISHED"

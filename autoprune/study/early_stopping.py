@@ -34,7 +34,7 @@ import optuna
 from optuna.trial import TrialState
 
 __all__ = ["RUNG_ATTR", "STOP_ATTR", "Rungs", "Decision", "TrialStopped", "RungStore", "EarlyStopper",
-           "TrialMonitor", "nondominated_ranks", "promotes", "default_rungs", "rungs_from", "stopper_for", "trial_callback"]
+           "TrialMonitor", "RungReporter", "nondominated_ranks", "promotes", "default_rungs", "rungs_from", "stopper_for", "trial_callback"]
 
 #: Trial user attribute with the trial's rung results: ``{"<fine-tuning steps>": [objective values]}``.
 RUNG_ATTR = "rung_results"
@@ -308,16 +308,37 @@ def stopper_for(cfg: Any) -> EarlyStopper | None:
     return EarlyStopper(rungs, directions, names=names)
 
 
+class RungReporter:
+    """The trial's side of early stopping where the trial cannot read the study (a Ray trainable runs on a
+    ``FixedTrial``): at each rung it measures the model and ``send(steps_done, rung, values)``s the values to the
+    driver, which records them, decides (:meth:`EarlyStopper.report`) and stops the trial there. ``send`` blocks
+    until the driver has decided (Ray Tune's function trainables report synchronously), so a stopped trial runs no
+    further step."""
+
+    def __init__(self, rungs: Rungs, measure: Callable[[], Sequence[float]],
+                 send: Callable[[int, int, list[float]], None]) -> None:
+        self.rungs, self.measure, self.send = rungs, measure, send
+        self._milestones: list[int] | None = None
+
+    def __call__(self, steps_done: int, total_steps: int) -> None:
+        if self._milestones is None:
+            self._milestones = self.rungs.milestones(int(total_steps))
+        if steps_done in self._milestones:
+            self.send(int(steps_done), self._milestones.index(steps_done), [float(v) for v in self.measure()])
+
+
 def trial_callback(stopper: EarlyStopper, trial: optuna.Trial, problem: Any, removal: Mapping[str, Any],
                    values_of: Callable[[Mapping[str, Any]], Sequence[float]],
-                   log: Callable[[str], None] | None = None) -> Callable[[Any], TrialMonitor]:
+                   log: Callable[[str], None] | None = None,
+                   send: Callable[[int, int, list[float]], None] | None = None
+                   ) -> Callable[[Any], TrialMonitor | RungReporter]:
     """``callback_for(model)`` for :meth:`Problem.build`: a :class:`TrialMonitor` that measures the pruned model at
-    each rung (accuracy on the config's evaluation split; MAC/parameter fractions of the removal) and turns the
-    measurements into objective values with ``values_of`` (the trial function's own)."""
-    if not isinstance(getattr(trial, "study", None), optuna.Study):
+    each rung (accuracy on the config's evaluation split; MAC/parameter fractions of the removal), turns the
+    measurements into objective values with ``values_of`` (the trial function's own) and decides; with ``send``, a
+    :class:`RungReporter` that sends the values to a driver that decides (Ray)."""
+    if send is None and not isinstance(getattr(trial, "study", None), optuna.Study):
         raise ValueError("early_stopping needs the study's storage inside the trial (to read the other trials' rung "
-                         "results), which this driver's trials do not have (Ray trainables); use the local search or "
-                         "PostgreSQL workers, or set early_stopping: false")
+                         "results), or a driver that decides for it (send=); this trial has neither")
     measured = problem.measure(removal)
 
     def callback_for(model: Any) -> TrialMonitor:
@@ -327,6 +348,8 @@ def trial_callback(stopper: EarlyStopper, trial: optuna.Trial, problem: Any, rem
             acc = evaluate(model, problem.data, split=problem.cfg.data.eval_split).accuracy
             return values_of({"accuracy": acc, **measured})
 
+        if send is not None:
+            return RungReporter(stopper.rungs, values, send)
         return stopper.monitor(trial, values, batch_size=problem.cfg.finetune.batch_size, log=log)
 
     return callback_for

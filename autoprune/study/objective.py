@@ -66,6 +66,9 @@ class TrialObjective:
         from .early_stopping import stopper_for
 
         self.stopper = stopper_for(cfg)  # None unless early_stopping.enabled
+        #: Where a trial that cannot read its study sends its rung values, ``send(steps, rung, values)`` (the Ray
+        #: trainable: to the driver, which decides); None: the trial decides itself from the study's storage.
+        self.rung_sink: Callable[[int, int, list[float]], None] | None = None
 
     # -- the steps -------------------------------------------------------------------------------------------
     def propose(self, trial: optuna.Trial) -> tuple[str, dict[str, float], dict[str, Any]]:
@@ -109,7 +112,8 @@ class TrialObjective:
         if train and self.stopper is not None:
             from .early_stopping import trial_callback
 
-            callback_for = trial_callback(self.stopper, trial, self.problem, removal, self.values)
+            callback_for = trial_callback(self.stopper, trial, self.problem, removal, self.values,
+                                          send=self.rung_sink)
         _, out = self.problem.build(removal, train=train, callback_for=callback_for)
         return {k: getattr(out, k) for k in RESULT_ATTRS}
 

@@ -50,6 +50,11 @@ TESTED_VERSIONS = {"ray": "2.60.0", "optuna": "5.0.0"}
 _TRIAL_KEY = "__autoprune_trial__"  # Optuna trial number, put into the Tune config by the define-by-run space
 _LEVEL_KEY = "__autoprune_alloc__"  # the guided allocation of the trial's level, computed on the driver
 _REUSE_KEY = "__autoprune_reuse__"  # an earlier trial with the same removal, found by the driver: (number, results)
+_RUNG_STEP = "autoprune_rung_steps"  # in a rung's result (early stopping): fine-tuning steps done
+_RUNG_INDEX = "autoprune_rung"  # ... and the rung's index
+#: With early stopping, a round may hand out this many times the missing COMPLETE trials (stopped ones come on top);
+#: the searcher ends the round as soon as enough trials are COMPLETE.
+_STOPPED_TRIALS_FACTOR = 50
 
 
 class RayUnreachable(ConnectionError):
@@ -262,6 +267,12 @@ def _trainable(config: dict, payload: dict) -> None:
     if alloc is not None and hasattr(space, "_alloc_cache"):
         # the guided allocation of this level, as the driver computed it: no sensitivity analysis on the workers
         space._alloc_cache[round(float(alloc["level"]), 6)] = {k: float(v) for k, v in alloc["ratios"].items()}
+    if objective.stopper is not None:  # early stopping: the rung values go to the driver, which decides
+        def send(steps: int, rung: int, values: list[float]) -> None:
+            tune.report({**{n: float(v) for n, v in zip(payload["metrics"], values)},
+                         _RUNG_STEP: int(steps), _RUNG_INDEX: int(rung)})
+
+        objective.rung_sink = send
     params = flatten_dict(config, delimiter="/")
     trial = optuna.trial.FixedTrial(params, number=number)
     threads = cfg.cpu_threads() if hasattr(cfg, "cpu_threads") else contextlib.nullcontext()
@@ -377,10 +388,6 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
             c.run_dir = str(c.run_path.resolve())  # the Ray trainables may run elsewhere
 
     cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
-    if cfg.early_stopping.enabled:  # before connecting: the trainables' trials have no storage to read rungs from
-        raise ValueError("early_stopping is not supported by the Ray backend (its trials cannot read the other "
-                         "trials' rung results); run the local search or PostgreSQL workers, or set "
-                         "early_stopping: false")
     absolute_run_dir(cfg)
     rdb.setdefault("connect_timeout", min(connect_timeout, 10.0))
     check_storage(cfg, connect_timeout=rdb["connect_timeout"])  # a wrong database URL fails here, in seconds
@@ -405,6 +412,40 @@ def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None 
             import ray
 
             ray.shutdown()
+
+
+def _quota(complete: int, running: int, n_trials: int) -> str:
+    """Whether the early-stopping searcher hands out another trial: ``done`` when ``n_trials`` are COMPLETE,
+    ``wait`` while the running ones could complete the count (one of them may still be stopped), else ``go``."""
+    if complete >= n_trials:
+        return "done"
+    return "wait" if complete + running >= n_trials else "go"
+
+
+def _rung_scheduler(stopper: Any, searcher: Any, study: optuna.Study, names: list[str], batch_size: int,
+                    log: Callable[[str], None]) -> Any:
+    """A Tune scheduler (public ``FIFOScheduler`` API) that runs early stopping on the driver: a trainable's rung
+    result (:data:`_RUNG_STEP`) is recorded in its Optuna trial and compared with the other trials' results at that
+    rung (:meth:`EarlyStopper.report`, the same rule as the local search); a trial that cannot reach the front gets
+    its stop record (:data:`~autoprune.study.early_stopping.STOP_ATTR`) and is stopped there (``STOP``), and the
+    searcher tells it PRUNED."""
+    from ray.tune.schedulers import FIFOScheduler, TrialScheduler
+
+    class RungScheduler(FIFOScheduler):
+        def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
+            ot_trial = searcher.optuna_trial(trial.trial_id) if _RUNG_STEP in result else None
+            if ot_trial is None:
+                return TrialScheduler.CONTINUE
+            step, rung = int(result[_RUNG_STEP]), int(result[_RUNG_INDEX])
+            values = [float(result[n]) for n in names]
+            decision = stopper.report(ot_trial, step, values, study=study)
+            if decision.promote:
+                return TrialScheduler.CONTINUE
+            stopper.stop(ot_trial, decision, values, rung=rung, images=step * batch_size)
+            searcher.mark_stopped(trial.trial_id)
+            return TrialScheduler.STOP
+
+    return RungScheduler()
 
 
 def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
@@ -433,10 +474,15 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
     Searcher = searcher_class()
     define = _Space(space, problem, session.objective.worker)
 
+    stopper = session.objective.stopper
+
     class Progress(tune.Callback):
         def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
             r = trial.last_result or {}
-            if names[0] in r:
+            if _RUNG_STEP in r:  # its last result was a rung's: early stopping stopped it there
+                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} stopped at rung {r[_RUNG_INDEX]} on Ray "
+                    f"({r[_RUNG_STEP]} fine-tuning steps)")
+            elif names[0] in r:
                 log(f"trial {trial.config.get(_TRIAL_KEY, '?')} COMPLETE on Ray: "
                     + ", ".join(f"{n} {r[n]:.4g}" for n in names) + f" -- {n_complete(study)}/{cfg.n_trials}")
 
@@ -456,10 +502,15 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
             sampler = sampler_for_round(session, rnd)
             searcher = Searcher(define, metric=names, mode=modes, sampler=sampler, study_name=cfg.study,
                                 storage=session.storage)
+        scheduler, samples = None, remaining
+        if stopper is not None:
+            scheduler = _rung_scheduler(stopper, searcher, study, names, cfg.finetune.batch_size, log)
+            searcher.set_quota(lambda s=searcher: _quota(n_complete(study), len(s.unfinished()), cfg.n_trials))
+            samples = remaining * _STOPPED_TRIALS_FACTOR
         with _tune_env():
             tuner = tune.Tuner(
                 trainable,
-                tune_config=tune.TuneConfig(search_alg=searcher, num_samples=remaining,
+                tune_config=tune.TuneConfig(search_alg=searcher, scheduler=scheduler, num_samples=samples,
                                             max_concurrent_trials=max_concurrent, reuse_actors=True),
                 run_config=tune.RunConfig(name=f"{cfg.study}-{int(time.time())}", storage_path=storage_path,
                                           verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
