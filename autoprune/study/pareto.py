@@ -249,11 +249,12 @@ class ParetoFront(Sequence[TrialRecord]):
             return prob.build(removal, train=rec.finetuned)
 
     def polish(self, number: int, epochs: int, *, distill: bool | dict[str, float] = True, lr: float | None = None,
-               progress: bool = False, model: Any = None) -> Any:
+               progress: bool = False, model: Any = None, max_batches: int | None = None) -> Any:
         """Rebuild trial ``number`` (or take its rebuilt ``model``) and fine-tune it ``epochs`` more epochs, with
         distillation from the unpruned model by default (``distill=False``: labels only; the options default to the
         config's ``finetune.distill`` or alpha 0.5, T 4); returns :class:`autoprune.polish.PolishResult` (val and
-        test accuracy before and after). The front chooses the model; this is the model to deploy."""
+        test accuracy before and after). The front chooses the model; this is the model to deploy. ``max_batches``
+        caps each epoch (a quick check; default: whole epochs)."""
         from ..polish import polish
 
         if self.config is None:
@@ -268,7 +269,8 @@ class ParetoFront(Sequence[TrialRecord]):
                          distill=distill, lr=ft.lr if lr is None else lr, batch_size=ft.batch_size,
                          seed=self.config.seed, progress=progress,
                          finetune_kwargs={"momentum": ft.momentum, "weight_decay": ft.weight_decay,
-                                          "schedule": ft.schedule, "label_smoothing": ft.label_smoothing})
+                                          "schedule": ft.schedule, "label_smoothing": ft.label_smoothing,
+                                          "max_batches": max_batches})
         res.extra.update(trial=number, accuracy_search=self.trial(number).accuracy)
         return res
 
