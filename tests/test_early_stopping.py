@@ -271,11 +271,3 @@ def test_config_sections():
                      ({"early_stopping": True, "finetune": {"epochs": 0}}, "needs fine-tuning")]:
         with pytest.raises(ConfigError, match=msg):
             load_config({**base, **bad})
-
-
-def test_ray_backend_refuses_early_stopping_before_connecting():
-    from autoprune.study.ray_backend import search_ray
-
-    with pytest.raises(ValueError, match="early_stopping is not supported by the Ray backend"):
-        search_ray({"model": "resnet20", "data": {"dataset": "synthetic"}, "early_stopping": True},
-                   address="ray://192.0.2.1:10001", connect_timeout=0.1)
