@@ -49,12 +49,12 @@ class BudgetReached(Exception):
 
 def images_used(study, cfg) -> int:
     """Fine-tuning images consumed by the study's trials (COMPLETE fine-tuned trials: the full budget)."""
-    total = 0
+    total, full = 0, full_trial_images(study, cfg)
     for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
         if t.state == TrialState.PRUNED:
             total += int((t.user_attrs.get(STOP_ATTR) or {}).get("images") or 0)
         elif t.user_attrs.get("finetuned") and "reused_from" not in t.user_attrs:
-            total += full_trial_images(study, cfg)
+            total += full
     return total
 
 

@@ -65,8 +65,7 @@ def test_rung_scheduler_stops_a_dominated_trial_which_ends_pruned():
     searcher, study = _searcher()
     stopper = EarlyStopper(Rungs((0.0,), reduction_factor=2, min_results=2), ["maximize", "minimize"],
                            names=["accuracy", "macs_fraction"])
-    logs: list[str] = []
-    scheduler = _rung_scheduler(stopper, searcher, study, ["accuracy", "macs"], 16, logs.append)
+    scheduler = _rung_scheduler(stopper, searcher, study, ["accuracy", "macs"], 16)
     for tid in ("a", "b", "c"):
         searcher.suggest(tid)
 

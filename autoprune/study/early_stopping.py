@@ -34,7 +34,8 @@ import optuna
 from optuna.trial import TrialState
 
 __all__ = ["RUNG_ATTR", "STOP_ATTR", "Rungs", "Decision", "TrialStopped", "RungStore", "EarlyStopper",
-           "TrialMonitor", "RungReporter", "nondominated_ranks", "promotes", "default_rungs", "rungs_from", "stopper_for", "trial_callback"]
+           "TrialMonitor", "RungReporter", "nondominated_ranks", "promotes", "default_rungs", "rungs_from",
+           "stopper_for", "trial_callback"]
 
 #: Trial user attribute with the trial's rung results: ``{"<fine-tuning steps>": [objective values]}``.
 RUNG_ATTR = "rung_results"
@@ -230,6 +231,18 @@ class EarlyStopper:
         trial.set_user_attr(STOP_ATTR, info)
         return TrialStopped(decision, values)
 
+    def judge(self, trial: optuna.Trial, step: int, values: Sequence[float], *, rung: int,
+              batch_size: int | None = None, study: optuna.Study | None = None
+              ) -> tuple[Decision, TrialStopped | None]:
+        """:meth:`report` the trial's values at rung ``rung`` (``step`` fine-tuning steps) and, when it is not
+        promoted, :meth:`stop` it (its images: ``step * batch_size``). Returns the decision and the exception to
+        raise (None: it goes on). The one step both the trial's own monitor and the Ray driver take."""
+        decision = self.report(trial, step, values, study=study)
+        if decision.promote:
+            return decision, None
+        images = step * batch_size if batch_size else None
+        return decision, self.stop(trial, decision, values, rung=rung, images=images)
+
     def monitor(self, trial: optuna.Trial, measure: Callable[[], Sequence[float]], *,
                 batch_size: int | None = None, study: optuna.Study | None = None,
                 log: Callable[[str], None] | None = None) -> "TrialMonitor":
@@ -271,13 +284,13 @@ class TrialMonitor:
             return
         rung = self._milestones.index(steps_done)
         values = list(self.measure())
-        d = self.stopper.report(self.trial, steps_done, values, study=self.study)
+        d, stopped = self.stopper.judge(self.trial, steps_done, values, rung=rung, batch_size=self.batch_size,
+                                        study=self.study)
         self.decisions.append(d)
-        if not d.promote:
-            images = steps_done * self.batch_size if self.batch_size else None
+        if stopped is not None:
             self.log(f"trial {self.trial.number}: stopped at rung {rung} ({steps_done}/{total_steps} steps), "
                      f"{d.better} of {d.n} results on better fronts")
-            raise self.stopper.stop(self.trial, d, values, rung=rung, images=images)
+            raise stopped
 
 
 def rungs_from(spec: Mapping[str, Any] | Rungs | None) -> Rungs:

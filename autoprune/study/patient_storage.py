@@ -10,8 +10,8 @@ raised would print a traceback.
 This is the one adapter over Optuna internals in the search: it wraps the storage methods ``_CachedStorage`` calls,
 private ones included (``_create_new_trial``, ``_get_trials``...); tests/test_patient_storage.py checks the list
 against the installed Optuna. :func:`storage_of` and :func:`trial_id_of` are the two other private reads (a study's
-storage, a frozen trial's storage id), used by the stale-trial recovery and tested there too. The back-off loop is written here (a dozen lines) rather than taken from ``tenacity``,
-which is not a dependency.
+storage, a frozen trial's storage id), used by the stale-trial recovery and tested there too. The back-off loop is
+written here (a dozen lines) rather than taken from ``tenacity``, which is not a dependency.
 """
 from __future__ import annotations
 

@@ -245,7 +245,8 @@ def _worker_state(payload: Mapping[str, Any]) -> tuple[Any, Any, Any, Callable]:
     cfg.source = payload.get("source")  # module:function models are imported from next to the config file
     problem = Problem(cfg)
     space = RatioSpace(cfg, problem)
-    state = (cfg, problem, space, TrialObjective(cfg, problem, space, worker={**worker_info(), "seed": payload.get("seed")}))
+    worker = {**worker_info(), "seed": payload.get("seed")}
+    state = (cfg, problem, space, TrialObjective(cfg, problem, space, worker=worker))
     _WORKER_STATE[key] = state
     return state
 
@@ -267,10 +268,14 @@ def _trainable(config: dict, payload: dict) -> None:
     if alloc is not None and hasattr(space, "_alloc_cache"):
         # the guided allocation of this level, as the driver computed it: no sensitivity analysis on the workers
         space._alloc_cache[round(float(alloc["level"]), 6)] = {k: float(v) for k, v in alloc["ratios"].items()}
+    names = payload["metrics"]
+
+    def metrics(values: Any) -> dict[str, float]:
+        return {n: float(v) for n, v in zip(names, values)}
+
     if objective.stopper is not None:  # early stopping: the rung values go to the driver, which decides
         def send(steps: int, rung: int, values: list[float]) -> None:
-            tune.report({**{n: float(v) for n, v in zip(payload["metrics"], values)},
-                         _RUNG_STEP: int(steps), _RUNG_INDEX: int(rung)})
+            tune.report({**metrics(values), _RUNG_STEP: int(steps), _RUNG_INDEX: int(rung)})
 
         objective.rung_sink = send
     params = flatten_dict(config, delimiter="/")
@@ -278,10 +283,8 @@ def _trainable(config: dict, payload: dict) -> None:
     threads = cfg.cpu_threads() if hasattr(cfg, "cpu_threads") else contextlib.nullcontext()
     with threads:  # the config's thread count, as the local search and export use it
         values = objective(trial)
-    names = payload["metrics"]
     record = {"user_attrs": trial.user_attrs, "constraints": trial.constraints}
-    tune.report({**{n: float(v) for n, v in zip(names, values)},
-                 RECORD_KEY: json.dumps(record, default=_json_default)})
+    tune.report({**metrics(values), RECORD_KEY: json.dumps(record, default=_json_default)})
 
 
 def _json_default(o: Any) -> Any:
@@ -422,11 +425,10 @@ def _quota(complete: int, running: int, n_trials: int) -> str:
     return "wait" if complete + running >= n_trials else "go"
 
 
-def _rung_scheduler(stopper: Any, searcher: Any, study: optuna.Study, names: list[str], batch_size: int,
-                    log: Callable[[str], None]) -> Any:
+def _rung_scheduler(stopper: Any, searcher: Any, study: optuna.Study, names: list[str], batch_size: int) -> Any:
     """A Tune scheduler (public ``FIFOScheduler`` API) that runs early stopping on the driver: a trainable's rung
     result (:data:`_RUNG_STEP`) is recorded in its Optuna trial and compared with the other trials' results at that
-    rung (:meth:`EarlyStopper.report`, the same rule as the local search); a trial that cannot reach the front gets
+    rung (:meth:`EarlyStopper.judge`, the same step as the local search's); a trial that cannot reach the front gets
     its stop record (:data:`~autoprune.study.early_stopping.STOP_ATTR`) and is stopped there (``STOP``), and the
     searcher tells it PRUNED."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
@@ -438,10 +440,9 @@ def _rung_scheduler(stopper: Any, searcher: Any, study: optuna.Study, names: lis
                 return TrialScheduler.CONTINUE
             step, rung = int(result[_RUNG_STEP]), int(result[_RUNG_INDEX])
             values = [float(result[n]) for n in names]
-            decision = stopper.report(ot_trial, step, values, study=study)
-            if decision.promote:
+            _, stopped = stopper.judge(ot_trial, step, values, rung=rung, batch_size=batch_size, study=study)
+            if stopped is None:
                 return TrialScheduler.CONTINUE
-            stopper.stop(ot_trial, decision, values, rung=rung, images=step * batch_size)
             searcher.mark_stopped(trial.trial_id)
             return TrialScheduler.STOP
 
@@ -473,7 +474,6 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
     storage_path = storage_path or str(cfg.run_path.resolve() / "ray")
     Searcher = searcher_class()
     define = _Space(space, problem, session.objective.worker)
-
     stopper = session.objective.stopper
 
     class Progress(tune.Callback):
@@ -504,7 +504,7 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
                                 storage=session.storage)
         scheduler, samples = None, remaining
         if stopper is not None:
-            scheduler = _rung_scheduler(stopper, searcher, study, names, cfg.finetune.batch_size, log)
+            scheduler = _rung_scheduler(stopper, searcher, study, names, cfg.finetune.batch_size)
             searcher.set_quota(lambda s=searcher: _quota(n_complete(study), len(s.unfinished()), cfg.n_trials))
             samples = remaining * _STOPPED_TRIALS_FACTOR
         with _tune_env():

@@ -160,7 +160,8 @@ def recover_stale_trials(study: optuna.Study, *, no_other_workers: bool = False,
 
     A worker on this host is dead when its pid is gone (or reused). A RUNNING trial that never recorded its worker
     (killed right after it was created) is stale when ``no_other_workers`` (see :class:`WorkerRegistry`), else
-    after ``no_worker_after`` seconds (default 10 minutes). Trials of workers on other hosts are left to the storage's heartbeat (database storages).
+    after ``no_worker_after`` seconds (default 10 minutes). Trials of workers on other hosts are left to the
+    storage's heartbeat (database storages).
     Returns the trials failed now."""
     retry = retry or RetryFailedTrial()
     with warnings.catch_warnings():

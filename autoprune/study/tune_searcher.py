@@ -4,7 +4,8 @@
 trials; ``_completed_trials``, those told; ``_ot_study``) and exposes no way to write user attributes or constraints
 into a trial before it is told, nor to end one PRUNED. :func:`searcher_class` subclasses it to do exactly that, to
 list the handed-out trials a stopped round leaves unfinished, and to keep Tune's experiment checkpoint of the
-searcher out (the Optuna storage is the record). Only this module reads those attributes; tests/test_tune_searcher.py checks them on the installed Ray.
+searcher out (the Optuna storage is the record). Only this module reads those attributes;
+tests/test_tune_searcher.py checks them on the installed Ray.
 Written against ray 2.60 (``TESTED_VERSIONS`` in ray_backend).
 """
 from __future__ import annotations
@@ -28,14 +29,18 @@ def searcher_class() -> type:
     from ray.tune.search.optuna import OptunaSearch
 
     class AutopruneOptunaSearch(OptunaSearch):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self.quota: Callable[[], str] | None = None  # see set_quota
+            self.stopped: set[str] = set()  # Tune trials stopped by early stopping: told PRUNED, never COMPLETE
+
         def set_quota(self, quota: Callable[[], str]) -> None:
             """Hand out trials only while ``quota()`` says ``"go"``; ``"wait"``: none now (Tune asks again later);
             ``"done"``: the search is finished (early stopping: trials are asked for until enough are COMPLETE)."""
-            self.__dict__["quota"] = quota
+            self.quota = quota
 
         def suggest(self, trial_id: str) -> dict | str | None:
-            quota = self.__dict__.get("quota")
-            state = quota() if quota is not None else "go"
+            state = self.quota() if self.quota is not None else "go"
             if state == "done":
                 return Searcher.FINISHED
             if state == "wait":
@@ -46,15 +51,13 @@ def searcher_class() -> type:
             """The Optuna trial handed out for Tune trial ``trial_id``, or None."""
             return self._ot_trials.get(trial_id)
 
-        stopped: set[str]  # Tune trials stopped by early stopping: told PRUNED, never COMPLETE with rung values
-
         def mark_stopped(self, trial_id: str) -> None:
             """Tune trial ``trial_id`` was stopped by early stopping: when it ends it is told PRUNED."""
-            self.__dict__.setdefault("stopped", set()).add(trial_id)
+            self.stopped.add(trial_id)
 
         def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
             ot_trial = self.optuna_trial(trial_id)
-            if ot_trial is not None and trial_id in self.__dict__.get("stopped", ()):
+            if ot_trial is not None and trial_id in self.stopped:
                 if trial_id not in self._completed_trials:
                     try:
                         self._ot_study.tell(ot_trial, state=optuna.trial.TrialState.PRUNED)
