@@ -445,8 +445,9 @@ class EarlyStoppingSpec:
     rungs: list[float] | None = _key(None, "where trials are compared: fractions of the fine-tuning budget in `[0, 1)` "
                                      "(0 = after pruning and BatchNorm re-estimation, before fine-tuning)", _c_rungs,
                                      shown="`[0, 1/reduction_factor]`")
-    reduction_factor: float = _key(3.0, "a trial goes on when it is on its rung's first non-dominated front or fewer "
-                                   "than `ceil(n / reduction_factor)` of the rung's `n` results are on better fronts",
+    reduction_factor: float = _key(3.0, "a trial goes on when it is among the first `ceil(n / reduction_factor)` of "
+                                   "its rung's `n` results, ordered by non-dominated front, then by hypervolume "
+                                   "contribution inside a front",
                                    _c_float(1.0, lo_open=True))
     min_results: int | None = _key(None, "results a rung needs before it stops any trial", _c_int(2),
                                    shown="`ceil(reduction_factor)`")

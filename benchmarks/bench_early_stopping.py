@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import datetime
+import fractions
 import json
 import os
 import sys
@@ -33,7 +34,7 @@ from pathlib import Path
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from autoprune.config import load_config  # noqa: E402
-from autoprune.study.early_stopping import STOP_ATTR  # noqa: E402
+from autoprune.study.early_stopping import RUNG_ATTR, STOP_ATTR  # noqa: E402
 from autoprune.study.pareto import ParetoFront, hypervolume_2d, pareto_filter  # noqa: E402
 from autoprune.study.session import open_session  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
@@ -92,10 +93,35 @@ def run(cfg_dict: dict, budget_images: int | None, log) -> dict:
             pass
         seconds = time.perf_counter() - t0
         front = ParetoFront(s.study, cfg, problem=s.problem)
-        states = [t.state for t in s.study.get_trials(deepcopy=False)]
+        trials = s.study.get_trials(deepcopy=False)
+        states = [t.state for t in trials]
         return {"session": s, "front": front, "cfg": cfg, "seconds": seconds,
                 "images": images_used(s.study, cfg), "complete": states.count(TrialState.COMPLETE),
-                "pruned": states.count(TrialState.PRUNED), "base": dict(front.base)}
+                "pruned": states.count(TrialState.PRUNED), "base": dict(front.base),
+                "rung_evals": sum(len(t.user_attrs.get(RUNG_ATTR) or {}) for t in trials)}
+
+
+def trial_table(study) -> list[str]:
+    """One markdown row per COMPLETE or stopped trial: MACs, accuracy at each rung, final val accuracy or where it
+    stopped (and the rung's decision: place in the order / results / quota)."""
+    trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+    steps = sorted({int(k) for t in trials for k in (t.user_attrs.get(RUNG_ATTR) or {})})
+    out = ["| trial | MACs | " + " | ".join(f"rung {k}" for k in steps) + " | result |",
+           "|---|---|" + "---|" * len(steps) + "---|"]
+    for t in trials:
+        rr = t.user_attrs.get(RUNG_ATTR) or {}
+        stop = t.user_attrs.get(STOP_ATTR)
+        macs = t.user_attrs.get("macs_fraction") or next(iter(rr.values()), [None, None])[1]
+        cells = [f"{rr[str(k)][0]:.2%}" if str(k) in rr else "" for k in steps]
+        if stop:
+            d = stop["decision"]
+            result = f"stopped at step {stop['step']} (placed {d.get('position', 0) + 1} of {d['n']}, quota {d['quota']})"
+        else:
+            result = f"**{t.values[0]:.2%}**" + (f" (reused #{t.user_attrs['reused_from']})"
+                                                  if "reused_from" in t.user_attrs else "")
+        anchor = " (anchor)" if "fixed_params" in t.system_attrs else ""
+        out.append(f"| {t.number}{anchor} | {macs:.2%} | " + " | ".join(cells) + f" | {result} |")
+    return out
 
 
 def test_front(front: ParetoFront, log) -> list[tuple[float, float]]:
@@ -127,8 +153,10 @@ def main() -> None:
     ap.add_argument("--baseline-images", type=int, default=None,
                     help="skip the search without early stopping: its fine-tuning images, as recorded")
     ap.add_argument("--baseline-hv", type=float, default=None, help="with --baseline-images: its val hypervolume")
-    ap.add_argument("--budget-fraction", type=float, default=1.0,
-                    help="the early-stopping search gets this fraction of the baseline's images")
+    ap.add_argument("--budget-fraction", type=lambda v: float(fractions.Fraction(v)), default=1.0,
+                    help="the early-stopping search gets this fraction of the baseline's images (e.g. 1/3)")
+    ap.add_argument("--baseline-seconds", type=float, default=None,
+                    help="with --baseline-images: its search's wall time, as recorded")
     ap.add_argument("--run-dir", default=None)
     ap.add_argument("--out", default=None)
     args = ap.parse_args()
@@ -189,12 +217,12 @@ def main() -> None:
     rows = []
     if args.baseline_images is not None:
         rows.append({"name": f"without early stopping ({args.trials} trials, recorded)", "trials": args.trials,
-                     "complete": args.trials, "pruned": 0, "images": args.baseline_images, "seconds": float("nan"),
-                     "front": "-", "hv_val": args.baseline_hv})
+                     "complete": args.trials, "pruned": 0, "images": args.baseline_images,
+                     "seconds": args.baseline_seconds, "front": "-", "rung_evals": 0, "hv_val": args.baseline_hv})
     for name, r in runs:
         row = {"name": name, "trials": r["complete"] + r["pruned"], "complete": r["complete"], "pruned": r["pruned"],
                "images": r["images"], "seconds": r["seconds"], "front": len(r["front"]),
-               "hv_val": r["front"].hypervolume((ref_acc, 1.0))}
+               "rung_evals": r["rung_evals"], "hv_val": r["front"].hypervolume((ref_acc, 1.0))}
         if args.test:
             pts = test_front(r["front"], log)
             recs = [type(x)(**{**x.to_dict(), "accuracy": a}) for x, (a, _) in zip(r["front"], pts)]
@@ -208,12 +236,17 @@ def main() -> None:
              f"- machine: {machine()}", f"- command: `{cmd}`",
              f"- base val accuracy {base_acc:.2%}; hypervolume reference "
              f"({ref_acc:.4f}, 100% MACs)", "",
-             "| search | trials evaluated | complete | stopped | fine-tuning images | seconds | front | HV val | HV test |",
-             "|---|---|---|---|---|---|---|---|---|"]
+             "| search | trials evaluated | complete | stopped | fine-tuning images | rung evaluations | seconds | front "
+             "| HV val | HV test |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         hv_t = f"{r['hv_test']:.4f}" if "hv_test" in r else "-"
+        secs = "-" if r["seconds"] is None else f"{r['seconds']:.0f}"
         lines.append(f"| {r['name']} | {r['trials']} | {r['complete']} | {r['pruned']} | {r['images']:,} | "
-                     f"{r['seconds']:.0f} | {r['front']} | {r['hv_val']:.4f} | {hv_t} |")
+                     f"{r['rung_evals']} | {secs} | {r['front']} | {r['hv_val']:.4f} | {hv_t} |")
+    for name, r in runs:
+        lines += ["", f"Trials of the search {name} (val accuracy at each rung, by fine-tuning steps):", ""]
+        lines += trial_table(r["session"].study)
     text = "\n".join(lines)
     print(text)
     if args.out:

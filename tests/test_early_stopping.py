@@ -8,7 +8,8 @@ import pytest
 from optuna.trial import TrialState
 
 from autoprune.study.early_stopping import (RUNG_ATTR, STOP_ATTR, Decision, EarlyStopper, Rungs, RungStore,
-                                            TrialStopped, nondominated_ranks, promotes, rungs_from)
+                                            TrialStopped, front_spread, nondominated_ranks, priority_order,
+                                            promotes, rungs_from)
 from autoprune.study.pareto import ParetoFront, front_records
 
 from tiny_models import TINYNET
@@ -28,33 +29,67 @@ def test_nondominated_ranks():
     assert nondominated_ranks([]) == []
 
 
+def test_front_spread_is_the_hypervolume_contribution_inside_each_front():
+    # minimised (-accuracy, macs); one front of three and a dominated point (its own front)
+    pts = [(-0.9, 0.5), (-0.8, 0.3), (-0.85, 0.4), (-0.7, 0.6)]
+    ranks = nondominated_ranks(pts)
+    assert ranks == [0, 0, 0, 1]
+    # reference (rung's worst + a tenth of its range): (-0.7 + 0.02, 0.6 + 0.03)
+    got = front_spread(pts, ranks)
+    assert got == pytest.approx([0.05 * (0.63 - 0.5), (-0.68 + 0.8) * 0.1, 0.05 * 0.1, 0.02 * 0.03])
+    # a given reference: MAC fraction 1.0 (the unpruned model) widens the most accurate point's share
+    assert front_spread(pts, ranks, [None, 1.0])[0] == pytest.approx(0.05 * 0.5)
+    assert front_spread([(1, 1), (1, 1)], [0, 0]) == [0.0, 0.0]  # equal points add nothing to each other
+    # three objectives: crowding distance, extremes first
+    cd = front_spread([(0, 2, 1), (1, 1, 1), (2, 0, 1)], [0, 0, 0])
+    assert cd[0] == cd[2] == float("inf") and cd[1] == pytest.approx(2.0)
+    assert priority_order(pts) == [1, 0, 2, 3]
+
+
 def test_promotes_dominated_stops_front_goes_on():
     # values are minimised: (-accuracy, macs)
     # a chain: each point dominates the next (ranks 0..5)
     others = [(-0.90, 0.3), (-0.85, 0.35), (-0.80, 0.5), (-0.70, 0.6), (-0.60, 0.7), (-0.55, 0.8)]
     dominated = promotes((-0.50, 0.9), others, reduction_factor=3, min_results=3)
-    assert not dominated.promote and dominated.rank > 0 and dominated.better >= dominated.quota
-    assert dominated.n == 7 and dominated.quota == 3
+    assert not dominated.promote and dominated.rank > 0 and dominated.position >= dominated.quota
+    assert dominated.n == 7 and dominated.quota == 3 and dominated.better == 6
     front = promotes((-0.95, 0.6), others, reduction_factor=3, min_results=3)  # most accurate: on the front
     assert front.promote and front.rank == 0
     cheap = promotes((-0.10, 0.05), others, reduction_factor=3, min_results=3)  # fewest MACs: on the front too
     assert cheap.promote and cheap.rank == 0
     # second front, but only one result is better: within the quota of ceil(7/3) = 3
     near = promotes((-0.86, 0.34), others, reduction_factor=3, min_results=3)
-    assert near.rank == 1 and near.better == 1 and near.promote
+    assert near.rank == 1 and near.better == 1 and near.position == 1 and near.promote
     # third front: two better results, still within the quota; fourth front: three, no longer
     assert promotes((-0.84, 0.4), others, reduction_factor=3, min_results=3).promote
     assert not promotes((-0.79, 0.55), others, reduction_factor=3, min_results=3).promote
-    # a large first front: a second-front trial has as many better results as the front holds
+    # a large first front: a second-front trial comes after all of it
     wide = [(-0.90, 0.5), (-0.85, 0.4), (-0.80, 0.3), (-0.70, 0.2), (-0.60, 0.1)]
     d = promotes((-0.84, 0.45), wide, reduction_factor=3, min_results=3)
-    assert d.rank == 1 and d.better == 5 and not d.promote
+    assert d.rank == 1 and d.better == 5 and d.position == 5 and not d.promote
+
+
+def test_promotes_orders_a_front_by_what_each_trial_adds():
+    """Every trial at its own MAC level is non-dominated: the front's order decides (the pruning-search case)."""
+    spread = [(-0.70, 0.30), (-0.78, 0.40), (-0.83, 0.50), (-0.86, 0.60), (-0.88, 0.70)]
+    # crowded next to (0.83, 0.50): on the first front, but adds almost nothing -> stopped
+    crowded = promotes((-0.835, 0.51), spread, reduction_factor=3, min_results=3, reference=[None, 1.0])
+    assert crowded.rank == 0 and crowded.position == 5 and crowded.quota == 2 and not crowded.promote
+    # lifts the front (dominates three of it) -> first
+    lifts = promotes((-0.90, 0.45), spread, reduction_factor=3, min_results=3, reference=[None, 1.0])
+    assert lifts.rank == 0 and lifts.position == 0 and lifts.promote
+    # most accurate by a margin at the top of the MAC range: with MAC reference 1.0 its share is the largest
+    top = promotes((-0.93, 0.75), spread, reduction_factor=3, min_results=3, reference=[None, 1.0])
+    assert top.position == 0 and top.promote
+    # an exact tie goes to the result that was there first
+    tie = promotes((-0.83, 0.50), spread, reduction_factor=3, min_results=3)
+    assert tie.rank == 0 and not tie.promote
 
 
 def test_promotes_waits_for_min_results_and_rate_matters():
     assert promotes((-0.1, 0.9), [(-0.9, 0.1)], reduction_factor=3, min_results=3).promote  # too few results
     others = [(-0.9, 0.1), (-0.8, 0.2), (-0.7, 0.3)]
-    # dominated by every other result: 3 better, quota ceil(4/3) = 2 -> stop; with eta = 1.2 quota 4 -> go on
+    # dominated by every other result: position 3, quota ceil(4/3) = 2 -> stop; with eta = 1.2 quota 4 -> go on
     assert not promotes((-0.1, 0.9), others, reduction_factor=3, min_results=3).promote
     assert promotes((-0.1, 0.9), others, reduction_factor=1.2, min_results=3).promote
 
@@ -83,11 +118,14 @@ def _run_rung(stopper, study, acc, macs, step=0):
 
 def test_stopper_dominated_trial_stops_front_trial_goes_on():
     study = _study()
-    es = EarlyStopper(Rungs(fractions=(0.0, 0.5), reduction_factor=3), DIRS, names=["accuracy", "macs_fraction"])
-    for acc, macs in [(0.90, 0.5), (0.85, 0.4), (0.80, 0.3)]:
+    es = EarlyStopper(Rungs(fractions=(0.0, 0.5), reduction_factor=3), DIRS, names=["accuracy", "macs_fraction"],
+                      reference=[None, 1.0])
+    assert es.reference == [None, 1.0]
+    for acc, macs in [(0.80, 0.3), (0.85, 0.4), (0.90, 0.5)]:
         t, d = _run_rung(es, study, acc, macs)
-        assert d.promote  # on the first front (or too few results)
+        assert d.promote  # too few results, then the first of the rung's order
         study.tell(t, [acc, macs])
+    assert d.position == 0 and d.n == 3 and d.quota == 1
     t, d = _run_rung(es, study, 0.50, 0.6)  # dominated by all three
     assert not d.promote and d.better == 3 and d.n == 4
     t2, d2 = _run_rung(es, study, 0.95, 0.6)  # most accurate so far
@@ -95,8 +133,10 @@ def test_stopper_dominated_trial_stops_front_trial_goes_on():
     # results at another rung are kept apart
     t3, d3 = _run_rung(es, study, 0.10, 0.9, step=7)
     assert d3.promote and d3.n == 1
-    assert RungStore(study).results(0, exclude=t2.number) == {0: [0.90, 0.5], 1: [0.85, 0.4], 2: [0.80, 0.3],
+    assert RungStore(study).results(0, exclude=t2.number) == {0: [0.80, 0.3], 1: [0.85, 0.4], 2: [0.90, 0.5],
                                                               3: [0.50, 0.6]}
+    with pytest.raises(ValueError, match="one value"):
+        EarlyStopper(directions=DIRS, reference=[1.0])
 
 
 def test_failed_trials_do_not_count():
@@ -133,9 +173,10 @@ def test_monitor_stops_trials_as_pruned_and_pruned_never_on_front():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
         study.set_metric_names(["accuracy", "macs_fraction"])
-    es = EarlyStopper(Rungs(fractions=(0.0, 0.5), reduction_factor=3), DIRS, names=["accuracy", "macs_fraction"])
+    es = EarlyStopper(Rungs(fractions=(0.0, 0.5), reduction_factor=3), DIRS, names=["accuracy", "macs_fraction"],
+                      reference=[None, 1.0])
     # (accuracy after k of 10 steps) = start + gain * k / 10
-    plans = [(0.80, 0.10, 0.5), (0.70, 0.10, 0.4), (0.60, 0.10, 0.3), (0.20, 0.05, 0.6), (0.85, 0.10, 0.6),
+    plans = [(0.60, 0.10, 0.3), (0.70, 0.10, 0.4), (0.80, 0.10, 0.5), (0.20, 0.05, 0.6), (0.85, 0.10, 0.6),
              (0.30, 0.05, 0.9)]
     seen_steps: list[list[int]] = []
 
@@ -160,7 +201,7 @@ def test_monitor_stops_trials_as_pruned_and_pruned_never_on_front():
     states = [t.state for t in study.trials]
     assert states[:3] == [TrialState.COMPLETE] * 3  # the first trials fill the rungs
     assert states[3] == TrialState.PRUNED  # dominated at rung 0 by all three
-    assert states[4] == TrialState.COMPLETE  # most accurate: on the front at every rung
+    assert states[4] == TrialState.COMPLETE  # most accurate: first or second of the rung's order at every rung
     assert states[5] == TrialState.PRUNED
     assert seen_steps[3] == []  # stopped before its first fine-tuning step
     stopped = study.trials[3]
@@ -186,9 +227,9 @@ def test_monitor_stops_trials_as_pruned_and_pruned_never_on_front():
 
 
 def test_trial_stopped_is_optuna_pruned():
-    d = Decision(False, 4, 2, 5, 9, 3)
+    d = Decision(False, 4, 2, 5, 9, 3, position=6)
     e = TrialStopped(d, [0.5, 0.4])
-    assert isinstance(e, optuna.TrialPruned) and "5 of 9" in str(e) and e.values == [0.5, 0.4]
+    assert isinstance(e, optuna.TrialPruned) and "placed 7 of 9" in str(e) and e.values == [0.5, 0.4]
     with pytest.raises(TypeError, match="attached to a study"):
         EarlyStopper().report(optuna.trial.FixedTrial({}), 0, [0.5, 0.5])
     with pytest.raises(ValueError, match="maximize"):
@@ -255,6 +296,7 @@ def test_config_sections():
     assert on.early_stopping.enabled and on.finetune.distill.alpha == 0.5 and on.finetune.distill.temperature == 4.0
     es = stopper_for(on)
     assert es.rungs.fractions == (0.0, 0.333333) and es.directions == ["maximize", "minimize"]
+    assert es.reference == [None, 1.0]  # the MAC fraction's reference: the unpruned model, as the front's
     assert stopper_for(load_config(base)) is None and load_config(base).finetune.distill is None
     assert load_config(on.to_dict()).early_stopping == on.early_stopping  # round trip
     custom = load_config({**base, "early_stopping": {"enabled": True, "rungs": [0.5, 0.1], "reduction_factor": 4},

@@ -3,17 +3,22 @@
 A trial fine-tunes in *rungs*: fractions of its fine-tuning budget (``0`` = after pruning and BatchNorm
 re-estimation, before any step). At each rung it records its objective values (accuracy so far, MAC and parameter
 fractions) and compares them with the values every other trial recorded at the *same* rung, in all objectives at
-once: the results are sorted into non-dominated fronts, and the trial goes on only if it lies on the first front or
-if fewer than ``ceil(n / reduction_factor)`` of the ``n`` results lie on fronts strictly better than its own.
-Otherwise it cannot be expected to reach the front and is stopped.
+once: the rung's ``n`` results are put in one priority order -- non-dominated sorting first (front 0, 1, ...), and
+inside a front by how much each result adds to it (its exclusive hypervolume contribution for two objectives, the
+NSGA-II crowding distance for more) -- and the trial goes on only if it is among the first ``ceil(n /
+reduction_factor)``. Otherwise it cannot be expected to reach the front and is stopped.
 
 This follows multi-objective asynchronous successive halving (MO-ASHA; Schmucker et al., 2021, "Multi-objective
 multi-fidelity hyperparameter optimization with application to fairness"; Salinas et al., 2021), as Syne Tune's
 ``MOASHA`` implements it: promotion is decided when a trial *reaches* a rung, against whatever results are there
 (asynchronous: no trial waits for a rung to fill), from a non-dominated ranking, keeping about ``1/eta`` of a
-rung's trials. Two choices differ: whole fronts are promoted (no tie-breaking inside the boundary front: every trial
-of the first front continues, whatever the quota), and nothing is decided before a rung holds ``min_results``
-results, so the first trials of a study are never stopped on a handful of comparisons.
+rung's trials. The order inside a front is what makes this work for pruning searches, where every trial keeps its
+own MAC fraction and so nearly every trial is non-dominated at its rung: promoting whole first fronts (this module's
+first rule) stopped no trial in the 36-trial ResNet-56 search (docs/better_fronts.md); ordering a front by
+hypervolume contribution keeps the trials that widen or lift it and stops those crowded next to a better one. Syne
+Tune breaks ties inside a front with an epsilon-net; we use the hypervolume contribution because the search is judged
+by its front's hypervolume. Nothing is decided before a rung holds ``min_results`` results, so the first trials of a
+study are never stopped on a handful of comparisons.
 
 Optuna's pruners and Ray's ASHA are single-objective (``trial.report`` raises in multi-objective studies), hence
 this module. Rung results live in the study's storage, as the user attribute :data:`RUNG_ATTR` of each trial
@@ -34,8 +39,8 @@ import optuna
 from optuna.trial import TrialState
 
 __all__ = ["RUNG_ATTR", "STOP_ATTR", "Rungs", "Decision", "TrialStopped", "RungStore", "EarlyStopper",
-           "TrialMonitor", "RungReporter", "nondominated_ranks", "promotes", "default_rungs", "rungs_from",
-           "stopper_for", "trial_callback"]
+           "TrialMonitor", "RungReporter", "nondominated_ranks", "front_spread", "priority_order", "promotes",
+           "default_rungs", "rungs_from", "stopper_for", "trial_callback"]
 
 #: Trial user attribute with the trial's rung results: ``{"<fine-tuning steps>": [objective values]}``.
 RUNG_ATTR = "rung_results"
@@ -88,8 +93,9 @@ class Rungs:
 @dataclass(frozen=True)
 class Decision:
     """What a rung decided for one trial: ``promote`` (go on) or stop; ``rank`` is its non-dominated front (0 =
-    first), ``better`` how many results lie on strictly better fronts, ``n`` the results on the rung (its own
-    included), ``quota`` = ``ceil(n / reduction_factor)``."""
+    first), ``better`` how many results lie on strictly better fronts, ``position`` its place in the rung's priority
+    order (0 = first; ``better`` <= ``position``), ``n`` the results on the rung (its own included), ``quota`` =
+    ``ceil(n / reduction_factor)``: it goes on when ``position < quota`` (or the rung holds too few results)."""
 
     promote: bool
     step: int
@@ -97,18 +103,20 @@ class Decision:
     better: int
     n: int
     quota: int
+    position: int = 0
 
     def to_dict(self) -> dict[str, Any]:
-        return {"promote": self.promote, "step": self.step, "rank": self.rank, "better": self.better, "n": self.n,
-                "quota": self.quota}
+        return {"promote": self.promote, "step": self.step, "rank": self.rank, "better": self.better,
+                "position": self.position, "n": self.n, "quota": self.quota}
 
 
 class TrialStopped(optuna.TrialPruned):
     """Raised inside a trial that early stopping stopped: Optuna records the trial as PRUNED."""
 
     def __init__(self, decision: Decision, values: Sequence[float]) -> None:
-        super().__init__(f"stopped at {decision.step} fine-tuning steps: {decision.better} of {decision.n} results "
-                         f"on this rung are on better fronts (quota {decision.quota})")
+        super().__init__(f"stopped at {decision.step} fine-tuning steps: placed {decision.position + 1} of "
+                         f"{decision.n} results on this rung ({decision.better} on better fronts), quota "
+                         f"{decision.quota}")
         self.decision = decision
         self.values = list(values)
 
@@ -148,18 +156,74 @@ def nondominated_ranks(points: Sequence[Sequence[float]]) -> list[int]:
     return ranks
 
 
+def front_spread(points: Sequence[Sequence[float]], ranks: Sequence[int],
+                 reference: Sequence[float | None] | None = None) -> list[float]:
+    """How much each point adds to its own non-dominated front (all objectives minimised; larger = keep first).
+
+    Two objectives: the exclusive hypervolume contribution of the point to its front (the area only it dominates),
+    with the reference point ``reference`` (minimised values; None or a None entry: the rung's worst value in that
+    objective plus a tenth of the rung's range in it, so the front's extreme points contribute too, but not without
+    bound; a reference better than a point's value counts as that value). More objectives: the crowding distance
+    of NSGA-II (Deb et al. 2002; extreme points ``inf``). Equal points add nothing to each other (both 0 for two
+    objectives)."""
+    n = len(points)
+    if n == 0:
+        return []
+    pts = [tuple(float(v) for v in p) for p in points]
+    m = len(pts[0])
+    out = [0.0] * n
+    fronts: dict[int, list[int]] = {}
+    for i, r in enumerate(ranks):
+        fronts.setdefault(r, []).append(i)
+    if m == 2:
+        ref = []
+        for k in range(2):
+            lo, hi = min(p[k] for p in pts), max(p[k] for p in pts)
+            given = reference[k] if reference is not None else None
+            ref.append(float(given) if given is not None else
+                       hi + (0.1 * (hi - lo) if hi > lo else 1e-6 * max(1.0, abs(hi))))
+        for members in fronts.values():
+            order = sorted(members, key=lambda i: (pts[i][0], pts[i][1]))
+            for j, i in enumerate(order):
+                x_next = pts[order[j + 1]][0] if j + 1 < len(order) else ref[0]
+                y_prev = pts[order[j - 1]][1] if j > 0 else ref[1]
+                out[i] = max(0.0, x_next - pts[i][0]) * max(0.0, y_prev - pts[i][1])
+        return out
+    for members in fronts.values():
+        for k in range(m):
+            order = sorted(members, key=lambda i: pts[i][k])
+            lo, hi = pts[order[0]][k], pts[order[-1]][k]
+            out[order[0]] = out[order[-1]] = math.inf
+            if hi <= lo:
+                continue
+            for j in range(1, len(order) - 1):
+                out[order[j]] += (pts[order[j + 1]][k] - pts[order[j - 1]][k]) / (hi - lo)
+    return out
+
+
+def priority_order(points: Sequence[Sequence[float]],
+                   reference: Sequence[float | None] | None = None) -> list[int]:
+    """Indices of ``points`` (minimised) best first: by non-dominated front, then by :func:`front_spread` (larger
+    first), then by index (an earlier result wins a tie)."""
+    ranks = nondominated_ranks(points)
+    spread = front_spread(points, ranks, reference)
+    return sorted(range(len(points)), key=lambda i: (ranks[i], -spread[i], i))
+
+
 def promotes(own: Sequence[float], others: Sequence[Sequence[float]], *, reduction_factor: float,
-             min_results: int, step: int = 0) -> Decision:
+             min_results: int, step: int = 0, reference: Sequence[float | None] | None = None) -> Decision:
     """Whether a trial whose (minimised) values at a rung are ``own`` goes on, given the other trials' values at
-    the same rung. See the module docstring for the rule."""
-    pts = [list(own)] + [list(o) for o in others]
+    the same rung (earliest first): it goes on when it is among the first ``ceil(n / reduction_factor)`` of the
+    rung's :func:`priority_order` (``reference``: see :func:`front_spread`). See the module docstring."""
+    pts = [list(o) for o in others] + [list(own)]  # own last: it loses exact ties to results already there
     n = len(pts)
     quota = max(1, math.ceil(n / reduction_factor))
     if n < min_results:
-        return Decision(True, step, 0, 0, n, quota)
+        return Decision(True, step, 0, 0, n, quota, 0)
     ranks = nondominated_ranks(pts)
-    better = sum(1 for r in ranks[1:] if r < ranks[0])
-    return Decision(ranks[0] == 0 or better < quota, step, ranks[0], better, n, quota)
+    position = priority_order(pts, reference).index(n - 1)
+    better = sum(1 for r in ranks[:-1] if r < ranks[-1])
+    return Decision(position < quota, step, ranks[-1], better, n, quota, position)
 
 
 # --------------------------------------------------------------------------------------------------------------
@@ -195,17 +259,26 @@ class EarlyStopper:
     """Multi-objective successive halving for the trials of one study.
 
     ``directions``: ``"maximize"``/``"minimize"`` per objective, in the order of the values recorded (the study's
-    objectives). One instance serves every trial of a process; all state is in the storage.
+    objectives). ``reference``: per objective, the worst value that still counts (natural direction; e.g. 1.0 for a
+    MAC fraction: the unpruned model), or None for the rung's own (its worst value and a tenth of its range); it
+    places a front's extreme results in the rung's order (:func:`front_spread`). One instance serves every trial of
+    a process; all state is in the storage.
     """
 
     def __init__(self, rungs: Rungs | None = None, directions: Sequence[str] = ("maximize", "minimize"),
-                 *, names: Sequence[str] | None = None) -> None:
+                 *, names: Sequence[str] | None = None,
+                 reference: Sequence[float | None] | None = None) -> None:
         self.rungs = rungs or Rungs()
         bad = [d for d in directions if d not in ("maximize", "minimize")]
         if bad or not directions:
             raise ValueError(f"directions must be 'maximize' or 'minimize' per objective, got {list(directions)}")
         self.directions = list(directions)
         self.names = list(names) if names is not None else [f"objective_{i}" for i in range(len(directions))]
+        if reference is not None and len(reference) != len(self.directions):
+            raise ValueError(f"reference needs one value (or None) per objective, got {list(reference)}")
+        self.reference = None if reference is None else [
+            None if r is None else (-float(r) if d == "maximize" else float(r))
+            for r, d in zip(reference, self.directions)]
 
     def _minimised(self, values: Sequence[float]) -> list[float]:
         if len(values) != len(self.directions):
@@ -219,7 +292,8 @@ class EarlyStopper:
         store.record(trial, step, values)
         others = store.results(step, exclude=trial.number)
         return promotes(self._minimised(values), [self._minimised(v) for v in others.values()],
-                        reduction_factor=self.rungs.reduction_factor, min_results=self.rungs.min_count, step=step)
+                        reduction_factor=self.rungs.reduction_factor, min_results=self.rungs.min_count, step=step,
+                        reference=self.reference)
 
     def stop(self, trial: optuna.Trial, decision: Decision, values: Sequence[float], *,
              rung: int | None = None, images: int | None = None) -> TrialStopped:
@@ -317,8 +391,12 @@ def stopper_for(cfg: Any) -> EarlyStopper | None:
         return None
     rungs = rungs_from({"rungs": es.rungs, "reduction_factor": es.reduction_factor, "min_results": es.min_results})
     directions = ["maximize" if o == "accuracy" else "minimize" for o in cfg.objectives]
-    names = [{"accuracy": "accuracy", "macs": "macs_fraction", "params": "params_fraction"}[o] for o in cfg.objectives]
-    return EarlyStopper(rungs, directions, names=names)
+    names = [{"accuracy": "accuracy", "macs": "macs_fraction", "params": "params_fraction"}.get(o, o)
+             for o in cfg.objectives]
+    # MAC and parameter fractions are worth nothing at 1.0 (the unpruned model): the same reference the front's
+    # hypervolume uses; accuracy and latency take the rung's own
+    reference = [1.0 if o in ("macs", "params") else None for o in cfg.objectives]
+    return EarlyStopper(rungs, directions, names=names, reference=reference)
 
 
 class RungReporter:
