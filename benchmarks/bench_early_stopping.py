@@ -225,6 +225,7 @@ def main() -> None:
                "rung_evals": r["rung_evals"], "hv_val": r["front"].hypervolume((ref_acc, 1.0))}
         if args.test:
             pts = test_front(r["front"], log)
+            r["test_front"] = [(x.number, x.macs_fraction, x.accuracy, a) for x, (a, _) in zip(r["front"], pts)]
             recs = [type(x)(**{**x.to_dict(), "accuracy": a}) for x, (a, _) in zip(r["front"], pts)]
             row["hv_test"] = hypervolume_2d([(x.accuracy, x.macs_fraction) for x in pareto_filter(recs)],
                                             (ref_acc, 1.0))
@@ -247,6 +248,10 @@ def main() -> None:
     for name, r in runs:
         lines += ["", f"Trials of the search {name} (val accuracy at each rung, by fine-tuning steps):", ""]
         lines += trial_table(r["session"].study)
+        if r.get("test_front"):
+            lines += ["", f"Front of the search {name}, rebuilt and evaluated on the test split:", "",
+                      "| trial | MACs | val | test |", "|---|---|---|---|"]
+            lines += [f"| {n} | {m:.2%} | {v:.2%} | {a:.2%} |" for n, m, v, a in r["test_front"]]
     text = "\n".join(lines)
     print(text)
     if args.out:

@@ -16,7 +16,7 @@ does the same.) It writes ``docs/gpu.json`` and the results section of ``docs/gp
 
 Parts (each in a process of its own, forked from this one before anything touches CUDA, with its own time cap: a
 failing or over-time part is recorded as such, with what it measured before the cap, and the others still run; the
-caps add up to under 8 minutes):
+caps of parts 1-6 add up to under 8 minutes, part 7's to 5):
 
 1. every registered criterion's ``ap.score`` time on 640 images vs one plain forward pass over them; HRank's per-map
    ``torch.linalg.matrix_rank(map).item()`` reference loop on a sample of maps, extrapolated, vs the batched one;
@@ -28,7 +28,9 @@ caps add up to under 8 minutes):
    search`` runs it), 1, 2, 3 and 4 processes at a time on one GPU, aggregate trials/hour;
 5. a 16-trial ResNet-56 search (the shipped search_spaces/resnet56_cifar10_jpeg.yaml, short fine-tune): wall time
    and front;
-6. the test suite's CUDA tests (``pytest -m cuda``).
+6. the test suite's CUDA tests (``pytest -m cuda``);
+7. (a second call, ``--parts fronts``: issue 13) at about 50% of the MACs (a front member of the CPU search), one
+   epoch with the label loss vs with distillation from the unpruned model, then a 30-epoch polish with distillation.
 
 The data are decoded once (the pack is written out as an ImageFolder tree, then ``ap.load_data`` builds its uint8
 cache); every part and every search process reads that cache. ``--smoke`` runs the same code paths on the CPU with
@@ -73,7 +75,13 @@ PARTS = [
     ("packing", "4. trial packing: 1-4 search processes on one GPU", 125, 120),
     ("search", "5. a 16-trial ResNet-56 search, short fine-tune", 85, 90),
     ("cuda_tests", "6. the test suite's CUDA tests (pytest -m cuda)", 40, 90),
+    ("fronts", "7. issue 13 at ~50% MACs: 1 epoch with labels vs distillation, a 30-epoch polish", 300, 90),
 ]
+#: What one call runs unless --parts says otherwise: everything but part 7, so that a call stays under 8 minutes;
+#: part 7 is a second call (``--parts fronts``, under 5 minutes).
+DEFAULT_PARTS = [k for k, *_ in PARTS if k != "fronts"]
+#: Part 7's pruned model: a front member of the CPU early-stopping search (its per-group ratios, criterion l1).
+FRONT_MEMBER = ROOT / "benchmarks" / "configs" / "resnet56_front_member.json"
 PREPARE_CAP = (45, 60)
 
 #: Sizes of the GPU run and of --smoke (same code paths).
@@ -82,11 +90,13 @@ SIZES: dict[str, dict[str, Any]] = {
                 ref_maps=2000, ft_batches={128: 150, 512: 40}, ft_repeat=2, workers=4, sens_ratios=None,
                 sens_groups=None,
                 pack_levels=(1, 2, 3, 4), pack_trials={"quickstart": 4, "resnet56": 3}, pack_ft_batches=50,
-                search_trials=16, search_ft_batches=50, search_population=None, val_fraction=0.5),
+                search_trials=16, search_ft_batches=50, search_population=None, val_fraction=0.5,
+                fronts_max_batches=None, polish_epochs=30),
     "smoke": dict(model="resnet20", images=64, batch=32, forward_repeat=2, score_repeat=1,
                   ref_maps=20, ft_batches={16: 3, 32: 2}, ft_repeat=1, workers=2, sens_ratios=[0.5],
                   sens_groups=None, pack_levels=(2,), pack_trials={"quickstart": 1, "resnet56": 1}, pack_ft_batches=1,
-                  search_trials=2, search_population=4, search_ft_batches=1, val_fraction=0.5),
+                  search_trials=2, search_population=4, search_ft_batches=1, val_fraction=0.5,
+                  fronts_max_batches=2, polish_epochs=2),
 }
 
 
@@ -680,9 +690,58 @@ def part_cuda_tests(state: dict[str, Any], rec: Recorder) -> None:
         raise RuntimeError(f"pytest -m cuda exited {rc} (its output is in the part's log)")
 
 
+# ------------------------------------------------------------------------------------------------------------
+# part 7: issue 13 on the GPU (docs/better_fronts.md)
+
+
+def part_fronts(state: dict[str, Any], rec: Recorder) -> None:
+    import torch
+
+    import autoprune as ap
+
+    sz, dev = state["sizes"], torch.device(state["device"])
+    data = bundle(state)
+    base = base_model(state).to(dev)
+    if sz["model"] == "resnet56":
+        member = json.loads(FRONT_MEMBER.read_text())
+        allocation, criterion, source = member["ratios"], member["criterion"], f"{FRONT_MEMBER.name} (trial " \
+            f"{member['trial']} of the CPU search)"
+    else:  # --smoke: ResNet-20, whose groups the member's ratios do not name
+        allocation, criterion, source = "uniform", "l1", "uniform ratios"
+    t0 = time.perf_counter()
+    res = ap.prune_to_budget(copy.deepcopy(base), data, macs=0.5, criterion=criterion, allocation=allocation,
+                             finetune_epochs=0, progress=False)
+    prune_s = time.perf_counter() - t0
+
+    def accuracy(m: Any) -> dict[str, float]:
+        return {s: ap.evaluate(m, data, split=s).accuracy for s in ("val", "test")}
+
+    ref = accuracy(base)
+    rec.set(allocation=source, criterion=criterion, macs_fraction=res.macs / res.base_macs,
+            params_fraction=res.params / res.base_params, train_images=len(data.train), prune_s=prune_s,
+            unpruned_val=ref["val"], unpruned_test=ref["test"], pruned_val_before_finetune=res.accuracy)
+    kd = {"alpha": 0.5, "temperature": 4.0}
+    for name, epochs, distill in (("labels only", 1, None), ("distillation", 1, kd),
+                                  ("polish with distillation", sz["polish_epochs"], kd)):
+        m = copy.deepcopy(res.model)
+        sync(dev)
+        t0 = time.perf_counter()
+        fr = ap.finetune(m, data, epochs=epochs, max_batches=sz["fronts_max_batches"], progress=False,
+                         teacher=base if distill else None, distill=distill)
+        sync(dev)
+        seconds = time.perf_counter() - t0
+        acc = accuracy(m)
+        rec.row(fine_tuning=name, epochs=epochs, images=fr.images, seconds=seconds, images_per_s=fr.images / seconds,
+                val=acc["val"], test=acc["test"], test_below_unpruned=ref["test"] - acc["test"])
+    rec.note("Same pruned model for every row (pruned, BatchNorm re-estimated, then copied); SGD nesterov lr 0.01 "
+             "cosine, batch 128, ap.finetune's defaults (bf16 autocast + channels_last on CUDA); distillation alpha "
+             "0.5, T 4, teacher = the unpruned model. An epoch is the bundle's training subset (see the data line), "
+             "not all 50,000 images. Val = a seeded half of the test images, test = the other half.")
+
+
 PART_FUNCS: dict[str, Callable[[dict[str, Any], Recorder], None]] = {
     "criteria": part_criteria, "finetune": part_finetune, "sensitivity": part_sensitivity,
-    "packing": part_packing, "search": part_search, "cuda_tests": part_cuda_tests,
+    "packing": part_packing, "search": part_search, "cuda_tests": part_cuda_tests, "fronts": part_fronts,
 }
 
 
@@ -815,8 +874,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                      help="scratch folder: extracted images, decoded cache, search runs (default .gpu/work)")
     ap_.add_argument("--smoke", action="store_true", help="the same code paths on the CPU with tiny sizes")
     ap_.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
-    ap_.add_argument("--parts", default=",".join(k for k, *_ in PARTS),
-                     help="comma-separated subset of: " + ", ".join(k for k, *_ in PARTS))
+    ap_.add_argument("--parts", default=",".join(DEFAULT_PARTS),
+                     help="comma-separated subset of: " + ", ".join(k for k, *_ in PARTS)
+                     + " (default: all but fronts, which is a second call)")
     ap_.add_argument("--make-pack", type=Path, metavar="SRC",
                      help="write a subset of the pack SRC to --data (with --train-per-class/--test-per-class) "
                           "and exit; used by gpu_prepare.sh")

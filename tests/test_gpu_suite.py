@@ -200,3 +200,25 @@ def test_cuda_finetune_reruns_agree_and_evaluate_matches_cpu(tmp_path: Path, fp3
     e_gpu = ap.evaluate(m1, data, split="test", amp=False)
     e_cpu = ap.evaluate(copy.deepcopy(m1).cpu(), cpu_data, split="test")
     assert e_gpu.n == e_cpu.n and e_gpu.loss == pytest.approx(e_cpu.loss, rel=1e-3)
+
+
+def test_smoke_fronts_part_and_its_front_member(tmp_path: Path) -> None:
+    """Part 7 (a second call, --parts fronts): one pruned model, three fine-tunings with numbers; the GPU run prunes
+    ResNet-56 with the recorded front member's ratios, which must name its groups and give its MAC fraction."""
+    out = tmp_path / "out"
+    p = run_suite("--smoke", "--parts", "fronts", "--work", str(tmp_path / "work"), "--out", str(out))
+    assert p.returncode == 0, p.stdout[-3000:] + p.stderr[-3000:]
+    part = json.loads((out / "gpu.json").read_text())["parts"]["fronts"]
+    assert part["status"] == "ok", part.get("error")
+    rows = {r["fine_tuning"]: r for r in part["rows"]}
+    assert list(rows) == ["labels only", "distillation", "polish with distillation"]
+    assert rows["polish with distillation"]["images"] == 2 * rows["distillation"]["images"] > 0  # 2 smoke epochs
+    assert 0.4 < part["summary"]["macs_fraction"] < 0.6
+    assert all(math.isfinite(v) for v in numbers(part["rows"]) + numbers(part["summary"]))
+    assert "### 7. issue 13" in (out / "gpu.md").read_text()
+
+    member = json.loads((ROOT / "benchmarks" / "configs" / "resnet56_front_member.json").read_text())
+    graph = ap.ChannelGraph(ap.get_model("resnet56"), torch.randn(1, 3, 32, 32))
+    scores = {name: torch.arange(graph.group(name).channels, dtype=torch.float64) for name in member["ratios"]}
+    removal = graph.plan(member["ratios"], scores)
+    assert graph.macs(removal) / graph.macs() == pytest.approx(member["macs_fraction"], abs=1e-9)
