@@ -109,8 +109,8 @@ def trial_table(study) -> list[str]:
     stopped (and the rung's decision: place in the order / results / quota)."""
     trials = study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
     steps = sorted({int(k) for t in trials for k in (t.user_attrs.get(RUNG_ATTR) or {})})
-    out = ["| trial | MACs | " + " | ".join(f"rung {k}" for k in steps) + " | result |",
-           "|---|---|" + "---|" * len(steps) + "---|"]
+    head = ["trial", "MACs", *(f"rung {k}" for k in steps), "result"]
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for t in trials:
         rr = t.user_attrs.get(RUNG_ATTR) or {}
         stop = t.user_attrs.get(STOP_ATTR)
@@ -124,7 +124,7 @@ def trial_table(study) -> list[str]:
             result = f"**{t.values[0]:.2%}**" + (f" (reused #{t.user_attrs['reused_from']})"
                                                   if "reused_from" in t.user_attrs else "")
         anchor = " (anchor)" if "fixed_params" in t.system_attrs else ""
-        out.append(f"| {t.number}{anchor} | {macs:.2%} | " + " | ".join(cells) + f" | {result} |")
+        out.append("| " + " | ".join([f"{t.number}{anchor}", f"{macs:.2%}", *cells, result]) + " |")
     return out
 
 
