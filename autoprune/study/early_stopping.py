@@ -363,7 +363,7 @@ class TrialMonitor:
         self.decisions.append(d)
         if stopped is not None:
             self.log(f"trial {self.trial.number}: stopped at rung {rung} ({steps_done}/{total_steps} steps), "
-                     f"{d.better} of {d.n} results on better fronts")
+                     f"placed {d.position + 1} of {d.n} results (quota {d.quota})")
             raise stopped
 
 
