@@ -3,7 +3,7 @@
 
     python benchmarks/bench_early_stopping.py [--config benchmarks/configs/resnet56_cifar10_jpeg_cpu.yaml]
         [--trials 36] [--batches 60] [--rungs 0,0.333] [--eta 3] [--guide CONFIG's|uniform] [--anchors N]
-        [--val-fraction 0.5] [--test] [--run-dir DIR] [--out FILE.md]
+        [--val-fraction 0.5] [--sampler-seed N] [--test] [--run-dir DIR] [--out FILE.md]
         [--baseline-images N --baseline-hv HV [--baseline-seconds S]] [--budget-fraction F, e.g. 1/3]
 
 1. *Without* early stopping: the config's search with ``--trials`` COMPLETE trials of ``--batches`` fine-tuning
@@ -153,6 +153,8 @@ def main() -> None:
     ap.add_argument("--val-fraction", type=float, default=None, help="override data.val_fraction")
     ap.add_argument("--data-root", default=None, help="override data.root")
     ap.add_argument("--threads", type=int, default=None, help="override threads")
+    ap.add_argument("--sampler-seed", type=int, default=None,
+                    help="override sampler.seed (other trials; the sensitivity table and fine-tuning keep the seed)")
     ap.add_argument("--test", action="store_true", help="rebuild the fronts' models and evaluate them on test")
     ap.add_argument("--baseline-images", type=int, default=None,
                     help="skip the search without early stopping: its fine-tuning images, as recorded")
@@ -187,6 +189,8 @@ def main() -> None:
         base["data"]["root"] = args.data_root
     if args.threads is not None:
         base["threads"] = args.threads
+    if args.sampler_seed is not None:
+        base.setdefault("sampler", {})["seed"] = args.sampler_seed
     base["model"]["weights"] = str((Path(args.config).parent / base["model"]["weights"]).resolve()) \
         if base["model"].get("weights") and not os.path.isabs(os.path.expanduser(base["model"]["weights"])) \
         else base["model"].get("weights")
