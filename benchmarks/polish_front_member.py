@@ -60,7 +60,7 @@ def main() -> None:
     seconds = time.perf_counter() - t0
     d = {"trial": rec.number, "macs_fraction": rec.macs_fraction, "params_fraction": rec.params_fraction,
          "search_val": rec.accuracy, "base_val": base_val, "base_test": base_test, "seconds": seconds,
-         **{k: v for k, v in res.to_dict().items()}}
+         **res.to_dict()}
     cmd = "python " + " ".join([os.path.relpath(sys.argv[0])] + sys.argv[1:])
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     kd = f"distillation alpha {res.distill['alpha']:g}, T {res.distill['temperature']:g}" if res.distill else "labels"

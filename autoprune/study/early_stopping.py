@@ -201,11 +201,12 @@ def front_spread(points: Sequence[Sequence[float]], ranks: Sequence[int],
     return out
 
 
-def priority_order(points: Sequence[Sequence[float]],
-                   reference: Sequence[float | None] | None = None) -> list[int]:
+def priority_order(points: Sequence[Sequence[float]], reference: Sequence[float | None] | None = None,
+                   ranks: Sequence[int] | None = None) -> list[int]:
     """Indices of ``points`` (minimised) best first: by non-dominated front, then by :func:`front_spread` (larger
-    first), then by index (an earlier result wins a tie)."""
-    ranks = nondominated_ranks(points)
+    first), then by index (an earlier result wins a tie). ``ranks``: the points' :func:`nondominated_ranks`, when
+    the caller has them already."""
+    ranks = nondominated_ranks(points) if ranks is None else ranks
     spread = front_spread(points, ranks, reference)
     return sorted(range(len(points)), key=lambda i: (ranks[i], -spread[i], i))
 
@@ -221,7 +222,7 @@ def promotes(own: Sequence[float], others: Sequence[Sequence[float]], *, reducti
     if n < min_results:
         return Decision(True, step, 0, 0, n, quota, 0)
     ranks = nondominated_ranks(pts)
-    position = priority_order(pts, reference).index(n - 1)
+    position = priority_order(pts, reference, ranks).index(n - 1)
     better = sum(1 for r in ranks[:-1] if r < ranks[-1])
     return Decision(position < quota, step, ranks[-1], better, n, quota, position)
 
@@ -332,37 +333,53 @@ def _study_of(trial: Any) -> optuna.Study:
     return study
 
 
-class TrialMonitor:
+class RungReporter:
+    """The trial's side of early stopping where the trial cannot read the study (a Ray trainable runs on a
+    ``FixedTrial``): at each rung it measures the model and ``send(steps_done, rung, values)``s the values to the
+    driver, which records them, decides (:meth:`EarlyStopper.report`) and stops the trial there. ``send`` blocks
+    until the driver has decided (Ray Tune's function trainables report synchronously), so a stopped trial runs no
+    further step."""
+
+    def __init__(self, rungs: Rungs, measure: Callable[[], Sequence[float]],
+                 send: Callable[[int, int, list[float]], None]) -> None:
+        self.rungs, self.measure, self.send = rungs, measure, send
+        self._milestones: list[int] | None = None
+        self.total_steps: int | None = None
+
+    def __call__(self, steps_done: int, total_steps: int) -> None:
+        if self._milestones is None:
+            self.total_steps = int(total_steps)
+            self._milestones = self.rungs.milestones(self.total_steps)
+        if steps_done in self._milestones:
+            self.send(int(steps_done), self._milestones.index(steps_done), [float(v) for v in self.measure()])
+
+
+class TrialMonitor(RungReporter):
     """Checks one trial at its rungs while it fine-tunes.
 
     Call it as ``monitor(steps_done, total_steps)`` before the first step (``steps_done=0``) and after every step
     (``autoprune.train.finetune(callback=...)`` does). At a rung it calls ``measure()`` for the objective values
     of the model as it is now (accuracy on the evaluation split, MAC fraction...), records them and raises
-    :class:`TrialStopped` when the trial is stopped.
+    :class:`TrialStopped` when the trial is stopped: a :class:`RungReporter` that decides itself, from the study's
+    storage, instead of sending the values to a driver.
     """
 
     def __init__(self, stopper: EarlyStopper, trial: optuna.Trial, measure: Callable[[], Sequence[float]], *,
                  batch_size: int | None = None, study: optuna.Study | None = None,
                  log: Callable[[str], None] | None = None) -> None:
-        self.stopper, self.trial, self.measure = stopper, trial, measure
+        super().__init__(stopper.rungs, measure, self._judge)
+        self.stopper, self.trial = stopper, trial
         self.study = study if study is not None else _study_of(trial)
         self.batch_size = batch_size
         self.log = log or (lambda s: None)
-        self._milestones: list[int] | None = None
         self.decisions: list[Decision] = []
 
-    def __call__(self, steps_done: int, total_steps: int) -> None:
-        if self._milestones is None:
-            self._milestones = self.stopper.rungs.milestones(int(total_steps))
-        if steps_done not in self._milestones:
-            return
-        rung = self._milestones.index(steps_done)
-        values = list(self.measure())
+    def _judge(self, steps_done: int, rung: int, values: list[float]) -> None:
         d, stopped = self.stopper.judge(self.trial, steps_done, values, rung=rung, batch_size=self.batch_size,
                                         study=self.study)
         self.decisions.append(d)
         if stopped is not None:
-            self.log(f"trial {self.trial.number}: stopped at rung {rung} ({steps_done}/{total_steps} steps), "
+            self.log(f"trial {self.trial.number}: stopped at rung {rung} ({steps_done}/{self.total_steps} steps), "
                      f"placed {d.position + 1} of {d.n} results (quota {d.quota})")
             raise stopped
 
@@ -397,25 +414,6 @@ def stopper_for(cfg: Any) -> EarlyStopper | None:
     # hypervolume uses; accuracy and latency take the rung's own
     reference = [1.0 if o in ("macs", "params") else None for o in cfg.objectives]
     return EarlyStopper(rungs, directions, names=names, reference=reference)
-
-
-class RungReporter:
-    """The trial's side of early stopping where the trial cannot read the study (a Ray trainable runs on a
-    ``FixedTrial``): at each rung it measures the model and ``send(steps_done, rung, values)``s the values to the
-    driver, which records them, decides (:meth:`EarlyStopper.report`) and stops the trial there. ``send`` blocks
-    until the driver has decided (Ray Tune's function trainables report synchronously), so a stopped trial runs no
-    further step."""
-
-    def __init__(self, rungs: Rungs, measure: Callable[[], Sequence[float]],
-                 send: Callable[[int, int, list[float]], None]) -> None:
-        self.rungs, self.measure, self.send = rungs, measure, send
-        self._milestones: list[int] | None = None
-
-    def __call__(self, steps_done: int, total_steps: int) -> None:
-        if self._milestones is None:
-            self._milestones = self.rungs.milestones(int(total_steps))
-        if steps_done in self._milestones:
-            self.send(int(steps_done), self._milestones.index(steps_done), [float(v) for v in self.measure()])
 
 
 def trial_callback(stopper: EarlyStopper, trial: optuna.Trial, problem: Any, removal: Mapping[str, Any],
