@@ -60,12 +60,12 @@ def test_rung_scheduler_stops_a_dominated_trial_which_ends_pruned():
     from ray.tune.schedulers import TrialScheduler
 
     from autoprune.study.early_stopping import RUNG_ATTR, STOP_ATTR, EarlyStopper, Rungs
-    from autoprune.study.ray_backend import _RUNG_INDEX, _RUNG_STEP, _quota, _rung_scheduler
+    from autoprune.study.ray_backend import _RUNG_INDEX, _RUNG_STEP, _Driver, _quota, _rung_scheduler
 
     searcher, study = _searcher()
     stopper = EarlyStopper(Rungs((0.0,), reduction_factor=2, min_results=2), ["maximize", "minimize"],
                            names=["accuracy", "macs_fraction"])
-    scheduler = _rung_scheduler(stopper, searcher, study, ["accuracy", "macs"], 16)
+    scheduler = _rung_scheduler(_Driver(SimpleNamespace(study=study), searcher, stopper), ["accuracy", "macs"], 16)
     for tid in ("a", "b", "c"):
         searcher.suggest(tid)
 

@@ -6,7 +6,9 @@ imports Ray. :func:`search_ray` (``autoprune search CONFIG --backend ray``):
 * connects to a cluster (``address``: ``auto``, ``HOST:PORT``, ``ray://HOST:10001``, or a new local instance), failing
   within seconds with a message naming the address when nothing answers there;
 * builds the problem once on the driver (data, base model, pretraining) and ships the base weights to the workers
-  through Ray's object store, so every node prunes the very same model;
+  through Ray's object store with their sha256, so every node prunes the very same model: a worker writes them into
+  its user's private folder (``<tempdir>/autoprune-ray-<uid>``, mode 0700; refused when someone else owns or can
+  write it) and loads the file only when it has that digest (else rewrites it from the payload first);
 * runs ``tune.Tuner(tune.with_resources(trainable, {"cpu": c, "gpu": g}), tune_config=TuneConfig(
   search_alg=OptunaSearch(define-by-run space, metric=[...], mode=[...], sampler=<the config's sampler>,
   storage=<the search's storage>, study_name=<the study>), num_samples=...))``. The trainable runs the local
@@ -17,7 +19,7 @@ imports Ray. :func:`search_ray` (``autoprune search CONFIG --backend ray``):
   ends like a local search's; ``autoprune pareto``/``report``/``export``/``dashboard`` read it unchanged, and a
   local ``autoprune search`` (or more ``autoprune worker`` processes) can continue the same study.
 
-Tested with ray 2.60 and optuna 5.0. Ray Tune's own experiment checkpoint of the searcher is disabled: the Optuna
+Tested with ray 2.60 and optuna 5.1. Ray Tune's own experiment checkpoint of the searcher is disabled: the Optuna
 storage is the record, and running the same command again resumes (trials of a killed driver are failed and their
 parameters enqueued again, as in the local search).
 """
@@ -30,6 +32,7 @@ import json
 import logging
 import os
 import socket
+import stat
 import tempfile
 import threading
 import time
@@ -45,7 +48,7 @@ from .tune_searcher import RECORD_KEY, searcher_class
 __all__ = ["search_ray", "connect", "RayUnreachable", "TESTED_VERSIONS"]
 
 #: Versions this adapter was written and tested against (pin them together).
-TESTED_VERSIONS = {"ray": "2.60.0", "optuna": "5.0.0"}
+TESTED_VERSIONS = {"ray": "2.60.0", "optuna": "5.1.0"}
 
 _TRIAL_KEY = "__autoprune_trial__"  # Optuna trial number, put into the Tune config by the define-by-run space
 _LEVEL_KEY = "__autoprune_alloc__"  # the guided allocation of the trial's level, computed on the driver
@@ -219,7 +222,76 @@ def _code_env(ship_code: bool, runtime_env: Mapping[str, Any] | None) -> dict[st
 _WORKER_STATE: dict[str, Any] = {}  # payload key -> (cfg, problem, space, objective), kept by reused actors
 
 
+def _private_dir() -> Path:
+    """This user's folder for the Ray workers' files on this node: ``<tempdir>/autoprune-ray-<uid>``, created with
+    mode 0700. The temporary folder is shared by every user of the node, and anyone can create that name first (to
+    plant base weights there), so an existing folder is used only when it is a real folder (no symlink) owned by this
+    user and writable by nobody else; otherwise :class:`PermissionError` names it and the fix."""
+    uid = os.getuid()
+    root = Path(tempfile.gettempdir()) / f"autoprune-ray-{uid}"
+    try:
+        root.mkdir(mode=0o700)
+    except FileExistsError:
+        pass
+    st = os.lstat(root)
+    if not stat.S_ISDIR(st.st_mode):
+        why = "is not a folder (a symlink or a file)"
+    elif st.st_uid != uid:
+        why = f"is owned by uid {st.st_uid}, not by this user (uid {uid})"
+    elif st.st_mode & 0o022:
+        why = f"is writable by other users (mode {stat.S_IMODE(st.st_mode):o})"
+    else:
+        return root
+    raise PermissionError(f"{root} {why}: the Ray workers keep the search's base weights in that folder and use "
+                          f"it only when it is private to this user. Remove it on this node (rm -r {root}), "
+                          "or start the Ray workers with TMPDIR set to a private folder.")
+
+
+def _sha256_file(path: Path) -> str | None:
+    """The sha256 of the file at ``path``, or None when there is none (or it cannot be read)."""
+    h = hashlib.sha256()
+    try:
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    except OSError:
+        return None
+    return h.hexdigest()
+
+
+def _base_weights(folder: Path, data: bytes, sha: str) -> Path:
+    """``folder/base.pt`` holding exactly the driver's base weights ``data`` (sha256 ``sha``): used as it is when its
+    digest is ``sha``, else (absent, cut short, or another content) written from ``data`` first, atomically (a
+    temporary file in ``folder``, then ``os.replace``), and checked again."""
+    if hashlib.sha256(data).hexdigest() != sha:
+        raise RuntimeError("the base weights received from the Ray driver do not match the driver's sha256 "
+                           f"{sha}: the payload was corrupted on its way; run the search again")
+    path = folder / "base.pt"
+    if _sha256_file(path) == sha:
+        return path
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="base.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+    got = _sha256_file(path)
+    if got != sha:
+        raise RuntimeError(f"{path}: the base weights written there have sha256 {got}, not the driver's {sha}: "
+                           f"something else writes into {folder}; stop it, or start the Ray workers with TMPDIR "
+                           "set to a private folder")
+    return path
+
+
 def _worker_state(payload: Mapping[str, Any]) -> tuple[Any, Any, Any, Callable]:
+    """The trial function's state on a Ray worker for ``payload`` (built by :func:`_payload` on the driver): the
+    config, with the driver's base weights in this user's private folder (:func:`_private_dir`) as verified by
+    their sha256 (:func:`_base_weights`), the problem, the space and the trial function."""
     key = payload["key"]
     if key in _WORKER_STATE:
         return _WORKER_STATE[key]
@@ -231,14 +303,9 @@ def _worker_state(payload: Mapping[str, Any]) -> tuple[Any, Any, Any, Callable]:
     from .space import RatioSpace
 
     d = json.loads(payload["config"])
-    wdir = Path(tempfile.gettempdir()) / "autoprune-ray" / key
-    wdir.mkdir(parents=True, exist_ok=True)
-    weights = wdir / "base.pt"
-    if not weights.exists():
-        tmp = wdir / f"base.{os.getpid()}.tmp"
-        tmp.write_bytes(payload["weights"])
-        os.replace(tmp, weights)
-    d["model"]["weights"] = str(weights)
+    wdir = _private_dir() / key
+    wdir.mkdir(mode=0o700, exist_ok=True)
+    d["model"]["weights"] = str(_base_weights(wdir, payload["weights"], payload["weights_sha"]))
     d["model"].pop("pretrain", None)
     d["run_dir"] = str(wdir / "run")
     cfg = load_config(d)
@@ -355,6 +422,51 @@ def _weights_payload(cfg: Any, problem: Any) -> bytes:
     return buf.getvalue()
 
 
+def _payload(cfg: Any, problem: Any, *, threads: int, seed: int | None) -> dict[str, Any]:
+    """What every trainable receives (through Ray's object store, :func:`ray.tune.with_parameters`): plain data
+    only -- the config as JSON, the base weights and their sha256 (the workers check the file they load against it,
+    :func:`_base_weights`), the metric names, the torch thread count and the driver's sampler seed. ``key`` names the
+    config and weights (a reused actor keeps its state for the same key)."""
+    from .session import metric_names
+
+    cfg_json = json.dumps(cfg.to_dict(), sort_keys=True, default=str)
+    weights = _weights_payload(cfg, problem)
+    sha = hashlib.sha256(weights).hexdigest()
+    key = hashlib.sha256(cfg_json.encode() + bytes.fromhex(sha)).hexdigest()[:16]
+    return {"key": key, "config": cfg_json, "source": cfg.source, "weights": weights, "weights_sha": sha,
+            "metrics": metric_names(cfg), "threads": max(1, int(threads)), "seed": seed}
+
+
+class _Driver:
+    """The driver-side objects (the session -- its study, storage and log --, the round's searcher and the early
+    stopper) that the pieces handed to Ray Tune which run on the driver (the progress callback, the rung scheduler,
+    the searcher's quota) work with.
+
+    Tune pickles those pieces: ``Tuner(...)`` writes its config, callbacks, scheduler and searcher included, to
+    ``tuner.pkl`` (ray/tune/impl/tuner_internal.py), read back only by ``Tuner.restore``, which autoprune never calls
+    (the Optuna storage is the record; running the command again resumes). What this refers to does not pickle and
+    must not have to: samplers hold locks (optuna 5.1's NSGAIISampler a ``threading.Lock``), storages connections, the
+    problem a model. So a ``_Driver`` deliberately pickles empty, and one that came back from a pickle says so when
+    used."""
+
+    def __init__(self, session: Any, searcher: Any = None, stopper: Any = None) -> None:
+        self.session, self.searcher, self.stopper = session, searcher, stopper
+
+    def __getstate__(self) -> dict:
+        return {}  # driver-only state: see the class docstring
+
+    def __setstate__(self, state: dict) -> None:
+        pass
+
+    def __getattr__(self, name: str) -> Any:  # only reached for attributes dropped by pickling
+        raise AttributeError(f"{name}: driver-side state of the Ray search, dropped when Ray Tune pickled its "
+                             "experiment state; the search resumes from its Optuna storage, not with Tuner.restore")
+
+    def quota(self) -> str:
+        """:func:`_quota` of the round (early stopping): COMPLETE trials of the study, unfinished ones handed out."""
+        return _quota(self.session.n_complete(), len(self.searcher.unfinished()), self.session.cfg.n_trials)
+
+
 def search_ray(config: Any, *, n_trials: int | None = None, storage: str | None = None,
                study_name: str | None = None, address: str | None = None, cpus_per_trial: float = 1.0,
                gpus_per_trial: float = 0.0, max_concurrent: int | None = None, ship_code: bool = True,
@@ -425,28 +537,61 @@ def _quota(complete: int, running: int, n_trials: int) -> str:
     return "wait" if complete + running >= n_trials else "go"
 
 
-def _rung_scheduler(stopper: Any, searcher: Any, study: optuna.Study, names: list[str], batch_size: int) -> Any:
+def _rung_scheduler(driver: _Driver, names: list[str], batch_size: int) -> Any:
     """A Tune scheduler (public ``FIFOScheduler`` API) that runs early stopping on the driver: a trainable's rung
     result (:data:`_RUNG_STEP`) is recorded in its Optuna trial and compared with the other trials' results at that
     rung (:meth:`EarlyStopper.judge`, the same step as the local search's); a trial that cannot reach the front gets
     its stop record (:data:`~autoprune.study.early_stopping.STOP_ATTR`) and is stopped there (``STOP``), and the
-    searcher tells it PRUNED."""
+    searcher tells it PRUNED. The stopper, searcher and study come from ``driver`` (Tune pickles the scheduler:
+    it holds nothing else than plain state, see :class:`_Driver`)."""
     from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
     class RungScheduler(FIFOScheduler):
+        def __init__(self, driver: _Driver, names: list[str], batch_size: int) -> None:
+            super().__init__()
+            self.driver, self.names, self.batch_size = driver, list(names), int(batch_size)
+
         def on_trial_result(self, tune_controller: Any, trial: Any, result: dict) -> str:
-            ot_trial = searcher.optuna_trial(trial.trial_id) if _RUNG_STEP in result else None
+            d = self.driver
+            ot_trial = d.searcher.optuna_trial(trial.trial_id) if _RUNG_STEP in result else None
             if ot_trial is None:
                 return TrialScheduler.CONTINUE
             step, rung = int(result[_RUNG_STEP]), int(result[_RUNG_INDEX])
-            values = [float(result[n]) for n in names]
-            _, stopped = stopper.judge(ot_trial, step, values, rung=rung, batch_size=batch_size, study=study)
+            values = [float(result[n]) for n in self.names]
+            _, stopped = d.stopper.judge(ot_trial, step, values, rung=rung, batch_size=self.batch_size,
+                                         study=d.session.study)
             if stopped is None:
                 return TrialScheduler.CONTINUE
-            searcher.mark_stopped(trial.trial_id)
+            d.searcher.mark_stopped(trial.trial_id)
             return TrialScheduler.STOP
 
-    return RungScheduler()
+    return RungScheduler(driver, names, batch_size)
+
+
+def _progress(driver: _Driver, names: list[str], n_trials: int) -> Any:
+    """The Tune callback that logs each trial's end through the session's log (Tune pickles it: it holds nothing
+    else than plain state, see :class:`_Driver`)."""
+    from ray import tune
+
+    class Progress(tune.Callback):
+        def __init__(self, driver: _Driver, names: list[str], n_trials: int) -> None:
+            self.driver, self.names, self.n_trials = driver, list(names), int(n_trials)
+
+        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            r, names, log = trial.last_result or {}, self.names, self.driver.session.log
+            if _RUNG_STEP in r:  # its last result was a rung's: early stopping stopped it there
+                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} stopped at rung {r[_RUNG_INDEX]} on Ray "
+                    f"({r[_RUNG_STEP]} fine-tuning steps)")
+            elif names[0] in r:
+                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} COMPLETE on Ray: "
+                    + ", ".join(f"{n} {r[n]:.4g}" for n in names)
+                    + f" -- {self.driver.session.n_complete()}/{self.n_trials}")
+
+        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+            self.driver.session.log(f"trial {trial.config.get(_TRIAL_KEY, '?')} FAILED on Ray: "
+                                    f"{trial.error_file or ''}")
+
+    return Progress(driver, names, n_trials)
 
 
 def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_concurrent: int | None,
@@ -458,17 +603,9 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
 
     cfg, problem, space, study, log = session.cfg, session.problem, session.space, session.study, session.log
 
-    def n_complete(_: Any) -> int:
-        return session.n_complete()
-
     names = metric_names(cfg)
     modes = ["max" if d == "maximize" else "min" for d in directions(cfg)]
-    cfg_dict = cfg.to_dict()
-    cfg_json = json.dumps(cfg_dict, sort_keys=True, default=str)
-    weights = _weights_payload(cfg, problem)
-    key = hashlib.sha256(cfg_json.encode() + hashlib.sha256(weights).digest()).hexdigest()[:16]
-    payload = {"key": key, "config": cfg_json, "source": cfg.source, "weights": weights, "metrics": names,
-               "threads": max(1, int(cpus_per_trial)), "seed": session.seed}
+    payload = _payload(cfg, problem, threads=cpus_per_trial, seed=session.seed)
     resources = {"cpu": float(cpus_per_trial), "gpu": float(gpus_per_trial)}
     trainable = tune.with_resources(tune.with_parameters(_trainable, payload=payload), resources)
     storage_path = storage_path or str(cfg.run_path.resolve() / "ray")
@@ -476,22 +613,9 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
     define = _Space(space, problem, session.objective.worker)
     stopper = session.objective.stopper
 
-    class Progress(tune.Callback):
-        def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            r = trial.last_result or {}
-            if _RUNG_STEP in r:  # its last result was a rung's: early stopping stopped it there
-                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} stopped at rung {r[_RUNG_INDEX]} on Ray "
-                    f"({r[_RUNG_STEP]} fine-tuning steps)")
-            elif names[0] in r:
-                log(f"trial {trial.config.get(_TRIAL_KEY, '?')} COMPLETE on Ray: "
-                    + ", ".join(f"{n} {r[n]:.4g}" for n in names) + f" -- {n_complete(study)}/{cfg.n_trials}")
-
-        def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-            log(f"trial {trial.config.get(_TRIAL_KEY, '?')} FAILED on Ray: {trial.error_file or ''}")
-
     errors: list[str] = []
     for rnd in range(max_rounds):
-        done = n_complete(study)
+        done = session.n_complete()
         remaining = cfg.n_trials - done
         if remaining <= 0:
             break
@@ -502,10 +626,13 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
             sampler = sampler_for_round(session, rnd)
             searcher = Searcher(define, metric=names, mode=modes, sampler=sampler, study_name=cfg.study,
                                 storage=session.storage)
+        # Everything handed to Tune below is pickled by it (tuner.pkl): the driver-side objects reach the
+        # callback, the scheduler and the quota only through `driver`, which pickles empty (see _Driver).
+        driver = _Driver(session, searcher, stopper)
         scheduler, samples = None, remaining
         if stopper is not None:
-            scheduler = _rung_scheduler(stopper, searcher, study, names, cfg.finetune.batch_size)
-            searcher.set_quota(lambda s=searcher: _quota(n_complete(study), len(s.unfinished()), cfg.n_trials))
+            scheduler = _rung_scheduler(driver, names, cfg.finetune.batch_size)
+            searcher.set_quota(driver.quota)
             samples = remaining * _STOPPED_TRIALS_FACTOR
         with _tune_env():
             tuner = tune.Tuner(
@@ -514,7 +641,7 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
                                             max_concurrent_trials=max_concurrent, reuse_actors=True),
                 run_config=tune.RunConfig(name=f"{cfg.study}-{int(time.time())}", storage_path=storage_path,
                                           verbose=0, failure_config=tune.FailureConfig(max_failures=max_failures),
-                                          callbacks=[Progress()]),
+                                          callbacks=[_progress(driver, names, cfg.n_trials)]),
             )
         try:
             with _tune_env():
@@ -528,10 +655,10 @@ def _drive(session: Any, *, cpus_per_trial: float, gpus_per_trial: float, max_co
                 except Exception:
                     pass
         errors += [f"{type(r.error).__name__}: {r.error}" for r in grid if r.error is not None]
-        if n_complete(study) == done:
+        if session.n_complete() == done:
             raise RuntimeError(f"no trial completed on Ray in round {rnd + 1}; errors: "
                                + ("; ".join(errors[-3:]) or "none reported"))
-    if n_complete(study) < cfg.n_trials:
-        raise RuntimeError(f"{n_complete(study)}/{cfg.n_trials} trials COMPLETE after {max_rounds} rounds; "
+    if session.n_complete() < cfg.n_trials:
+        raise RuntimeError(f"{session.n_complete()}/{cfg.n_trials} trials COMPLETE after {max_rounds} rounds; "
                            f"errors: {'; '.join(errors[-3:])}")
     return session.front()
