@@ -20,7 +20,7 @@ from typing import Any, Mapping
 import torch
 import torch.nn as nn
 
-from .data_adapter import DataLike, as_bundle, warn_if_not_held_out
+from .data_adapter import DataLike, as_bundle, example_inputs_for, warn_if_not_held_out
 
 __all__ = ["BudgetResult", "prune_to_budget"]
 
@@ -126,7 +126,11 @@ def prune_to_budget(
     ``data``: a ``(train, val)`` pair of DataLoaders or Datasets of ``(image, label)`` (train: scores, BatchNorm
     statistics, fine-tuning; val: every accuracy), a ``(train, val, test)`` triple (``evaluate_test``), or a
     DataBundle from :func:`autoprune.load_data`. One DataLoader or Dataset alone serves both roles (with a warning:
-    its accuracies are measured on training images). ``example_inputs`` defaults to zeros shaped like one input.
+    its accuracies are measured on training images). ``example_inputs`` defaults to zeros shaped like one input; one
+    of another shape is refused (ValueError: the MACs would be those of inputs the model never sees).
+
+    A model whose weights hold NaN or Inf is refused (:class:`~autoprune.graph.core.NonFiniteError` naming the
+    tensors), and so are NaN scores from the criterion.
     """
     from .allocation import Allocation, allocate, check_round_to, round_ratios
     from .flops import count_macs, count_params
@@ -140,8 +144,7 @@ def prune_to_budget(
     dev = _model_device(model)
     data = as_bundle(data)
     warn_if_not_held_out(data, "prune_to_budget")
-    if example_inputs is None:
-        example_inputs = torch.zeros((1, *data.input_shape))
+    example_inputs = example_inputs_for(data, example_inputs, "prune_to_budget")
     ex = tuple(x.to(dev) for x in example_inputs) if isinstance(example_inputs, (tuple, list)) \
         else example_inputs.to(dev)
     graph = cpu_graph(model, ex)  # surgery on the CPU; pruned models are moved to the model's device

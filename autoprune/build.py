@@ -107,13 +107,21 @@ def build_model(spec: ModelSpec | SearchConfig, num_classes: int | None = None) 
 
 def load_weights(model: nn.Module, path: str | os.PathLike, what: str = "model.weights") -> nn.Module:
     """Load ``path`` into ``model``: a plain state_dict, a checkpoint dict with ``state_dict``/``model``, or an
-    autoprune model file (then the returned model is the pruned one it describes)."""
+    autoprune model file (then the returned model is the pruned one it describes).
+
+    Weights holding NaN or Inf are refused (:class:`~autoprune.graph.core.NonFiniteError` naming the tensors): every
+    command loads its model here, so a corrupt or diverged checkpoint stops each one, ``search --dry-run`` included.
+    """
+    from .graph.core import check_finite
+
     path = os.fspath(path)
     obj = read_checkpoint(path, what)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith("autoprune."):
         from .io import load
 
-        return load(path, model=model)
+        model = load(path, model=model)
+        check_finite(model, f"{what} {path}")
+        return model
     if isinstance(obj, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if isinstance(obj.get(key), dict):
@@ -129,6 +137,7 @@ def load_weights(model: nn.Module, path: str | os.PathLike, what: str = "model.w
         shown = "; ".join(lines[1:4]) + (" ..." if len(lines) > 4 else "")
         raise ValueError(f"{what}: {path} does not fit model {type(model).__name__} ({shown}); check model.name "
                          "and model.kwargs (e.g. num_classes) against the checkpoint") from None
+    check_finite(model, f"{what} {path}")
     return model
 
 
@@ -151,6 +160,9 @@ def _pretrained(model: nn.Module, cfg: SearchConfig, data: Any, log: Callable[[s
     log(f"base model: no weights given, training {cfg.model.name} for {p.epochs} epoch(s) (model.pretrain) -> {path}")
     finetune(model, data, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, max_batches=p.max_batches,
              seed=cfg.seed, progress=progress)
+    from .graph.core import check_finite
+
+    check_finite(model, f"model.pretrain ({p.epochs} epoch(s) at lr {p.lr})")  # a diverged run is never cached
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda f: torch.save(state, f))
     return model

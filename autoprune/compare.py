@@ -10,7 +10,7 @@ from typing import Any, Sequence
 import torch
 import torch.nn as nn
 
-from .data_adapter import DataLike, as_bundle, warn_if_not_held_out
+from .data_adapter import DataLike, as_bundle, example_inputs_for, warn_if_not_held_out
 
 __all__ = ["compare_criteria", "CriteriaComparison", "CriteriaRow"]
 
@@ -97,8 +97,7 @@ def compare_criteria(model: nn.Module, data: DataLike, criteria: Sequence[str] |
     criteria = list(criteria or available_criteria())
     data = as_bundle(data)
     warn_if_not_held_out(data, "compare_criteria")
-    if example_inputs is None:
-        example_inputs = torch.zeros(1, *data.input_shape)
+    example_inputs = example_inputs_for(data, example_inputs, "compare_criteria")
     model = model.eval()
     graph = ChannelGraph(model.cpu(), example_inputs)
     names = [g.name for g in graph.prunable_groups]

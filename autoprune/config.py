@@ -767,6 +767,11 @@ def load_config(src: str | os.PathLike | Mapping[str, Any] | SearchConfig, **ove
         if not path.exists():
             raise FileNotFoundError(f"config file {str(path)!r} not found (a YAML file such as "
                                     "search_spaces/quickstart.yaml)")
+        if path.is_dir():
+            found = sorted(q.name for q in path.iterdir() if q.suffix in (".yaml", ".yml"))
+            which = (f"one of its YAML files ({', '.join(found[:3])}{', ...' if len(found) > 3 else ''})" if found
+                     else "the YAML file (e.g. search_spaces/quickstart.yaml)")
+            raise ConfigError(f"config path {str(path)!r} is a directory; give {which}")
         import yaml
 
         try:

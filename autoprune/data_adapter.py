@@ -29,7 +29,8 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Subset, Tenso
 
 from .data import DataBundle, StreamSplit, TensorSplit
 
-__all__ = ["DataLike", "DatasetSplit", "LoaderSplit", "as_bundle", "warn_if_not_held_out", "check_labels"]
+__all__ = ["DataLike", "DatasetSplit", "LoaderSplit", "as_bundle", "warn_if_not_held_out", "check_labels",
+           "example_inputs_for"]
 
 #: What a public function's ``data`` argument may be.
 DataLike = Union[DataBundle, TensorSplit, StreamSplit, Dataset, DataLoader, Sequence[Any]]
@@ -295,3 +296,24 @@ def warn_if_not_held_out(bundle: DataBundle, what: str) -> None:
             f"{what} got one data set: it is used both to fine-tune/score/re-estimate BatchNorm and to measure "
             "accuracy, so the accuracy is optimistic. Pass (train_data, val_data) to measure on held-out images.",
             UserWarning, stacklevel=3)
+
+
+def example_inputs_for(data: DataBundle, example_inputs: Any, what: str) -> Any:
+    """``example_inputs`` checked against one input of ``data`` (a bundle from :func:`as_bundle`), or, when None,
+    ``torch.zeros(1, *data.input_shape)``.
+
+    A tensor (or a 1-tuple of one) whose per-sample shape differs from the data's is refused: the channel analysis and
+    every MAC count would be those of inputs the model never sees. Several inputs (a tuple of tensors) are the
+    caller's business and are not checked. ``what`` names the function in the message."""
+    shape = tuple(int(s) for s in data.input_shape)
+    if example_inputs is None:
+        return torch.zeros((1, *shape))
+    x = example_inputs[0] if isinstance(example_inputs, (tuple, list)) and len(example_inputs) == 1 \
+        else example_inputs
+    if isinstance(x, Tensor) and x.dim() >= 1 and tuple(x.shape[1:]) != shape:
+        raise ValueError(
+            f"{what}: example_inputs has shape {list(x.shape)} (one input {list(x.shape[1:])}) but one input of the "
+            f"data has shape {list(shape)}: MACs would be counted for inputs the model never sees. Pass "
+            f"example_inputs=torch.zeros(1, {', '.join(map(str, shape))}), or leave it out (it defaults to zeros "
+            "shaped like one input of the data), or give data of the size you mean to measure")
+    return example_inputs

@@ -45,18 +45,37 @@ def read_checkpoint(path: str | os.PathLike, what: str = "checkpoint", *, map_lo
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{what}: {path} not found")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"{what}: {path} is a directory, not a weights file; give the checkpoint file in it "
+                                "(e.g. a .pt or .pth file written by torch.save)")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # torch raises RuntimeError / UnpicklingError / EOFError / ... for a bad file
         size = os.path.getsize(path)
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        if "weights_only" in str(e) or "WeightsUnpickler" in str(e):
+        with open(path, "rb") as f:
+            head = f.read(16)
+        said = f" torch said: {first}"
+        if size == 0:
+            fix, said = "it is empty (an interrupted download or copy?); copy or download it again", ""
+        elif _looks_like_safetensors(head, size):
+            fix, said = ("it is a safetensors file, not a PyTorch checkpoint; convert it: torch.save("
+                         "safetensors.torch.load_file(path), 'weights.pt')"), ""
+        elif not (head.startswith(b"PK\x03\x04") or head[:1] == b"\x80"):  # torch.save: a zip, or a legacy pickle
+            fix, said = ("it is not a PyTorch checkpoint (not a zip/pickle file written by torch.save); give the "
+                         "file torch.save(model.state_dict(), path) wrote"), ""
+        elif "global" in str(e).lower() and ("weights_only" in str(e) or "WeightsUnpickler" in str(e)):
             fix = ("it holds pickled objects that weights_only loading refuses; save a plain state_dict "
                    "(torch.save(model.state_dict(), path)) or an autoprune file (autoprune.save)")
         else:
             fix = ("it is truncated or corrupt (an interrupted download or copy?); copy or download it again, or "
                    "re-save it with torch.save")
-        raise ValueError(f"{what}: cannot read {path} ({size:,} bytes): {fix}. torch said: {first}") from None
+        raise ValueError(f"{what}: cannot read {path} ({size:,} bytes): {fix}.{said}") from None
+
+
+def _looks_like_safetensors(head: bytes, size: int) -> bool:
+    """A safetensors file: an 8-byte little-endian header length, then a JSON header."""
+    return len(head) > 8 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < size
 
 
 def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_location: Any = "cpu") -> nn.Module:

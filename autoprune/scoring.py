@@ -25,6 +25,7 @@ import torch.nn.functional as F
 
 from .data_adapter import DataLike, as_bundle
 from .graph.analysis import TI
+from .graph.core import NonFiniteError, check_scores
 
 __all__ = ["score_groups", "score", "DEFAULT_HOOKS"]
 
@@ -105,7 +106,10 @@ def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] |
                  hook: str | None = None, num_batches: int | None = 5, batch_size: int = 128, seed: int = 0,
                  num_classes: int | None = None, device: str | torch.device | None = None,
                  **params: Any) -> dict[str, torch.Tensor]:
-    """Score every channel unit of ``groups`` (default: the prunable ones) with ``criterion``."""
+    """Score every channel unit of ``groups`` (default: the prunable ones) with ``criterion``.
+
+    Raises :class:`~autoprune.graph.core.NonFiniteError` naming the groups whose scores hold NaN or -Inf (no order
+    of their channels exists)."""
     from .criteria import get_criterion
 
     names = groups if groups is not None else [g.name for g in graph.prunable_groups]
@@ -126,6 +130,7 @@ def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] |
                     cache[m.module] = crit.score_weight(modules[m.module], name=m.module)
                 parts.append((m.index, cache[m.module][torch.as_tensor(m.channels)]))
             out[name] = _combine(g.channels, parts)
+        check_scores(out, f"criterion {criterion if isinstance(criterion, str) else crit.name or crit!r}")
         return out
     if data is None:
         raise ValueError(f"criterion {criterion!r} is activation-based and needs data: a DataLoader, a Dataset of "
@@ -183,7 +188,12 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
         _TAPS[nname] = make_cb(nname)
     try:
         with torch.no_grad():
-            for x, y in _batches(data, num_batches, batch_size, seed):
+            for i, (x, y) in enumerate(_batches(data, num_batches, batch_size, seed)):
+                if x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                    raise NonFiniteError(
+                        f"{data.train.name}: training batch {i} holds NaN or Inf images, on which criteria "
+                        f"{sorted(crits)} cannot score channels; check the data (its files and transforms: "
+                        "torch.isfinite(x).all() on each batch)")
                 if y is None and needs_labels:
                     raise ValueError(f"criteria {needs_labels} compare classes and need labels, but "
                                      f"{data.train.name} yields images alone; pass (images, labels) batches")
@@ -201,6 +211,7 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
             g = graph.group(name)
             parts = [(units, final[nname][torch.as_tensor(chans)]) for nname, chans, units in plans[c][name]]
             result[c][name] = _combine(g.channels, parts)
+        check_scores(result[c], f"criterion {c!r}")
     return result
 
 
@@ -213,6 +224,8 @@ def score(model: nn.Module, data: DataLike | None = None, criterion: str = "l1",
     sd, di) take the class count from the labels; hrank and ezcrop need no labels. ``example_inputs`` defaults to
     a zero tensor shaped like one input of ``data``. Keyword arguments go to :func:`score_groups` and the criterion
     (e.g. ``alpha=0.25`` for ezcrop, ``hook="bn"``, ``num_batches=5``, ``num_classes``).
+
+    A model whose weights hold NaN or Inf, and NaN scores, raise :class:`~autoprune.graph.core.NonFiniteError`.
     """
     from .graph import ChannelGraph
 

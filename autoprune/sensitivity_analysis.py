@@ -37,7 +37,8 @@ import torch
 import torch.nn as nn
 
 from ._files import atomic_write
-from .data_adapter import DataLike, as_bundle, warn_if_not_held_out
+from .data_adapter import DataLike, as_bundle, example_inputs_for, warn_if_not_held_out
+from .graph.core import check_finite
 
 __all__ = ["DEFAULT_RATIOS", "SensitivityRow", "SensitivityTable", "sensitivity", "sensitivity_cache_dir",
            "model_fingerprint", "data_fingerprint", "cpu_graph"]
@@ -393,8 +394,8 @@ def sensitivity(
     if device is None:
         device = data.val.device or _model_device(model)
     device = torch.device(device)
-    if example_inputs is None:
-        example_inputs = torch.zeros((1, *data.input_shape))
+    example_inputs = example_inputs_for(data, example_inputs, "sensitivity")
+    check_finite(model)  # before the cache: a table cached for this model must not come back either
 
     # -- cache lookup --------------------------------------------------------------------------------------------
     group_filter = sorted(groups) if groups is not None else None

@@ -58,6 +58,10 @@ def batched_rank(maps: Tensor) -> Tensor:
     """
     maps = _as_float(maps)
     h, w = maps.shape[-2:]
+    if maps.numel() and not bool(torch.isfinite(maps).all()):  # no rank exists (and the SVD fails with a traceback)
+        raise ValueError("hrank: the feature maps hold NaN or Inf (the model's weights or the data do, or the "
+                         "activations overflow); no rank exists. Check the data (torch.isfinite(x).all()) and the "
+                         "weights")
     if h * w == 1 or maps.numel() == 0:
         return (maps != 0).flatten(-2).sum(-1)
     return torch.linalg.matrix_rank(maps)
@@ -140,7 +144,8 @@ def ezcrop_ratio(maps: Tensor, alpha: float = 0.25) -> Tensor:
         total = mag.sum((-2, -1))
         zone = mag[..., r0: r1 + 1, c0: c1 + 1].sum((-2, -1))
     safe = torch.where(total > 0, total, torch.ones_like(total))
-    return torch.where(total > 0, 1.0 - zone / safe, torch.zeros_like(total))
+    # 0 for an all-zero map; a map holding NaN keeps NaN (a score of 0 would silently rank it least important)
+    return torch.where(total > 0, 1.0 - zone / safe, torch.where(torch.isnan(total), total, torch.zeros_like(total)))
 
 
 def pool_features(fmap: Tensor, pool: str = "avg") -> Tensor:
@@ -504,8 +509,10 @@ class DiscriminationCriterion(ActivationCriterion):
         if int(valid.sum()) == 0:
             raise ValueError(f"{self.name}: needs samples of at least two classes")
         per_class = self.statistic(m["mean_diff"], m["var_pos"], m["var_neg"], m["n_pos"], m["n_neg"])[valid]
-        # 0/0 (a constant channel with eps=0) means "no separation": 0. x/0 with x > 0 stays +inf.
-        per_class = torch.where(torch.isnan(per_class), torch.zeros_like(per_class), per_class)
+        # 0/0 (a constant channel with eps=0) means "no separation": 0. x/0 with x > 0 stays +inf. A NaN of the
+        # moments themselves (NaN features) stays NaN: scoring refuses it rather than ranking the channel last.
+        moments_ok = (m["mean_diff"].isfinite() & m["var_pos"].isfinite() & m["var_neg"].isfinite())[valid]
+        per_class = torch.where(torch.isnan(per_class) & moments_ok, torch.zeros_like(per_class), per_class)
         return per_class.mean(0) if self.aggregate == "mean" else per_class.amax(0)
 
 

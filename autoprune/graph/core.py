@@ -15,7 +15,77 @@ from .groups import ChannelGroup, build_groups
 from .surgery import _Keep, apply_pruning
 from .trace import trace
 
-__all__ = ["ChannelGraph", "as_inputs"]
+__all__ = ["ChannelGraph", "as_inputs", "check_finite", "check_scores", "NonFiniteError", "NothingToPruneWarning"]
+
+
+class NonFiniteError(ValueError):
+    """A model's weights (parameters or buffers such as BatchNorm running statistics), or channel scores, hold NaN or
+    Inf: scores, pruning, MAC budgets and accuracies computed from them would be meaningless."""
+
+
+class NothingToPruneWarning(UserWarning):
+    """:meth:`ChannelGraph.prune` was asked for a ratio above 0 but removed no channel (no prunable group, or ratios
+    too small to remove one channel of any group): the model comes back unchanged."""
+
+
+_NORM_BUFFERS = (nn.modules.batchnorm._NormBase,)  # BatchNorm / InstanceNorm running statistics
+
+
+def _nonfinite_names(model: nn.Module) -> list[str]:
+    """Names of the parameters holding NaN or Inf, and of the buffers holding NaN (or Inf, for the running statistics
+    of norm layers; elsewhere an infinite value can be legitimate, e.g. -inf in an attention mask)."""
+    def bad(t: Any, inf_too: bool) -> bool:
+        if not isinstance(t, torch.Tensor) or t.is_meta or isinstance(t, nn.parameter.UninitializedTensorMixin):
+            return False
+        if not (t.is_floating_point() or t.is_complex()) or t.numel() == 0:
+            return False
+        with torch.no_grad():
+            return bool(~torch.isfinite(t).all()) if inf_too else bool(torch.isnan(t).any())
+
+    names = [n for n, p in model.named_parameters() if bad(p, True)]
+    for mname, m in model.named_modules():
+        inf_too = isinstance(m, _NORM_BUFFERS)
+        names += [f"{mname}.{b}" if mname else b for b, t in m.named_buffers(recurse=False) if bad(t, inf_too)]
+    return names
+
+
+def check_finite(model: nn.Module, what: str = "model") -> None:
+    """Raise :class:`NonFiniteError` naming the tensors of ``model`` that hold NaN or Inf (parameters, and buffers
+    such as BatchNorm running statistics; a buffer outside a norm layer may hold -inf, e.g. an attention mask, but
+    never NaN). ``what`` names the model in the message (``"model"``, ``"model.weights w.pt"``...).
+
+    The one check of every entry point that takes weights: :func:`autoprune.build.load_weights` (every command),
+    :class:`ChannelGraph` (hence :func:`autoprune.score`, :func:`autoprune.prune_to_budget`, ...) and
+    :func:`autoprune.sensitivity`."""
+    names = _nonfinite_names(model)
+    if not names:
+        return
+    n = len(names)
+    shown = ", ".join(names[:4]) + (f", ... ({n - 4} more)" if n > 4 else "")
+    raise NonFiniteError(
+        f"{what}: {n} tensor{'s hold' if n != 1 else ' holds'} NaN or Inf ({shown}): the weights are corrupt or the "
+        "training that produced them diverged; load a checkpoint saved before the loss became NaN (or retrain, e.g. "
+        "with a smaller learning rate). Scores, pruning and accuracies of such a model would be meaningless")
+
+
+def check_scores(scores: Mapping[str, Any], source: str) -> None:
+    """Raise :class:`NonFiniteError` when the channel scores of a group ({group: tensor}) hold NaN or -Inf, which
+    give no order of the channels (+Inf is a valid score: a channel ranked above every finite one, as the
+    discrimination criteria give a perfectly separating channel with ``eps=0``). ``source`` names where the scores
+    come from (``"criterion 'l1'"``, ``"ChannelGraph.plan"``)."""
+    bad = []
+    for name, s in scores.items():
+        t = torch.as_tensor(s)
+        if t.is_floating_point() and bool((torch.isnan(t) | torch.isneginf(t)).any()):
+            bad.append(name)
+    if not bad:
+        return
+    n = len(bad)
+    shown = ", ".join(repr(b) for b in bad[:4]) + (f", ... ({n - 4} more)" if n > 4 else "")
+    raise NonFiniteError(
+        f"{source}: NaN or -Inf scores for {n} channel group{'s' if n != 1 else ''} ({shown}), so their channels "
+        "cannot be ordered: the model's weights or the data hold NaN/Inf, or the criterion is numerically unstable "
+        "on them (e.g. eps=0); check the data (torch.isfinite(x).all() on a batch) and the criterion's parameters")
 
 
 def as_inputs(example_inputs: Any) -> tuple:
@@ -36,11 +106,15 @@ class ChannelGraph:
     ``approximate=True`` also prunes through layers where removing a channel changes the others a little
     (LayerNorm over the channel dim, as in ConvNeXt); every group it affects lists it in ``group.approximate``.
     Never the default.
+
+    A model whose weights hold NaN or Inf is refused (:func:`check_finite`); :meth:`prune` warns
+    (:class:`NothingToPruneWarning`) when a ratio above 0 removes no channel.
     """
 
     def __init__(self, model: nn.Module, example_inputs: Any, *, approximate: bool = False) -> None:
         if not isinstance(model, nn.Module):
             raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+        check_finite(model)
         self.example_inputs = as_inputs(example_inputs)
         self._training = model.training
         prev = getattr(model, "_autoprune_meta", None) or {}
@@ -108,6 +182,7 @@ class ChannelGraph:
             s = torch.as_tensor(scores[name], dtype=torch.float64).cpu()
             if s.shape != (g.channels,):
                 raise ValueError(f"scores for {name!r} have shape {tuple(s.shape)}, expected ({g.channels},)")
+            check_scores({name: s}, "ChannelGraph.plan")
             order = torch.sort(s, stable=True).indices
             removal[name] = sorted(order[:n].tolist())
         return removal
@@ -126,7 +201,28 @@ class ChannelGraph:
             from ..scoring import score_groups
 
             scores = score_groups(self, criterion, data=data, groups=needed, **criterion_kwargs) if needed else {}
-        return self.prune_channels(self.plan(resolved, scores))
+        removal = self.plan(resolved, scores)
+        self._warn_if_nothing_removed(ratios, resolved, removal)
+        return self.prune_channels(removal)
+
+    def _warn_if_nothing_removed(self, ratios: Any, resolved: Mapping[str, float],
+                                 removal: Mapping[str, Sequence[int]]) -> None:
+        """:class:`NothingToPruneWarning` when a ratio above 0 was asked and no channel goes."""
+        asked = ratios > 0 if isinstance(ratios, (int, float)) else any(r > 0 for r in ratios.values())
+        if not asked or any(len(v) for v in removal.values()):
+            return
+        if not self.prunable_groups:
+            locked = "; ".join(f"{g.name}: {g.reason}" for g in self.groups[:3])
+            more = f"; ... ({len(self.groups) - 3} more)" if len(self.groups) > 3 else ""
+            why = (f"the model has no prunable channel group (every group is locked: {locked}{more}). "
+                   "graph.summary() lists the groups; a layer the engine has no channel rule for can be taught with "
+                   "autoprune.register_channel_rule (docs/engine.md)")
+        else:
+            largest = max((self._by_name[n].channels for n in resolved), default=0)
+            why = (f"the ratios remove less than one channel of every group asked (floor(ratio * channels) is 0; the "
+                   f"largest group has {largest} channels, so a ratio of at least 1/{largest} removes one there)")
+        warnings.warn(f"ChannelGraph.prune removed no channel and returns the model unchanged: {why}",
+                      NothingToPruneWarning, stacklevel=3)
 
     def prune_channels(self, remove: Mapping[str, Sequence[int]]) -> nn.Module:
         """Remove explicit channels: {group name: [channel indices within the group]}."""
