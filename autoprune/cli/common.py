@@ -1,15 +1,19 @@
 """What several subcommands share: the CONFIG argument, reading it, budgets and number lists typed on the command
-line."""
+line, SIGTERM as Ctrl-C, output directories that must be writable."""
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+import signal
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 from ..config import SearchConfig, load_config
 
-__all__ = ["add_config", "read_config", "parse_budget", "parse_floats", "output_path", "logger"]
+__all__ = ["add_config", "read_config", "parse_budget", "parse_floats", "output_path", "logger",
+           "sigterm_to_keyboard_interrupt", "sigterm_as_keyboard_interrupt", "check_writable_dir"]
 
 CONFIG_HELP = "config file (YAML; the schema of `autoprune search`, docs/search.md), e.g. search_spaces/quickstart.yaml"
 
@@ -61,3 +65,38 @@ def parse_floats(text: str | None, what: str) -> list[float] | None:
 
 def logger(quiet: bool) -> Callable[[str], None]:
     return (lambda s: None) if quiet else (lambda s: print(s, file=sys.stderr))
+
+
+def sigterm_to_keyboard_interrupt() -> Any:
+    """SIGTERM (``kill``, Kubernetes pod shutdown, a batch scheduler's time limit) behaves like Ctrl-C: a search's
+    running trial is failed and re-enqueued, and the command exits with status 130. Returns the previous handler
+    (None outside the main thread, where Python runs no signal handlers and nothing is changed)."""
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt
+
+    try:
+        return signal.signal(signal.SIGTERM, handler)
+    except ValueError:  # not the main thread
+        return None
+
+
+@contextlib.contextmanager
+def sigterm_as_keyboard_interrupt() -> Iterator[None]:
+    """:func:`sigterm_to_keyboard_interrupt` for the duration of the block; the previous handler is put back after
+    (``autoprune.cli.main`` called in a longer-lived process: a test, a notebook)."""
+    previous = sigterm_to_keyboard_interrupt()
+    try:
+        yield
+    finally:
+        if previous is not None:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def check_writable_dir(path: str | os.PathLike, option: str) -> None:
+    """Raise a ``PermissionError`` naming ``path`` and ``option`` (the option that chooses another place) when the
+    directory ``path`` cannot be created or written here (a read-only file system or missing permission)."""
+    p = Path(path)
+    d = next((q for q in [p, *p.parents] if q.exists()), None)
+    if d is not None and (not d.is_dir() or not os.access(d, os.W_OK | os.X_OK)):
+        why = "not a directory" if not d.is_dir() else "not writable here (a read-only file system, or no permission)"
+        raise PermissionError(f"cannot write to {p}: {d} is {why}; give {option} DIR, a directory you can write")

@@ -7,10 +7,11 @@ from __future__ import annotations
 
 import argparse
 import os
-import signal
 import socket
 import sys
 from typing import Any, Callable, Sequence
+
+from .common import sigterm_to_keyboard_interrupt as _sigterm_to_keyboard_interrupt
 
 __all__ = ["add_subcommands", "cmd_search_ray", "cmd_worker", "main"]
 
@@ -19,17 +20,6 @@ def _log(quiet: bool, prefix: str = "") -> Callable[[str], None]:
     if quiet:
         return lambda s: None
     return lambda s: print(f"{prefix}{s}", file=sys.stderr, flush=True)
-
-
-def _sigterm_to_keyboard_interrupt() -> None:
-    """SIGTERM (``kill``, Kubernetes pod shutdown) behaves like Ctrl-C: the running trial is failed and re-enqueued."""
-    def handler(signum: int, frame: Any) -> None:
-        raise KeyboardInterrupt
-
-    try:
-        signal.signal(signal.SIGTERM, handler)
-    except ValueError:  # not the main thread
-        pass
 
 
 def cmd_worker(args: argparse.Namespace) -> int:

@@ -1,12 +1,15 @@
 """The ``autoprune`` command line: every subcommand is registered here, explicitly; ``autoprune SUBCOMMAND --help``
 documents each. The CLI parses, calls the library and prints; the work is done by the library.
 
-A user error (a bad config key, a missing or truncated file, a model that does not fit its data...) is printed as
-one paragraph naming the file or key and the fix, with exit status 2; ``--debug`` shows the traceback instead.
+A user error (a bad config key, a missing or truncated file, a model that does not fit its data, a full disk...) is
+printed as one paragraph naming the file or key and the fix, with exit status 2; ``--debug`` shows the traceback
+instead. Output piped into a command that stops reading (``autoprune pareto ... | head``) ends quietly, with the
+status of a process killed by SIGPIPE (141).
 """
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Any, Sequence
 
@@ -71,26 +74,72 @@ USER_ERRORS = _user_errors()
 def _message(exc: BaseException) -> str:
     if isinstance(exc, KeyError) and exc.args:
         text = str(exc.args[0])
-    elif isinstance(exc, FileNotFoundError) and exc.filename and str(exc.filename) not in str(exc):
-        text = f"{exc.filename}: {exc.strerror or exc}"
+    elif (isinstance(exc, OSError) and type(exc).__str__ is OSError.__str__ and exc.filename and exc.strerror
+          and exc.filename2 is None):
+        text = f"{exc.filename}: {exc.strerror}"  # (not "[Errno 2] No such file or directory: '...'")
     else:
         text = str(exc) or type(exc).__name__
     return " ".join(text.split())  # one paragraph
 
 
+def _stdout_closed() -> bool:
+    """Whether the reader of standard output went away (the far end of a pipe closed: POLLERR/POLLHUP)."""
+    try:
+        import select
+
+        fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
+        poller = select.poll()
+        poller.register(fd, 0)
+        return any(ev & (select.POLLERR | select.POLLHUP) for _, ev in poller.poll(0))
+    except (AttributeError, ValueError, OSError):  # no poll (Windows), no file descriptor
+        return True
+
+
+def _quiet_stdout() -> None:
+    """Point standard output at /dev/null, so that the interpreter's final flush does not fail again (the recipe
+    of the Python docs' signal module, "Note on SIGPIPE")."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.__stdout__.fileno() if sys.__stdout__ is not None else 1)
+        os.close(devnull)
+    except (OSError, ValueError):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    from .._files import disk_full_in
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
+    debug = getattr(args, "debug", False)
     try:
-        return int(args.func(args) or 0)
-    except USER_ERRORS as exc:
-        if args.debug:
+        code = int(args.func(args) or 0)
+        sys.stdout.flush()  # (a closed pipe shows here, not at exit)
+        return code
+    except BrokenPipeError as exc:
+        if _stdout_closed():
+            _quiet_stdout()
+            return 141  # as a shell reports a process killed by SIGPIPE
+        if debug:  # another pipe or socket: an error like any other
             raise
-        print(f"autoprune {args.command}: error: {_message(exc)} (--debug shows the traceback)", file=sys.stderr)
-        return 2
+        return _user_error(args, exc)
+    except USER_ERRORS as exc:
+        if debug:
+            raise
+        return _user_error(args, disk_full_in(exc) or exc)
+    except Exception as exc:  # a full disk under an error of Optuna's or torch's (torch.save, a journal write)
+        full = disk_full_in(exc)
+        if full is None or debug:
+            raise
+        return _user_error(args, full)
+
+
+def _user_error(args: argparse.Namespace, exc: BaseException) -> int:
+    print(f"autoprune {args.command}: error: {_message(exc)} (--debug shows the traceback)", file=sys.stderr)
+    return 2
 
 
 if __name__ == "__main__":

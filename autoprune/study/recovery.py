@@ -35,6 +35,9 @@ _STALE_NO_WORKER_S = 600.0  # a RUNNING trial that never recorded its worker is 
 #: enqueues its retry right after (milliseconds later); only a process killed in between leaves one without. Waiting
 #: keeps a second worker from retrying a trial whose failer is still enqueuing (two retries of one trial).
 LATE_RETRY_AFTER_S = 60.0
+#: How Optuna names a trial's constraint values among its system attributes (``constraints:<key>``; Optuna's private
+#: ``optuna.study._constrained_optimization._CONSTRAINTS_KEY``; tests/test_faults.py checks it).
+_CONSTRAINT_PREFIX = "constraints:"
 
 
 def _proc_stat(pid: int) -> tuple[str, str] | None:
@@ -89,10 +92,18 @@ class WorkerRegistry:
     def register(self) -> None:
         import fcntl
 
+        from .._files import disk_full_in
+
         if str(self.me) in self._held:
             return
-        self.dir.mkdir(parents=True, exist_ok=True)
-        fd = os.open(self.me, os.O_CREAT | os.O_RDWR, 0o644)
+        try:
+            self.dir.mkdir(parents=True, exist_ok=True)
+            fd = os.open(self.me, os.O_CREAT | os.O_RDWR, 0o644)
+        except OSError as e:
+            full = disk_full_in(e, self.me)
+            if full is None:
+                raise
+            raise full from e
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         self._held[str(self.me)] = fd
 
@@ -124,13 +135,16 @@ class RetryFailedTrial:
     limit). The retry carries the user attribute ``retry_of`` and the system attributes ``failed_trial`` (the first
     trial of the chain) and ``retry_history``, like Optuna's ``RetryHeartbeatStaleTrialCallback``, whose place it
     takes as the heartbeat callback of database storages; unlike it, the failed trial's user attributes (its dead
-    ``worker`` among them) are not copied."""
+    ``worker`` among them) and constraint values (``Trial.set_constraint``: the retry sets its own) are not
+    copied."""
 
     def __init__(self, max_retry: int | None = DEFAULT_MAX_RETRY) -> None:
         self.max_retry = max_retry
 
     def __call__(self, study: optuna.Study, trial: FrozenTrial) -> None:
-        system_attrs = dict(trial.system_attrs)
+        # The failed trial's constraints are not carried over: the retry measures and sets its own (Optuna keeps
+        # a constraint set first and warns "The constraint value is ignored" at every later set_constraint).
+        system_attrs = {k: v for k, v in trial.system_attrs.items() if not k.startswith(_CONSTRAINT_PREFIX)}
         history = list(system_attrs.get("retry_history", [])) + [trial.number]
         if self.max_retry is not None and len(history) > self.max_retry:
             return

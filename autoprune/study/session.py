@@ -16,6 +16,8 @@ from __future__ import annotations
 
 import contextlib
 import random
+import signal
+import threading
 import time
 import warnings
 import zlib
@@ -25,8 +27,10 @@ from typing import Any, Callable, Iterator
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .._files import disk_full_in
 from ..config import SearchConfig
 from .objective import TrialObjective
+from .patient_storage import storage_of, trial_id_of
 from .recovery import DEFAULT_MAX_RETRY, RetryFailedTrial, WorkerRegistry, recover_stale_trials, worker_info
 from .storage import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACE, DEFAULT_HEARTBEAT, StorageLost, journal_path,
                       open_storage, storage_kind, storage_label)
@@ -163,20 +167,53 @@ def _record_study(cfg: SearchConfig, study: optuna.Study, problem: Any, space: A
 
 
 class _Abandoned(BaseException):
-    """The storage was lost inside the trial function. A BaseException, so that Optuna neither logs the trial as
-    failed (with a traceback) nor tries to tell the lost storage: the trial stays RUNNING, its heartbeat stops, and
-    it is failed and retried by another process (or at the next start)."""
+    """The storage was lost (or the disk is full) inside the trial function. A BaseException, so that Optuna neither
+    logs the trial as failed (with a traceback) nor tries to tell the storage that cannot take it: the trial stays
+    RUNNING, its heartbeat stops, and it is failed and retried by another process (or at the next start)."""
+
+
+#: Trials this process gave up on and left RUNNING (lost storage, full disk), as (storage label, study, number): the
+#: next session of the same study in this process (a notebook calling ``search`` again once space is freed) fails
+#: and retries them -- their worker, this very process, is alive, so the dead-worker recovery would not.
+_ABANDONED: set[tuple[str, str, int]] = set()
+
+
+class _Interrupted(BaseException):
+    """Ctrl-C or SIGTERM inside the trial function, carried past Optuna (which would log the ``KeyboardInterrupt``
+    with its traceback as a failed trial): :meth:`SearchSession.run` fails the trial, enqueues its retry and raises
+    ``KeyboardInterrupt``."""
+
+
+def _found_in(exc: BaseException | None, kind: type[BaseException]) -> BaseException | None:
+    """The ``kind`` exception that ``exc`` is or arose from, if any."""
+    for _ in range(8):
+        if exc is None:
+            return None
+        if isinstance(exc, kind):
+            return exc
+        exc = exc.__cause__ or exc.__context__
+    return None
 
 
 def _lost_in(exc: BaseException | None) -> StorageLost | None:
     """The :class:`StorageLost` that ``exc`` is or arose from, if any."""
-    for _ in range(8):
-        if exc is None:
-            return None
-        if isinstance(exc, StorageLost):
-            return exc
-        exc = exc.__cause__ or exc.__context__
-    return None
+    return _found_in(exc, StorageLost)  # type: ignore[return-value]
+
+
+@contextlib.contextmanager
+def _signals_deferred() -> Iterator[None]:
+    """SIGINT and SIGTERM held back (delivered at the end) while the interrupted trial is failed and retried, so that
+    a second Ctrl-C does not cut that short. A no-op outside the main thread and where the platform has no
+    ``pthread_sigmask``."""
+    sigs = {signal.SIGINT, getattr(signal, "SIGTERM", signal.SIGINT)}
+    if threading.current_thread() is not threading.main_thread() or not hasattr(signal, "pthread_sigmask"):
+        yield
+        return
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, sigs)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
 @dataclass
@@ -239,8 +276,25 @@ class SearchSession:
             registry = WorkerRegistry(journal)
             registry.register()
             alone = not registry.others_alive()
-        return recover_stale_trials(self.study, no_other_workers=alone, retry=self.retry,
-                                    no_worker_after=self.no_worker_after)
+        failed = recover_stale_trials(self.study, no_other_workers=alone, retry=self.retry,
+                                      no_worker_after=self.no_worker_after)
+        return failed + self._fail_abandoned()
+
+    def _fail_abandoned(self) -> list[FrozenTrial]:
+        """Fail and retry the trials of this study that this process left RUNNING (see ``_ABANDONED``)."""
+        mine = sorted(n for label, study, n in _ABANDONED if (label, study) == (self.label, self.cfg.study))
+        failed = []
+        trials = self.study.get_trials(deepcopy=False) if mine else []
+        for n in mine:
+            t = trials[n] if n < len(trials) and trials[n].number == n else None
+            if t is not None and t.state == TrialState.RUNNING:
+                storage_of(self.study).set_trial_user_attr(
+                    trial_id_of(t), "failure", "abandoned by its process (the storage was lost or the disk was full)")
+                self.study.tell(n, state=TrialState.FAIL)
+                failed.append(t)
+                self.retry_trial(n)
+            _ABANDONED.discard((self.label, self.cfg.study, n))
+        return failed
 
     def retry_trial(self, number: int) -> bool:
         """Enqueue the retry of FAIL trial ``number`` now (a trial interrupted in this process); False when it is not
@@ -268,7 +322,9 @@ class SearchSession:
         A trial that raises is FAIL with its error in the user attribute ``error``; after ``max_failures`` such trials
         in a row the error is raised (``max_failures=1``: the first error, as is; else a ``RuntimeError`` from the
         last). ``KeyboardInterrupt`` (Ctrl-C; the CLI turns SIGTERM into it) fails the running trial, enqueues its
-        retry and is re-raised. A lost database raises :class:`~autoprune.study.storage.StorageLost`.
+        retry and is raised again, saying so (Optuna logs nothing). A lost database raises
+        :class:`~autoprune.study.storage.StorageLost`; a full disk :class:`~autoprune._files.DiskFull` (the running
+        trial stays RUNNING -- nothing more can be written -- and is failed and retried at the next start).
         """
         res = RunResult()
         current: dict[str, Any] = {}
@@ -279,11 +335,16 @@ class SearchSession:
             current["number"] = trial.number
             try:
                 return objective(trial)
+            except KeyboardInterrupt:
+                raise _Interrupted() from None
             except StorageLost as e:
                 raise _Abandoned(e) from None
             except optuna.TrialPruned:
                 raise
             except Exception as e:
+                full = disk_full_in(e)
+                if full is not None:
+                    raise _Abandoned(full) from None
                 errors[:] = [e]
                 with contextlib.suppress(Exception):
                     trial.set_user_attr("error", f"{type(e).__name__}: {e}"[:2000])
@@ -310,22 +371,26 @@ class SearchSession:
                     warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
                     self.study.optimize(guarded, n_trials=1, catch=(Exception,), gc_after_trial=False,
                                         callbacks=[lambda s, t: finished.append(t)])
-            except KeyboardInterrupt:
-                if "number" in current:
-                    with contextlib.suppress(Exception):
-                        if self.retry_trial(current["number"]):
-                            self.log(f"interrupted: trial {current['number']} failed and enqueued again")
-                raise
+            except (KeyboardInterrupt, _Interrupted):
+                raise self._interrupted(current.get("number")) from None
             except _Abandoned as e:
+                self._abandoned(current.get("number"))
                 raise e.args[0] from None
             except optuna.exceptions.UpdateFinishedTrialError:
                 self.log(f"trial {current.get('number')} was failed by another worker meanwhile (its heartbeat "
                          "stopped while the database was away); going on")
                 continue
-            except Exception as e:  # Optuna's clean-up after a failed tell can mask the lost storage
+            except Exception as e:  # Optuna's clean-up after a failed tell can mask the lost storage, the full disk
                 lost = _lost_in(e)
                 if lost is not None:
+                    self._abandoned(current.get("number"))
                     raise lost from None
+                full = disk_full_in(e)
+                if full is not None:
+                    self._abandoned(current.get("number"))
+                    raise full from e  # (--debug shows where: Optuna's tell, say)
+                if _found_in(e, KeyboardInterrupt) is not None:  # Ctrl-C inside Optuna's tell
+                    raise self._interrupted(current.get("number")) from None
                 raise
             for t in finished:
                 if t.state == TrialState.COMPLETE:
@@ -350,6 +415,29 @@ class SearchSession:
                     raise RuntimeError(f"{in_a_row} trials of this process failed in a row (last: trial {t.number}: "
                                        f"{type(err).__name__}: {err}); stopping") from err
         return res
+
+    def _abandoned(self, number: int | None) -> None:
+        if number is not None:
+            _ABANDONED.add((self.label, self.cfg.study, number))
+
+    def _interrupted(self, number: int | None) -> KeyboardInterrupt:
+        """Fail the interrupted trial ``number`` (if it is still RUNNING) and enqueue its retry; the
+        ``KeyboardInterrupt`` to raise, saying what was done."""
+        if number is None:
+            return KeyboardInterrupt()
+        state = None
+        with _signals_deferred(), contextlib.suppress(Exception):
+            trials = self.study.get_trials(deepcopy=False)
+            t = trials[number] if number < len(trials) and trials[number].number == number else None
+            state = t.state if t is not None else None
+            if state == TrialState.RUNNING:
+                self.study.tell(number, state=TrialState.FAIL)
+                state = TrialState.FAIL
+            if state == TrialState.FAIL and self.retry_trial(number):
+                return KeyboardInterrupt(f"trial {number} was failed and enqueued again")
+        if state == TrialState.FAIL:
+            return KeyboardInterrupt(f"trial {number} was failed")
+        return KeyboardInterrupt()  # (it had completed; or the storage could not say)
 
 
 @contextlib.contextmanager
@@ -382,7 +470,7 @@ def open_session(config: Any, *, n_trials: int | None = None, storage: str | Non
                          "machine, `autoprune search` shares a journal file)")
     retry = RetryFailedTrial(max_retry)
     st = open_storage(cfg, heartbeat_interval=heartbeat_interval, grace_period=grace_period, max_retry=max_retry,
-                      connect_timeout=connect_timeout, patience=patience, log=log)
+                      connect_timeout=connect_timeout, patience=patience, log=log, read_only=False)
     with cfg.cpu_threads():
         problem = Problem(cfg, log=log, progress=progress)
         check_against_graph(cfg, problem.graph)

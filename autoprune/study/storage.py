@@ -1,7 +1,9 @@
 """Where a search's trials live: one classifier for storage URLs, one way to open them, one heartbeat policy.
 
 * ``None`` (the default), a file path or ``journal://PATH``: an Optuna ``JournalStorage`` on a
-  ``JournalFileBackend`` (append-only, file-locked: the worker processes of one machine share it).
+  ``JournalFileBackend`` (append-only, file-locked: the worker processes of one machine share it). A write that fails
+  (a full disk: :class:`~autoprune._files.DiskFull`) leaves no partial record. A journal that cannot be written (a
+  read-only share, another user's run directory) is opened read-only by the commands that only read it.
 * A SQLAlchemy database URL (``sqlite:///FILE``, ``postgresql://USER:PASSWORD@HOST:PORT/DB``, ``mysql://``...):
   :class:`~autoprune.study.patient_storage.PatientRDBStorage` with heartbeats (a RUNNING trial without one for
   ``grace_period`` seconds is failed and retried by :class:`~autoprune.study.recovery.RetryFailedTrial`), a
@@ -11,21 +13,26 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import socket
+import threading
 import time
 import warnings
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
 
 import optuna
+from optuna.storages.journal import JournalFileBackend, JournalStorage
 
+from .._files import DiskFull, disk_full_in
 from ..config import SearchConfig
 from .patient_storage import StorageLost
 from .recovery import DEFAULT_MAX_RETRY, RetryFailedTrial, worker_info
 
 __all__ = ["storage_kind", "journal_path", "open_storage", "check_storage", "storage_label", "redact_url",
-           "check_reachable", "StorageURLError", "StorageUnreachable", "StorageLost", "JournalLock", "repair_journal",
+           "check_reachable", "StorageURLError", "StorageUnreachable", "StorageLost", "StorageReadOnly", "DiskFull",
+           "JournalLock", "JournalFile", "ReadOnlyJournalFile", "repair_journal", "journal_unwritable",
            "DEFAULT_HEARTBEAT", "DEFAULT_GRACE", "DEFAULT_MAX_RETRY", "DEFAULT_PATIENCE", "DEFAULT_CONNECT_TIMEOUT"]
 
 #: Seconds between a running trial's heartbeats on a database storage.
@@ -51,6 +58,20 @@ class StorageURLError(ValueError):
 
 class StorageUnreachable(ConnectionError):
     """The storage URL cannot be used: server unreachable, login or database refused, driver missing."""
+
+
+class StorageReadOnly(PermissionError):
+    """A journal file that this process cannot write (read-only file system, no write permission), where a write was
+    asked for. The message says why and what to do."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(errno.EROFS, message)
+
+    def __str__(self) -> str:
+        return str(self.strerror)
+
+    def __reduce__(self):  # (an OSError subclass with its own constructor: pickle through it)
+        return type(self), (self.strerror,)
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -131,13 +152,26 @@ class JournalLock:
     removed at once instead of after Optuna's 30-second grace period. Lock files of other Optuna writers (plain
     ``JournalFileSymlinkLock``/``JournalFileOpenLock`` users, e.g. a stand-alone optuna-dashboard) are still
     respected, with their grace period.
+
+    Re-entrant within a thread (the journal backend holds it around Optuna's own ``append_logs``, which takes it
+    again); other threads of the process wait. A full disk raises :class:`~autoprune._files.DiskFull`.
     """
 
     def __init__(self, journal: str, grace_period: float = 30.0) -> None:
+        self._journal = journal
         self._lock_file = journal + ".lock"
         self._flock_file = journal + ".flock"
         self._fd: int | None = None
         self.grace_period = grace_period
+        self._threads = threading.Lock()
+        self._owner: int | None = None
+        self._depth = 0
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"journal": self._journal, "grace_period": self.grace_period}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__init__(state["journal"], state["grace_period"])  # type: ignore[misc]
 
     def _ours(self) -> bool:
         try:
@@ -149,6 +183,41 @@ class JournalLock:
             return False
 
     def acquire(self) -> bool:
+        me = threading.get_ident()
+        if self._owner == me:
+            self._depth += 1
+            return True
+        self._threads.acquire()
+        try:
+            self._acquire_file()
+        except BaseException:
+            self._threads.release()
+            raise
+        self._owner, self._depth = me, 1
+        return True
+
+    def release(self) -> None:
+        if self._owner != threading.get_ident():
+            raise RuntimeError(f"{self._lock_file}: released by a thread that does not hold it")
+        self._depth -= 1
+        if self._depth:
+            return
+        self._owner = None
+        try:
+            self._release_file()
+        finally:
+            self._threads.release()
+
+    def _acquire_file(self) -> None:
+        try:
+            self._acquire_flock_and_file()
+        except OSError as e:
+            full = disk_full_in(e, self._journal)
+            if full is None:
+                raise
+            raise full from e
+
+    def _acquire_flock_and_file(self) -> None:
         import fcntl
         import json as _json
         import uuid
@@ -157,9 +226,9 @@ class JournalLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
             tmp = f"{self._lock_file}.{uuid.uuid4().hex}.tmp"
-            with open(tmp, "w") as f:
-                f.write(_json.dumps({"autoprune": worker_info()}))
             try:
+                with open(tmp, "w") as f:
+                    f.write(_json.dumps({"autoprune": worker_info()}))
                 mtime, since, sleep = None, time.monotonic(), 0.001
                 while True:
                     try:
@@ -185,14 +254,13 @@ class JournalLock:
                     sleep = min(2 * sleep, 0.1)
             finally:
                 with contextlib.suppress(OSError):
-                    os.unlink(tmp)
+                    os.unlink(tmp)  # (also when writing it failed: a full disk leaves no stray file)
         except BaseException:
             os.close(fd)
             raise
         self._fd = fd
-        return True
 
-    def release(self) -> None:
+    def _release_file(self) -> None:
         import fcntl
 
         try:
@@ -203,6 +271,93 @@ class JournalLock:
                 fd, self._fd = self._fd, None
                 fcntl.flock(fd, fcntl.LOCK_UN)
                 os.close(fd)
+
+
+def _drop_partial_tail(path: str, since: int) -> int:
+    """Truncate ``path`` after its last complete line at or after byte ``since`` (a write that failed half-way);
+    returns the bytes dropped."""
+    with open(path, "rb+") as f:
+        f.seek(since)
+        tail = f.read()
+        keep = since + tail.rfind(b"\n") + 1
+        if keep < since + len(tail):
+            f.truncate(keep)
+        return since + len(tail) - keep
+
+
+class JournalFile(JournalFileBackend):
+    """Optuna's journal file, whose failed append (a full disk, a signal mid-write) leaves no partial record: under
+    the lock, whatever the failed write left after the last complete record is truncated (Optuna would append its next
+    record to the broken line and fail to read the file from there on). A full disk raises
+    :class:`~autoprune._files.DiskFull` naming the journal. Overrides only the public ``append_logs``."""
+
+    def __init__(self, path: str, lock: JournalLock) -> None:
+        super().__init__(path, lock_obj=lock)
+        self._autoprune_path, self._autoprune_lock = path, lock
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        path, lock = self._autoprune_path, self._autoprune_lock
+        lock.acquire()  # (re-entrant: Optuna's append_logs takes it again)
+        try:
+            size = os.path.getsize(path)
+            try:
+                super().append_logs(logs)
+            except BaseException as e:
+                with contextlib.suppress(OSError):
+                    _drop_partial_tail(path, size)
+                full = disk_full_in(e, path) if isinstance(e, Exception) else None
+                if full is None or full is e:
+                    raise
+                raise full from e
+        finally:
+            lock.release()
+
+
+class ReadOnlyJournalFile(JournalFileBackend):
+    """Optuna's journal file, read only: no lock file is opened (reading takes no lock; a record being appended
+    meanwhile is read once complete); a write raises :class:`StorageReadOnly` saying why (``why``). The file must
+    exist."""
+
+    def __init__(self, path: str, why: str) -> None:
+        super().__init__(path, lock_obj=_NoLock())  # (the file exists: nothing is created)
+        self._autoprune_path, self._autoprune_why = path, why
+
+    def append_logs(self, logs: list[dict[str, Any]]) -> None:
+        raise StorageReadOnly(f"cannot write the journal {self._autoprune_path}: {self._autoprune_why}; it was "
+                              "opened read-only, for reading")
+
+
+class _NoLock:
+    """The lock of a read-only journal: never taken (every write is refused before)."""
+
+    def acquire(self) -> bool:
+        raise StorageReadOnly("a read-only journal cannot be locked for writing")
+
+    def release(self) -> None:
+        pass
+
+
+def journal_unwritable(path: Path) -> str | None:
+    """Why this process cannot write the journal ``path`` (and its lock files beside it), or None when it can:
+    a read-only file system or missing write permission (``os.access``, which knows read-only mounts, also for
+    root)."""
+    d = next((p for p in [path.parent, *path.parent.parents] if p.exists()), None)
+    if d is None or not d.is_dir():
+        return f"{d or path.parent} is not a directory"
+    if not os.access(d, os.W_OK | os.X_OK):
+        return f"the directory {d} is " + ("on a read-only file system" if _read_only_fs(d) else
+                                           "not writable by this user")
+    for p in (path, Path(str(path) + ".flock")):
+        if p.exists() and not os.access(p, os.W_OK):
+            return f"{p} is " + ("on a read-only file system" if _read_only_fs(p) else "not writable by this user")
+    return None
+
+
+def _read_only_fs(p: Path) -> bool:
+    try:
+        return bool(os.statvfs(p).f_flag & os.ST_RDONLY)
+    except (OSError, AttributeError):
+        return False
 
 
 def repair_journal(path: Path) -> None:
@@ -378,7 +533,8 @@ def open_storage(cfg: SearchConfig | None = None, storage: str | None = None, *,
                  heartbeat_interval: int | None = DEFAULT_HEARTBEAT, grace_period: int | None = DEFAULT_GRACE,
                  max_retry: int | None = DEFAULT_MAX_RETRY, connect_timeout: float = DEFAULT_CONNECT_TIMEOUT,
                  patience: float | None = None, log: Callable[[str], None] | None = None,
-                 engine_kwargs: Mapping[str, Any] | None = None) -> optuna.storages.BaseStorage:
+                 engine_kwargs: Mapping[str, Any] | None = None,
+                 read_only: bool | None = None) -> optuna.storages.BaseStorage:
     """The storage of a search: ``storage`` (journal file path or URL), else ``cfg.storage``, else the journal file
     ``<run_dir>/optuna.journal``; see the module docstring.
 
@@ -387,6 +543,11 @@ def open_storage(cfg: SearchConfig | None = None, storage: str | None = None, *,
     fails within about ``connect_timeout`` seconds with :class:`StorageUnreachable`; a database lost later is waited
     for ``patience`` seconds (default: ``cfg.storage_patience`` when set, else :data:`DEFAULT_PATIENCE`) before
     :class:`StorageLost`. An unknown scheme raises :class:`StorageURLError` at once.
+
+    Journal files: ``read_only=None`` (the default, for commands that only read) opens a journal this process cannot
+    write (see :func:`journal_unwritable`) read-only, and a write to it raises :class:`StorageReadOnly`;
+    ``read_only=False`` (a search) raises :class:`StorageReadOnly` at once for such a journal, naming the fix;
+    ``read_only=True`` always opens it read-only. A read-only journal must exist (``FileNotFoundError`` otherwise).
     """
     storage = storage if storage is not None else (cfg.storage if cfg is not None else None)
     if storage_kind(storage) == "database":
@@ -399,11 +560,29 @@ def open_storage(cfg: SearchConfig | None = None, storage: str | None = None, *,
     path = journal_path(cfg, storage)
     if path is None:
         raise ValueError("no storage: pass a config or --storage (URL or journal file)")
-    from optuna.storages.journal import JournalFileBackend, JournalStorage
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    repair_journal(path)
-    return JournalStorage(JournalFileBackend(str(path), lock_obj=JournalLock(str(path))))
+    why = journal_unwritable(path)
+    if why is not None and read_only is False:
+        raise StorageReadOnly(f"storage {path}: cannot write it, {why}. Running or resuming a search "
+                              "writes its journal: run it where the run directory is writable (copy the run "
+                              "directory there and point run_dir or --storage at the copy); the reading commands "
+                              "(pareto, report, export) work on a read-only run directory as it is")
+    if why is None and not read_only:
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            repair_journal(path)
+            return JournalStorage(JournalFile(str(path), JournalLock(str(path))))
+        except OSError as e:
+            full = disk_full_in(e, path)
+            if full is not None:
+                raise full from e
+            if read_only is False or e.errno not in (errno.EROFS, errno.EACCES, errno.EPERM):
+                raise
+            why = f"{e.filename or path}: {e.strerror or e}"  # os.access said yes, the file system said no
+    why = why or "opened read-only"
+    if not path.is_file():
+        raise FileNotFoundError(errno.ENOENT, f"no search journal there (and none can be created: {why}); has "
+                                "the search been started, and is the run directory or --storage right?", str(path))
+    return JournalStorage(ReadOnlyJournalFile(str(path), why))
 
 
 def check_storage(cfg: SearchConfig | None = None, storage: str | None = None, *,
