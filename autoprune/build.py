@@ -72,14 +72,20 @@ def build_model(spec: ModelSpec | SearchConfig, num_classes: int | None = None) 
     """The unpruned model named by ``spec`` (a :class:`ModelSpec`, or a config's ``model``); weights not loaded.
 
     ``module:function`` names import ``module`` (searched also next to the config file and in the working directory)
-    and call ``function(**kwargs)``. Package and torchvision models get ``num_classes`` (the data's) unless
-    ``model.kwargs`` sets it.
+    and call ``function(**kwargs)`` -- only for a trusted config: one read from a study's storage
+    (:func:`autoprune.config.load_stored_config`) that names code raises
+    :class:`~autoprune.config.UntrustedConfigError` before anything is imported. A :class:`ModelSpec` passed on its
+    own is the caller's. Package and torchvision models get ``num_classes`` (the data's) unless ``model.kwargs``
+    sets it.
     """
+    from .config import is_code_name
+
     source = None
     if isinstance(spec, SearchConfig):
+        spec.check_code_allowed()
         spec, source = spec.model, spec.source
     name, kwargs = spec.name, dict(spec.kwargs)
-    if ":" in name and not name.startswith("torchvision:"):
+    if is_code_name(name):
         mod_name, fn_name = name.split(":", 1)
         extra = [str(Path(source).resolve().parent)] if source else []
         with _extra_sys_path(extra + [os.getcwd()]):

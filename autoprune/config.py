@@ -16,6 +16,11 @@ Two stages of checks:
 * :func:`load_config` -- keys, types, ranges, choices: everything that needs no model;
 * :func:`check_against_graph` -- what needs the model's channel groups: every ``ratios.groups`` pattern must match
   a prunable group, and the budget constraints must be reachable within the ratio bounds.
+
+**Trust**: a config the user passes (a file, a dict, a :class:`SearchConfig`) may name code (``model.name:
+module:function``) and choose where files are written. One read from a study's storage (:func:`load_stored_config`,
+``SearchConfig.trusted`` False) may not: :meth:`SearchConfig.check_code_allowed` refuses its code names when a model
+is built, and its output paths are kept under the working directory (docs/distributed.md, "What is trusted").
 """
 from __future__ import annotations
 
@@ -33,9 +38,10 @@ from pathlib import Path
 from typing import Any, Callable, ClassVar, Iterator, Mapping
 
 __all__ = [
-    "ConfigError", "SearchConfig", "ModelSpec", "PretrainSpec", "DataSpec", "RatioSpec", "ConstraintSpec",
-    "SamplerSpec", "FinetuneSpec", "ScoringSpec", "LatencySpec", "load_config", "check_against_graph", "group_bounds",
-    "reference_markdown", "OBJECTIVES", "SAMPLERS", "GUIDES", "SCHEMA",
+    "ConfigError", "UntrustedConfigError", "SearchConfig", "ModelSpec", "PretrainSpec", "DataSpec", "RatioSpec",
+    "ConstraintSpec", "SamplerSpec", "FinetuneSpec", "ScoringSpec", "LatencySpec", "load_config", "load_stored_config",
+    "check_against_graph", "group_bounds", "reference_markdown", "is_code_name", "OBJECTIVES", "SAMPLERS", "GUIDES",
+    "SCHEMA",
 ]
 
 OBJECTIVES = ("accuracy", "macs", "params", "latency")
@@ -46,6 +52,17 @@ MODES = ("guided", "per_group")
 
 class ConfigError(ValueError):
     """An invalid configuration; the message names the key (and the file, when read from one)."""
+
+
+class UntrustedConfigError(ConfigError):
+    """A config read from a study's storage names code (``model.name: module:function``); only the user's own
+    config file may (see :meth:`SearchConfig.check_code_allowed`)."""
+
+
+def is_code_name(name: str) -> bool:
+    """Whether a ``model.name`` names code of the user's (``module:function``, imported and called) rather than a
+    registered model (a package model, ``torchvision:NAME`` or a bare torchvision name)."""
+    return ":" in name and not name.startswith("torchvision:")
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -229,6 +246,20 @@ def _c_sensitivity(v: Any, where: str, ctx: _Ctx) -> dict:
             hint = f"; did you mean {close[0]!r}?" if close else f"; accepted: {', '.join(accepted)}"
             raise ConfigError(f"unknown key {k!r} in {where}{hint}")
     return dict(v)
+
+
+def _c_name(v: Any, where: str, ctx: _Ctx) -> str:
+    """A search's name is a folder of ``runs/``: one plain file-name-like word, never a path (``../x``, ``/x``)."""
+    s: str = _str(v, where)  # type: ignore[assignment]
+    bad = [c for c in ("/", "\\", ":") if c in s]
+    if bad or not s.strip(".") or s != s.strip() or not s.isprintable() or os.path.isabs(s):
+        why = (f"it contains {bad[0]!r}" if bad else "it is only dots" if not s.strip(".") else
+               "it starts or ends with a space" if s != s.strip() else "it holds a control character")
+        raise ConfigError(f"{where}: {s!r} is not a plain name ({why}): the run directory is runs/<name>, so a name "
+                          "with path separators, '..' or an absolute path would put it outside the working directory. "
+                          "Use one word such as 'resnet56-search' (letters, digits, '-', '_', '.'; the default is the "
+                          "config file's stem), and set run_dir: PATH for a run directory elsewhere")
+    return s
 
 
 def _c_sampler_name(v: Any, where: str, ctx: _Ctx) -> str:
@@ -457,7 +488,7 @@ class EarlyStoppingSpec:
 class SearchConfig:
     """A validated config (see :func:`load_config`)."""
 
-    name: str = _key("search", "name of the search; default study name and run directory", _c_str(),
+    name: str = _key("search", "name of the search; default study name and run directory", _c_name,
                      shown="the file's stem")
     seed: int = _key(0, "seed of the sampler, data split, scoring, model initialisation and fine-tuning", _c_int(0))
     n_trials: int = _key(50, "number of COMPLETE trials to reach", _c_int(1))
@@ -492,6 +523,11 @@ class SearchConfig:
     early_stopping: EarlyStoppingSpec = _key(EarlyStoppingSpec, "multi-objective early stopping of trials "
                                              "(section)", section=EarlyStoppingSpec)
     source: str | None = field(default=None, metadata={"internal": True})  # the file it was read from (no key)
+    # Whether this config may name code to import and run (model.name `module:function`): True for the user's own
+    # config (a file, a dict or a SearchConfig they pass); False for one read from a study's storage
+    # (:func:`load_stored_config`), which anyone who can write to a shared database may have written. No key.
+    trusted: bool = field(default=True, metadata={"internal": True})
+    origin: str | None = field(default=None, metadata={"internal": True})  # where an untrusted config was read
 
     # -- derived ---------------------------------------------------------------------------------------------
     @property
@@ -515,7 +551,9 @@ class SearchConfig:
     def to_dict(self) -> dict[str, Any]:
         """Plain data (JSON-safe); ``load_config(cfg.to_dict())`` gives back an equal config."""
         d = asdict(self)
-        d.pop("source", None)
+        for f in fields(self):
+            if f.metadata.get("internal"):
+                d.pop(f.name, None)  # (source, trusted, origin: not keys)
         if d["model"]["pretrain"] is None:
             d["model"].pop("pretrain")
         if self.ratios.mode == "per_group":
@@ -554,6 +592,27 @@ class SearchConfig:
             yield
         finally:
             torch.set_num_threads(before)
+
+    def code_names(self) -> dict[str, str]:
+        """The keys of this config that name code to import and call, with their values: ``model.name`` of the form
+        ``module:function`` (see :func:`is_code_name`). It is the only such key of the schema: criteria, data sets,
+        samplers, guides, schedules and runtimes are names of what is registered in the running process."""
+        return {"model.name": self.model.name} if is_code_name(self.model.name) else {}
+
+    def check_code_allowed(self) -> None:
+        """Raise :class:`UntrustedConfigError` when this config is untrusted (read from a study's storage) and names
+        code (:meth:`code_names`); :func:`autoprune.build.build_model` calls it before importing anything."""
+        names = self.code_names()
+        if self.trusted or not names:
+            return
+        shown = ", ".join(f"{k} {v!r}" for k, v in names.items())
+        where = self.origin or "a study's storage"
+        raise UntrustedConfigError(
+            f"{where} names code to import and run ({shown}), and a config read from a study's storage is never "
+            "trusted to name code: anyone who can write to the storage could run commands on this machine. Pass "
+            "your own config file of the search instead, e.g. `autoprune export CONFIG --trial N OUT` or "
+            "`autoprune report CONFIG --latency` (with --storage/--study when the study lives elsewhere); in "
+            "Python: load_front(CONFIG) or ParetoFront(study, config=load_config(CONFIG))")
 
     def replace(self, **changes: Any) -> "SearchConfig":
         new = copy.deepcopy(self)
@@ -793,6 +852,8 @@ def load_config(src: str | os.PathLike | Mapping[str, Any] | SearchConfig, **ove
                 raw[k] = v
         cfg = _parse(SearchConfig, raw, "", base)
         cfg.source = source
+        if isinstance(src, SearchConfig):  # a config read from a study's storage stays untrusted when re-read
+            cfg.trusted, cfg.origin = src.trusted, src.origin
         r, c = cfg.ratios, cfg.constraints
         if r.mode == "guided":
             if r.level is None:
@@ -809,6 +870,40 @@ def load_config(src: str | os.PathLike | Mapping[str, Any] | SearchConfig, **ove
         if source is None or str(e).startswith(f"{source}: "):
             raise
         raise ConfigError(f"{source}: {e}") from None
+    return cfg
+
+
+def load_stored_config(raw: Any, *, origin: str) -> SearchConfig:
+    """A config read from a study's storage (what ``autoprune search`` stored in the study's user attributes), for
+    reading the study without the config file: validated like any other, but **untrusted** -- anyone who can write
+    to a shared database may have written it. ``origin`` says where it was read (it opens the error messages).
+
+    * it never names code: ``model.name: module:function`` is refused when a model is built
+      (:meth:`SearchConfig.check_code_allowed`: the user passes their own config file instead);
+    * the paths it would write to stay under the working directory: a ``run_dir`` outside it is replaced by
+      ``runs/<name>``, a ``data.cache_dir`` or ``ratios.sensitivity`` ``cache_dir`` outside it by the default cache,
+      and a CIFAR ``data.root`` outside it is read but never downloaded into.
+
+    Inputs it reads (``model.weights``, ``data.root``) are read as data only (``torch.load(weights_only=True)``).
+    """
+    cfg = load_config(raw)
+    cfg.source = None  # (a stored source path would only tell where to import code from)
+    cfg.trusted, cfg.origin = False, origin
+    cwd = Path.cwd().resolve()
+
+    def outside(p: Any) -> bool:
+        return not Path(os.path.expanduser(str(p))).resolve().is_relative_to(cwd)
+
+    # (silently: `pareto --storage` writes nothing, and `report` prints where it writes; docs/distributed.md)
+    if cfg.run_dir is not None and outside(cfg.run_dir):
+        cfg.run_dir = None  # runs/<name>: the name is a plain word (_c_name)
+    if cfg.data.cache_dir is not None and outside(cfg.data.cache_dir):
+        cfg.data.cache_dir = None  # the user's own default cache
+    sens_cache = cfg.ratios.sensitivity.get("cache_dir")
+    if isinstance(sens_cache, (str, os.PathLike)) and outside(sens_cache):
+        cfg.ratios.sensitivity.pop("cache_dir")
+    if cfg.data.dataset in ("cifar10", "cifar100") and cfg.data.root is not None and outside(cfg.data.root):
+        cfg.data.options["download"] = False  # read what is there, never download into it
     return cfg
 
 

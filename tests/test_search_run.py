@@ -139,10 +139,15 @@ def test_export_reproduces_accuracy(run, tmp_path):
     from autoprune import count_macs
 
     assert count_macs(loaded, torch.zeros(1, 3, 12, 12)) == rec.macs
-    # From the storage alone (config stored in the study), a fresh front rebuilds the same model.
+    # From the storage alone the stored config may not run tinynet:build (a study's storage never names code);
+    # with the user's own config file and the storage, a fresh front rebuilds the same model.
+    from autoprune.config import UntrustedConfigError
     from autoprune.study import load_front
 
-    again = load_front(storage=str(cfg.run_path / "optuna.journal"))
+    journal = str(cfg.run_path / "optuna.journal")
+    with pytest.raises(UntrustedConfigError, match="names code"):
+        load_front(storage=journal).rebuild(rec.number)
+    again = load_front(path, storage=journal)
     m2, o2 = again.rebuild(rec.number)
     assert o2.accuracy == pytest.approx(rec.accuracy, abs=1e-9)
     sd1, sd2 = model.state_dict(), m2.state_dict()

@@ -35,7 +35,8 @@ def _cmd_search(args: argparse.Namespace) -> int:
     """Run a pruning search described by a YAML file, or resume it: the same command continues an interrupted
     search (completed trials are kept; trials of killed workers are failed and tried again) until N trials are
     complete. Start the same command in several terminals to share the work on one machine (each process samples
-    with its own seed); --backend ray runs the trials on a Ray cluster."""
+    with its own seed); --backend ray runs the trials on a Ray cluster. Ctrl-C or SIGTERM stops it (exit status
+    130): the running trial is failed and tried again by the next run."""
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the final table say it all
@@ -46,13 +47,17 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
         return cmd_search_ray(args)
     from ..study import search
+    from .common import sigterm_as_keyboard_interrupt
 
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     try:
-        front = search(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study,
-                       progress=not args.quiet, log=log, patience=args.storage_patience)
-    except KeyboardInterrupt:
-        print("\ninterrupted: completed trials are saved; run the same command again to resume", file=sys.stderr)
+        with sigterm_as_keyboard_interrupt():  # kill, a pod's shutdown, a batch job's time limit: as Ctrl-C
+            front = search(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study,
+                           progress=not args.quiet, log=log, patience=args.storage_patience)
+    except KeyboardInterrupt as e:  # (the session failed the running trial and enqueued its retry; e says which)
+        done = f"{e}; " if str(e) else ""
+        print(f"\ninterrupted: {done}completed trials are saved; run the same command again to resume",
+              file=sys.stderr)
         return 130
     print(front.table())
     return 0
@@ -100,9 +105,14 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from ..report import make_report
 
     front = _front(args)
+    if args.latency and front.config is not None:
+        front.config.check_code_allowed()  # (a study's stored config naming code: refused before any file is written)
     out = args.out
-    if out is None:
+    if out is None:  # (a config from --storage alone has a run_dir under the working directory: load_stored_config)
         out = str(front.config.run_path / "report") if front.config is not None else "report"
+    from .common import check_writable_dir
+
+    check_writable_dir(out, "--out")  # (a read-only run directory: name the option, before any plotting)
     trials = [int(t) for t in args.trials.split(",")] if args.trials else None
     paths = make_report(front, out, trials=trials)
     speed = front.speed_table(measure=args.latency)
@@ -208,7 +218,8 @@ def add_subcommands(subparsers: Any) -> None:
     r = subparsers.add_parser("report", help="Pareto plot, ratio chart and HTML report of a search",
                               description=_cmd_report.__doc__)
     _add_source(r)
-    r.add_argument("--out", help="output directory (default <run_dir>/report)")
+    r.add_argument("--out", help="output directory (default <run_dir>/report; from --storage alone: a stored run_dir "
+                                 "only when it lies in the working directory, else runs/<name>/report)")
     r.add_argument("--trials", help="comma-separated trial numbers for the ratio chart (default: up to 4 front "
                                     "trials)")
     r.add_argument("--latency", action="store_true",

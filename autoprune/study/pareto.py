@@ -133,14 +133,16 @@ class ParetoFront(Sequence[TrialRecord]):
     def __init__(self, study: optuna.Study, config: SearchConfig | None = None, *, problem: Any = None) -> None:
         self.study = study
         attrs = study.user_attrs.get("autoprune") or {}
+        self._config_error: str | None = None
         if config is None and attrs.get("config"):
-            from ..config import load_config
+            from ..config import load_stored_config
 
-            try:
-                config = load_config(attrs["config"])
-                config.source = attrs.get("source")  # module:function models are imported next to it
-            except ValueError as e:  # written by another version of autoprune
-                warnings.warn(f"study {study.study_name!r}: cannot read its stored config ({e}); pass config=")
+            try:  # untrusted: it may not name code, and its paths do not decide where files are written
+                config = load_stored_config(attrs["config"], origin=f"the config stored in study {study.study_name!r}")
+            except ValueError as e:  # written by another version of autoprune, or by someone else
+                self._config_error = str(e)
+                warnings.warn(f"study {study.study_name!r}: cannot read its stored config ({e}); pass your own "
+                              "config file (config=)")
         self.config = config
         self.base: dict[str, float] = dict(attrs.get("base") or {})
         self._problem = problem
@@ -221,10 +223,19 @@ class ParetoFront(Sequence[TrialRecord]):
         return speed_table(self, measure=measure, settings=settings)
 
     # -- export ----------------------------------------------------------------------------------------------
+    def _require_config(self, what: str) -> SearchConfig:
+        """The config, or a ValueError saying why there is none and that the user passes their own."""
+        if self.config is None:
+            why = (f"its stored config cannot be used ({self._config_error})" if self._config_error
+                   else "it has no stored config")
+            raise ValueError(f"study {self.study.study_name!r}: {why}; {what} needs the search's config: pass your "
+                             "own config file, e.g. `autoprune export CONFIG --trial N OUT` (in Python: config=)")
+        return self.config
+
     def problem(self) -> Any:
         if self._problem is None:
-            if self.config is None:
-                raise ValueError("this study has no stored config; pass config= to rebuild its models")
+            cfg = self._require_config("rebuilding its models")
+            cfg.check_code_allowed()  # (build_model checks it too; here before any data is loaded)
             from .problem import Problem
 
             self._problem = Problem(self.config)
@@ -257,8 +268,7 @@ class ParetoFront(Sequence[TrialRecord]):
         caps each epoch (a quick check; default: whole epochs)."""
         from ..polish import polish
 
-        if self.config is None:
-            raise ValueError("this study has no stored config; pass config= to rebuild and polish its models")
+        self._require_config("polishing its models")
         if model is None:
             model, _ = self.rebuild(number)
         prob, ft = self.problem(), self.config.finetune
