@@ -33,7 +33,7 @@ from autoprune.allocation import allocate  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.models import resnet56  # noqa: E402
 from autoprune.scoring import score_groups  # noqa: E402
-from autoprune.sensitivity_analysis import cpu_graph, sensitivity  # noqa: E402
+from autoprune.allocation.sensitivity_analysis import cpu_graph, sensitivity  # noqa: E402
 from autoprune.train import evaluate, finetune, recalibrate_bn  # noqa: E402
 
 from bench_sensitivity import WEIGHTS, ensure_data, machine, subset  # noqa: E402

@@ -25,7 +25,7 @@ import torch
 
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
-from autoprune.budget import prune_to_budget  # noqa: E402
+from autoprune.allocation.budget import prune_to_budget  # noqa: E402
 
 from bench_distill import WEIGHTS, load_shared, machine  # noqa: E402
 

@@ -40,10 +40,11 @@ import torch
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from autoprune import ChannelGraph  # noqa: E402
-from autoprune.budget import prune_to_budget  # noqa: E402
+from autoprune.allocation.budget import prune_to_budget  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.models import resnet56  # noqa: E402
-from autoprune.sensitivity_analysis import DEFAULT_RATIOS, cpu_graph, sensitivity  # noqa: E402
+from autoprune.allocation.sensitivity_analysis import cpu_graph, sensitivity  # noqa: E402
+from autoprune.allocation.sensitivity_table import DEFAULT_RATIOS  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 WEIGHTS = SHARED / "models" / "resnet56-cifar10jpeg.pt"

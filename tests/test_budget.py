@@ -3,15 +3,13 @@ from __future__ import annotations
 
 import json
 import math
-import sys
-import types
 
 import pytest
 import torch
 import yaml
 
 from autoprune import count_macs, count_params
-from autoprune.budget import BudgetResult, prune_to_budget
+from autoprune.allocation.budget import BudgetResult, prune_to_budget
 from autoprune.build import build
 from autoprune.cli import main
 from autoprune.cli.common import parse_budget
@@ -78,12 +76,9 @@ def test_infeasible_budget_error(bundle):
 
 def test_save_uses_autoprune_io(bundle, monkeypatch, tmp_path):
     calls = []
-    fake = types.ModuleType("autoprune.io")
-    fake.save = lambda model, path: calls.append((model, path))  # type: ignore[attr-defined]
-    monkeypatch.setitem(sys.modules, "autoprune.io", fake)
-    import autoprune
+    import autoprune.allocation.budget
 
-    monkeypatch.setattr(autoprune, "io", fake, raising=False)
+    monkeypatch.setattr(autoprune.allocation.budget, "save", lambda model, path: calls.append((model, path)))
     res = prune_to_budget(tiny_cnn(), bundle, macs=0.7, criterion="l1", allocation="uniform", finetune_epochs=0,
                           progress=False)
     res.save(tmp_path / "m.pt")

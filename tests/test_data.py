@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 import autoprune.data as D
+import autoprune.data.sources as sources
 from autoprune.data import DataBundle, DatasetLayoutError, load_data, normalize, random_crop_flip
 
 SHARED_EXTRACT = Path(__file__).resolve().parents[2] / "shared" / "data" / "cifar10_jpeg.py"  # ../shared
@@ -178,8 +179,8 @@ def test_imagefolder_cache_reuse_and_invalidation(cifar_slice, tmp_path, monkeyp
     assert (len(b.train) + len(b.val), len(b.test), b.num_classes) == (50, 50, 10)
     assert b.classes[0] == "airplane" and b.classes[-1] == "truck"
     calls = []
-    real = D._decode_files
-    monkeypatch.setattr(D, "_decode_files", lambda *a, **k: calls.append(1) or real(*a, **k))
+    real = sources._decode_files
+    monkeypatch.setattr(sources, "_decode_files", lambda *a, **k: calls.append(1) or real(*a, **k))
     b2 = load_data("imagefolder", cifar_slice, cache_dir=tmp_path, device="cpu")
     assert calls == [] and b2.cache_path == b.cache_path
     # Touching a file changes the key: the tree is decoded again into a new cache file.

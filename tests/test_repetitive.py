@@ -6,9 +6,9 @@ import torch
 import torch.nn as nn
 
 from autoprune import count_macs
-from autoprune.budget import prune_to_budget
+from autoprune.allocation.budget import prune_to_budget
 from autoprune.data import load_data
-from autoprune.repetitive import step_counts, steps_per_epoch
+from autoprune.allocation.repetitive import step_counts, steps_per_epoch
 
 from tiny_models import tiny_cnn
 
@@ -57,17 +57,20 @@ def model_macs(model: nn.Module) -> int:
 
 def test_repetitive_rescored_on_the_pruned_model(bundle, monkeypatch):
     """Scores are recomputed on the partly pruned model: the second step scores groups of the reduced widths."""
-    import autoprune.scoring as scoring
+    import autoprune.allocation.budget
+    import autoprune.allocation.dispatch
+    import autoprune.allocation.repetitive
 
     seen = []
-    real = scoring.score_groups
+    real = autoprune.allocation.repetitive.score_groups
 
     def spy(graph, criterion, **kw):
         out = real(graph, criterion, **kw)
         seen.append({g: len(v) for g, v in out.items()})
         return out
 
-    monkeypatch.setattr(scoring, "score_groups", spy)
+    for mod in (autoprune.allocation.budget, autoprune.allocation.dispatch, autoprune.allocation.repetitive):
+        monkeypatch.setattr(mod, "score_groups", spy)
     res = prune_to_budget(tiny_cnn(), bundle, macs=0.5, criterion="l1", allocation="uniform", finetune_epochs=1,
                           finetune_kwargs=dict(max_batches=2, batch_size=16), progress=False, steps=3)
     widths = [w for w in seen]
@@ -111,15 +114,18 @@ def test_cli_prune_steps_and_distill(tmp_path, monkeypatch, capsys):
     path = tmp_path / "cfg.yaml"
     path.write_text(yaml.safe_dump(cfg))
     calls = []
-    import autoprune.budget as budget
+    import autoprune.allocation.budget
+    import autoprune.budget as budget  # TEMPORARY (issue 19): cli/budget reads the shim until chunk E's sweep
+    import autoprune.cli.budget
 
-    real = budget.prune_to_budget
+    real = autoprune.allocation.budget.prune_to_budget
 
     def spy(*a, **kw):
         calls.append({k: kw[k] for k in ("steps", "distill")})
         return real(*a, **kw)
 
     monkeypatch.setattr(budget, "prune_to_budget", spy)
+    monkeypatch.setattr(autoprune.cli.budget, "prune_to_budget", spy, raising=False)
     assert main(["prune", str(path), "--allocation", "uniform", "--quiet"]) == 0
     assert calls[-1] == {"steps": 2, "distill": {"alpha": 0.8, "temperature": 4.0}}
     assert main(["prune", str(path), "--allocation", "uniform", "--quiet", "--steps", "1"]) == 0

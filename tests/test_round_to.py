@@ -103,7 +103,7 @@ def _widths(model):
 
 
 def test_prune_to_budget_round_to(bundle):
-    from autoprune.budget import prune_to_budget
+    from autoprune.allocation.budget import prune_to_budget
 
     model = _tiny_cnn()
     res = prune_to_budget(model, bundle, macs=0.5, criterion="l1", allocation="uniform", finetune_epochs=0,

@@ -6,11 +6,12 @@ import math
 import pytest
 import torch
 
-import autoprune.train as train_mod
+import autoprune.allocation.sensitivity_analysis as sensitivity_mod
 from autoprune import ChannelGraph, count_macs
+from autoprune.allocation.sensitivity_analysis import sensitivity, sensitivity_cache_dir
+from autoprune.allocation.sensitivity_table import SensitivityTable
 from autoprune.data import load_data
 from autoprune.scoring import score_groups
-from autoprune.sensitivity_analysis import SensitivityTable, sensitivity, sensitivity_cache_dir
 from autoprune.train import evaluate, recalibrate_bn
 
 RATIOS = (0.25, 0.5, 0.75)
@@ -83,7 +84,7 @@ def test_cache_hit_skips_evaluation(model, bundle, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise AssertionError("a cache hit must not evaluate anything")
 
-    monkeypatch.setattr(train_mod, "evaluate", boom)
+    monkeypatch.setattr(sensitivity_mod, "evaluate", boom)
     second = sensitivity(model, bundle, **kw)
     assert second.from_cache and second.to_dict() == first.to_dict()
     monkeypatch.undo()

@@ -1,6 +1,6 @@
-"""Fine-tuning, evaluation and BatchNorm recalibration: the inner loop of every search trial.
+"""Fine-tuning: the inner loop of every search trial.
 
-All three take ``data`` in any form of :data:`autoprune.data_adapter.DataLike`: a
+:func:`finetune` takes ``data`` in any form of :data:`autoprune.data.adapter.DataLike`: a
 :class:`~autoprune.data.DataBundle` (or one of its splits) from :func:`autoprune.data.load_data`, a map-style
 ``Dataset`` of ``(image, label)``, a ``DataLoader``, or a ``(train, val)`` pair of these. Defaults favour
 throughput on CUDA (bf16 autocast, channels_last) and exact reproducibility on the CPU.
@@ -12,17 +12,18 @@ import math
 import time
 import warnings
 from dataclasses import dataclass, field
-from typing import Any, Iterator
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch import Tensor
+from tqdm.auto import tqdm
 
-from .data import StreamSplit, TensorSplit
-from .data_adapter import DataLike, as_bundle, check_labels
+from ..data.adapter import DataLike, check_labels, split_of
+from .common import autocast, check_num_classes, default_amp, model_device, require_labels
+from .distill import Distiller
 
-__all__ = ["EvalResult", "FinetuneResult", "evaluate", "finetune", "recalibrate_bn"]
+__all__ = ["SCHEDULES", "FinetuneResult", "finetune"]
 
 SCHEDULES = ("cosine", "onecycle", "constant")
 
@@ -40,91 +41,11 @@ class FinetuneResult:
     steps: int = 0
 
 
-@dataclass
-class EvalResult:
-    """Top-1 ``accuracy`` in [0, 1], mean cross-entropy ``loss`` and number of images ``n``."""
-
-    accuracy: float
-    loss: float
-    n: int
-
-
-# --------------------------------------------------------------------------------------------------
-# helpers
-
-
-def _split_of(data: Any, split: str) -> Any:
-    """The split ``split`` of ``data`` (a single Dataset/DataLoader/split serves every split name)."""
-    return as_bundle(data).split(split)
-
-
-def _labels(y: Tensor | None, sp: Any, what: str) -> Tensor:
-    if y is None:
-        raise ValueError(f"{getattr(sp, 'name', 'the data')} yields images without labels; {what} needs "
-                         "(images, labels) pairs")
-    return y
-
-
-def _model_device(model: nn.Module) -> torch.device:
-    for t in model.parameters():
-        return t.device
-    for t in model.buffers():
-        return t.device
-    return torch.device("cpu")
-
-
-def _autocast(device: torch.device, amp: bool) -> contextlib.AbstractContextManager:
-    if not amp:
-        return contextlib.nullcontext()
-    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-
-
-def _default_amp(device: torch.device, amp: bool | None) -> bool:
-    if amp is not None:
-        return bool(amp)
-    # bf16 needs no loss scaling; on the CPU it is usually slower than fp32 and breaks exact reproducibility.
-    return device.type == "cuda" and torch.cuda.is_bf16_supported()
-
-
-@contextlib.contextmanager
-def _preserve_modes(model: nn.Module) -> Iterator[None]:
-    modes = [(m, m.training) for m in model.modules()]
-    try:
-        yield
-    finally:
-        for m, t in modes:
-            m.training = t
-
-
-def check_num_classes(model: nn.Module, split: Any, device: torch.device | None = None) -> int:
-    """Raise ``ValueError`` unless ``model`` maps one input of ``split`` to ``split.num_classes`` logits (any width
-    when the data does not know its class count); returns the number of logits."""
-    device = device or _model_device(model)
-    x = torch.zeros((2, *split.input_shape), device=device)
-    # eval mode: a forward in train mode would update BatchNorm running stats just to check a shape.
-    with _preserve_modes(model), torch.no_grad():
-        model.eval()
-        out = model(x)
-    if not isinstance(out, Tensor) or out.dim() != 2 or out.shape[0] != 2:
-        shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"model must return (batch, num_classes) logits; got {shape} for input {tuple(x.shape)}")
-    if split.num_classes is not None and out.shape[1] != split.num_classes:
-        raise ValueError(
-            f"model outputs {out.shape[1]} logits per image but the data has {split.num_classes} classes; "
-            f"replace the classifier (e.g. its last nn.Linear) with one of {split.num_classes} outputs"
-        )
-    return int(out.shape[1])
-
-
 def _lr_lambda(schedule: str, total: int) -> Any:
     if schedule == "constant":
         return lambda step: 1.0
     # Per-step cosine from lr to 0; the last step trains with a small but non-zero lr.
     return lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-
-
-# --------------------------------------------------------------------------------------------------
-# public API
 
 
 def finetune(
@@ -164,7 +85,7 @@ def finetune(
 
     ``teacher`` (e.g. the unpruned model) adds knowledge distillation: the loss becomes
     ``(1 - alpha) * cross_entropy + alpha * T**2 * KL(teacher || student)`` on temperature-``T`` softened logits, with
-    ``distill={"alpha": 0.5, "temperature": 4.0}`` by default (:class:`autoprune.distill.Distiller`; one teacher
+    ``distill={"alpha": 0.5, "temperature": 4.0}`` by default (:class:`autoprune.train.distill.Distiller`; one teacher
     forward per batch in inference mode, bf16 on CUDA when ``amp``). The teacher is not changed.
     ``callback(steps_done, total_steps)`` is called before the first step (0) and after every step; it may raise to
     stop fine-tuning (early stopping of search trials, :mod:`autoprune.study.early_stopping`).
@@ -173,11 +94,11 @@ def finetune(
         raise ValueError(f"unknown schedule {schedule!r}; choose one of {SCHEDULES}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"epochs and batch_size must be >= 1, got epochs={epochs}, batch_size={batch_size}")
-    split = _split_of(data, "train")
+    split = split_of(data, "train")
     if len(split) == 0:
         raise ValueError("the train split is empty")
-    dev = torch.device(device) if device is not None else (split.device or _model_device(model))
-    use_amp = _default_amp(dev, amp)
+    dev = torch.device(device) if device is not None else (split.device or model_device(model))
+    use_amp = default_amp(dev, amp)
     use_cl = dev.type == "cuda" if channels_last is None else bool(channels_last)
 
     model.to(dev)
@@ -201,8 +122,6 @@ def finetune(
     total = epochs * per_epoch
     kd = None
     if teacher is not None:
-        from .distill import Distiller
-
         if teacher is model:
             raise ValueError("teacher is the model being fine-tuned; pass a separate model, e.g. the unpruned one "
                              "(prune_to_budget and the search do), or copy.deepcopy(model) before pruning")
@@ -219,8 +138,6 @@ def finetune(
         sched: Any = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=total, cycle_momentum=False)
     else:
         sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(schedule, total))
-
-    from tqdm.auto import tqdm
 
     losses: list[float] = []
     seen = 0
@@ -246,7 +163,7 @@ def finetune(
             for step, (x, y) in enumerate(batches):
                 if step >= per_epoch:
                     break
-                y = _labels(y, split, "fine-tuning")
+                y = require_labels(y, split, "fine-tuning")
                 if len(y) < 2:
                     continue  # a user loader's last batch of one image: BatchNorm cannot train on it
                 if check:
@@ -255,7 +172,7 @@ def finetune(
                 y = y.to(dev, non_blocking=True)
                 if use_cl:
                     x = x.contiguous(memory_format=torch.channels_last)
-                with _autocast(dev, use_amp):
+                with autocast(dev, use_amp):
                     out = model(x)
                 if kd is not None:
                     loss = kd(out, x, y, label_smoothing=label_smoothing)
@@ -289,95 +206,3 @@ def finetune(
         epochs=epochs, final_loss=losses[-1], losses=losses, images_per_s=seen / seconds if seconds > 0 else 0.0,
         seconds=seconds, images=seen, steps=epochs * per_epoch,
     )
-
-
-@torch.no_grad()
-def evaluate(
-    model: nn.Module,
-    data: DataLike,
-    *,
-    split: str = "val",
-    batch_size: int = 512,
-    device: str | torch.device | None = None,
-    amp: bool | None = None,
-) -> EvalResult:
-    """Top-1 accuracy and mean cross-entropy of ``model`` on a split (``"val"`` by default).
-
-    A single Dataset or DataLoader is evaluated whatever ``split`` says; a ``(train, val)`` pair picks by name.
-    ``device`` defaults to the data's device, else the model's (the model is moved there); ``amp`` defaults to bf16
-    autocast on CUDA. The model is evaluated in eval mode and its modes are restored afterwards.
-    """
-    sp = _split_of(data, split)
-    if len(sp) == 0:
-        raise ValueError(f"the {split!r} split is empty (val_fraction=0?); evaluate on another split")
-    dev = torch.device(device) if device is not None else (sp.device or _model_device(model))
-    use_amp = _default_amp(dev, amp)
-    model.to(dev)
-    n_logits = check_num_classes(model, sp, dev)
-    check = getattr(sp, "checks_labels", False)
-    correct = torch.zeros((), dtype=torch.int64, device=dev)
-    loss_sum = torch.zeros((), dtype=torch.float64, device=dev)
-    n = 0
-    with _preserve_modes(model):
-        model.eval()
-        for x, y in sp.batches(batch_size):
-            y = _labels(y, sp, "evaluation")
-            if check:
-                check_labels(y, n_logits)
-            x, y = x.to(dev, non_blocking=True), y.to(dev, non_blocking=True)
-            with _autocast(dev, use_amp):
-                out = model(x)
-            out = out.float()
-            loss_sum += F.cross_entropy(out, y, reduction="sum").double()
-            correct += (out.argmax(1) == y).sum()
-            n += len(y)
-    return EvalResult(accuracy=int(correct) / n, loss=float(loss_sum) / n, n=n)
-
-
-@torch.no_grad()
-def recalibrate_bn(
-    model: nn.Module,
-    data: DataLike,
-    *,
-    batches: int = 10,
-    batch_size: int = 128,
-    split: str = "train",
-    augment: bool = False,
-    seed: int = 0,
-) -> nn.Module:
-    """Re-estimate BatchNorm running statistics from ``batches`` batches; returns ``model``.
-
-    After pruning, the stored running mean/var no longer match the activations, which can cost more
-    accuracy than the pruning itself. Stats are reset and re-accumulated as an exact average
-    (``momentum=None``). Only BatchNorm layers run in train mode (dropout stays off); nothing but the running
-    stats changes, and all modes and momenta are restored. ``augment=True`` feeds the training augmentation
-    (pad-crop + flip): for crop-trained models that reproduces the stored statistics far better (shared ResNet-56:
-    88.2% like the stored ones, vs 85.0% from un-augmented batches; docs/sensitivity.md).
-    """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
-        return model
-    sp = _split_of(data, split)
-    if len(sp) == 0:
-        raise ValueError(f"the {split!r} split is empty")
-    dev = _model_device(model)
-    momenta = [m.momentum for m in bns]
-    drop_last = len(sp) >= batch_size
-    with _preserve_modes(model):
-        try:
-            model.eval()
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average: every batch weighs the same
-                m.train()
-            for i, (x, _) in enumerate(sp.batches(batch_size, shuffle=True, augment=augment, seed=seed,
-                                                  drop_last=drop_last)):
-                if i >= batches:
-                    break
-                if len(x) < 2:
-                    continue  # a user loader's last batch of one image: BatchNorm cannot take statistics of it
-                model(x.to(dev, non_blocking=True))
-        finally:
-            for m, mom in zip(bns, momenta):
-                m.momentum = mom
-    return model
