@@ -52,7 +52,7 @@ from ._version import __version__
 from .flops import count_macs, count_params
 from .graph import (ChannelGraph, ChannelGroup, ChannelRule, Dense, Elementwise, Lock, PerChannel, PruneError,
                     TraceError, register_channel_rule)
-from .io import load, save
+from .deploy.files import load, save
 from .models import get_model
 
 # channel importance
@@ -65,17 +65,18 @@ from .train import EvalResult, FinetuneResult, evaluate, finetune, recalibrate_b
 
 # sensitivity and budgets
 from .allocation import Allocation, allocate
-from .budget import BudgetResult, prune_to_budget
-from .compare import CriteriaComparison, compare_criteria
-from .sensitivity_analysis import SensitivityTable, sensitivity
+from .allocation.budget import BudgetResult, prune_to_budget
+from .allocation.compare import CriteriaComparison, compare_criteria
+from .allocation.sensitivity_analysis import sensitivity
+from .allocation.sensitivity_table import SensitivityTable
 
 # search
 from .config import ConfigError, SearchConfig, load_config
 from .study import ParetoFront, load_front, search
 
 # deployment
-from .export import ExportResult, export_model
-from .latency import Latency, measure_latency
+from .deploy.export import ExportResult, export_model
+from .deploy.latency import Latency, measure_latency
 
 __all__ = [
     "__version__",

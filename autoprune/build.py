@@ -14,6 +14,7 @@ Every problem a user can fix is a :class:`~autoprune.config.ConfigError` naming 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import hashlib
 import importlib
 import json
@@ -21,19 +22,25 @@ import os
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn as nn
 
 from ._files import atomic_write
-from .config import ConfigError, ModelSpec, SearchConfig
-from .io import read_checkpoint
+from .config import ConfigError, ModelSpec, SearchConfig, is_code_name, load_config
+from .criteria import available_criteria
+from .data.loading import load_data
+from .deploy.files import load, read_checkpoint
+from .graph.core import check_finite
+from .models import get_model
+from .train.loop import finetune
 
 __all__ = ["Built", "build", "build_data", "build_model", "load_weights", "base_model", "example_inputs",
-           "sensitivity_options", "finetune_options", "prune_options", "compare_options"]
+           "inspection_target", "sensitivity_options", "finetune_options", "PruneSpec", "prune_spec", "prune_options",
+           "compare_options"]
 
 
 @dataclass
@@ -48,8 +55,6 @@ class Built:
 
 def build_data(cfg: SearchConfig) -> Any:
     """The :class:`~autoprune.data.DataBundle` of ``cfg.data`` (split seeded by ``cfg.seed``)."""
-    from .data import load_data
-
     d = cfg.data
     return load_data(d.dataset, d.root, val_fraction=d.val_fraction, val_from=d.val_from, seed=cfg.seed,
                      num_train=d.num_train, image_size=d.image_size, cache_dir=d.cache_dir, device=cfg.device,
@@ -78,8 +83,6 @@ def build_model(spec: ModelSpec | SearchConfig, num_classes: int | None = None) 
     own is the caller's. Package and torchvision models get ``num_classes`` (the data's) unless ``model.kwargs``
     sets it.
     """
-    from .config import is_code_name
-
     source = None
     if isinstance(spec, SearchConfig):
         spec.check_code_allowed()
@@ -101,8 +104,6 @@ def build_model(spec: ModelSpec | SearchConfig, num_classes: int | None = None) 
         if not isinstance(model, nn.Module):
             raise ConfigError(f"model.name {name!r} returned {type(model).__name__}, not a torch.nn.Module")
         return model
-    from .models import get_model
-
     if num_classes is not None:
         kwargs.setdefault("num_classes", int(num_classes))
     try:
@@ -118,13 +119,9 @@ def load_weights(model: nn.Module, path: str | os.PathLike, what: str = "model.w
     Weights holding NaN or Inf are refused (:class:`~autoprune.graph.core.NonFiniteError` naming the tensors): every
     command loads its model here, so a corrupt or diverged checkpoint stops each one, ``search --dry-run`` included.
     """
-    from .graph.core import check_finite
-
     path = os.fspath(path)
     obj = read_checkpoint(path, what)
     if isinstance(obj, dict) and str(obj.get("format", "")).startswith("autoprune."):
-        from .io import load
-
         model = load(path, model=model)
         check_finite(model, f"{what} {path}")
         return model
@@ -150,8 +147,6 @@ def load_weights(model: nn.Module, path: str | os.PathLike, what: str = "model.w
 def _pretrained(model: nn.Module, cfg: SearchConfig, data: Any, log: Callable[[str], None],
                 progress: bool) -> nn.Module:
     """Train the base model once (``model.pretrain``); cached in the run directory, keyed by the settings."""
-    from .train import finetune
-
     p = cfg.model.pretrain
     key = hashlib.sha256(json.dumps({"model": asdict(cfg.model), "data": asdict(cfg.data), "seed": cfg.seed},
                                     sort_keys=True, default=str).encode()).hexdigest()[:12]
@@ -166,8 +161,6 @@ def _pretrained(model: nn.Module, cfg: SearchConfig, data: Any, log: Callable[[s
     log(f"base model: no weights given, training {cfg.model.name} for {p.epochs} epoch(s) (model.pretrain) -> {path}")
     finetune(model, data, epochs=p.epochs, lr=p.lr, batch_size=p.batch_size, max_batches=p.max_batches,
              seed=cfg.seed, progress=progress)
-    from .graph.core import check_finite
-
     check_finite(model, f"model.pretrain ({p.epochs} epoch(s) at lr {p.lr})")  # a diverged run is never cached
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
     atomic_write(path, lambda f: torch.save(state, f))
@@ -244,11 +237,31 @@ def example_inputs(cfg: SearchConfig, data: Any, model: nn.Module | None = None)
     return x
 
 
+def inspection_target(target: str, *, weights: str | os.PathLike | None = None, size: int = 32,
+                      input_shape: Sequence[int] | None = None) -> tuple[nn.Module, torch.Tensor]:
+    """The model and an example input that ``autoprune groups`` and ``macs`` look at: from a config file (``target``
+    ending in .yaml/.yml: its model, weights -- ``weights`` replaces them -- and the data's input shape; pretraining
+    skipped, it changes weights, not channels), or from a model name with ``weights`` and ``input_shape`` (default
+    ``[3, size, size]``)."""
+    if target.endswith((".yaml", ".yml")):
+        cfg = load_config(target)
+        if weights:
+            cfg = cfg.replace(model=dataclasses.replace(cfg.model, weights=os.path.abspath(weights)))
+        data = build_data(cfg)
+        model = base_model(cfg, data, pretrain=False)
+        return model, example_inputs(cfg, data)
+    model = build_model(ModelSpec(name=target))
+    if weights:
+        model = load_weights(model, weights, what="--weights")
+    shape = list(input_shape) if input_shape else [3, size, size]
+    return model.eval(), torch.zeros(1, *shape)
+
+
 def sensitivity_options(cfg: SearchConfig, *, criterion: bool = True) -> dict[str, Any]:
-    """Keyword arguments of :func:`autoprune.sensitivity_analysis.sensitivity` for ``cfg``: ``ratios.sensitivity``
-    with the first of ``criteria`` as the default criterion (left out with ``criterion=False``). The guided search
-    and ``autoprune sensitivity`` use the same options, so the command computes the very table (and cache entry)
-    that the search reuses."""
+    """Keyword arguments of :func:`autoprune.allocation.sensitivity_analysis.sensitivity` for ``cfg``:
+    ``ratios.sensitivity`` with the first of ``criteria`` as the default criterion (left out with
+    ``criterion=False``). The guided search and ``autoprune sensitivity`` use the same options, so the command
+    computes the very table (and cache entry) that the search reuses."""
     opts = dict(cfg.ratios.sensitivity)
     if criterion:
         opts.setdefault("criterion", cfg.criteria[0])
@@ -266,28 +279,84 @@ def finetune_options(cfg: SearchConfig) -> dict[str, Any]:
             "seed": cfg.seed}
 
 
+@dataclass(frozen=True)
+class PruneSpec:
+    """What ``autoprune prune`` does, as one typed object: the budget, the criterion and allocation, the fine-tuning
+    (``finetune`` section), the sensitivity options (``ratios.sensitivity``), the seed, distillation, repetitive
+    steps and ``ratios.round_to``. :func:`prune_spec` reads it from a config; a command changes fields with
+    :meth:`replace` (``None`` keeps a field); :meth:`budget_kwargs` are the keywords of
+    :func:`autoprune.allocation.budget.prune_to_budget`."""
+
+    macs: float | int | None
+    params: float | int | None
+    criterion: str
+    allocation: str
+    finetune_epochs: int
+    lr: float
+    momentum: float
+    weight_decay: float
+    batch_size: int
+    schedule: str
+    label_smoothing: float
+    max_batches: int | None
+    seed: int
+    sensitivity: dict[str, Any] = field(default_factory=dict)  # ratios.sensitivity, but the criterion
+    sensitivity_cache_dir: str | None = None  # overrides ratios.sensitivity's cache_dir when set
+    distill_alpha: float | None = None  # None: no distillation
+    distill_temperature: float = 4.0
+    steps: int = 1
+    round_to: int = 1
+
+    def replace(self, **changes: Any) -> "PruneSpec":
+        """A copy with ``changes`` applied; ``None`` values are ignored (an option not given keeps the config's)."""
+        return dataclasses.replace(self, **{k: v for k, v in changes.items() if v is not None})
+
+    def with_budget(self, macs: float | int | None, params: float | int | None) -> "PruneSpec":
+        """A copy with this budget: both kinds replaced (``None``: no limit of that kind)."""
+        return dataclasses.replace(self, macs=macs, params=params)
+
+    def budget_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of :func:`autoprune.allocation.budget.prune_to_budget`."""
+        sens = dict(self.sensitivity)
+        if self.sensitivity_cache_dir is not None:
+            sens["cache_dir"] = self.sensitivity_cache_dir
+        ft = {"lr": self.lr, "momentum": self.momentum, "weight_decay": self.weight_decay,
+              "batch_size": self.batch_size, "schedule": self.schedule, "label_smoothing": self.label_smoothing,
+              "max_batches": self.max_batches}
+        distill = (None if self.distill_alpha is None
+                   else {"alpha": self.distill_alpha, "temperature": self.distill_temperature})
+        return {"macs": self.macs, "params": self.params, "criterion": self.criterion, "allocation": self.allocation,
+                "finetune_epochs": self.finetune_epochs, "finetune_kwargs": ft, "sensitivity_kwargs": sens,
+                "seed": self.seed, "distill": distill, "steps": self.steps, "round_to": self.round_to}
+
+
+def prune_spec(cfg: SearchConfig) -> PruneSpec:
+    """The :class:`PruneSpec` that ``cfg`` implies (what ``autoprune prune CONFIG`` does): the budget of
+    ``constraints``, the first of ``criteria``, the guided config's ``ratios.guide`` (else ``sensitivity``) as
+    allocation, the ``finetune`` section (epochs, optimiser, distillation, ``prune_steps``), ``ratios.sensitivity``
+    and ``ratios.round_to``."""
+    ft, d = cfg.finetune, cfg.finetune.distill
+    on = d is not None and d.enabled
+    return PruneSpec(
+        macs=cfg.constraints.max_macs, params=cfg.constraints.max_params, criterion=cfg.criteria[0],
+        allocation=cfg.ratios.guide if cfg.ratios.mode == "guided" else "sensitivity", finetune_epochs=ft.epochs,
+        lr=ft.lr, momentum=ft.momentum, weight_decay=ft.weight_decay, batch_size=ft.batch_size,
+        schedule=ft.schedule, label_smoothing=ft.label_smoothing, max_batches=ft.max_batches, seed=cfg.seed,
+        sensitivity=sensitivity_options(cfg, criterion=False),
+        distill_alpha=d.alpha if on else None, distill_temperature=d.temperature if on else 4.0,
+        steps=ft.prune_steps, round_to=cfg.ratios.round_to)
+
+
 def prune_options(cfg: SearchConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`autoprune.budget.prune_to_budget` that ``cfg`` implies (what ``autoprune prune
-    CONFIG`` does): the budget of ``constraints``, the first of ``criteria``, the guided config's ``ratios.guide``
-    (else ``sensitivity``) as allocation, the ``finetune`` section (epochs, optimiser, distillation,
-    ``prune_steps``), ``ratios.sensitivity`` and ``ratios.round_to``."""
-    ft = finetune_options(cfg)
-    seed = ft.pop("seed")
-    d = cfg.finetune.distill
-    return {"macs": cfg.constraints.max_macs, "params": cfg.constraints.max_params, "criterion": cfg.criteria[0],
-            "allocation": cfg.ratios.guide if cfg.ratios.mode == "guided" else "sensitivity",
-            "finetune_epochs": cfg.finetune.epochs, "finetune_kwargs": ft,
-            "sensitivity_kwargs": sensitivity_options(cfg, criterion=False), "seed": seed,
-            "distill": {"alpha": d.alpha, "temperature": d.temperature} if d is not None and d.enabled else None,
-            "steps": cfg.finetune.prune_steps, "round_to": cfg.ratios.round_to}
+    """Keyword arguments of :func:`autoprune.allocation.budget.prune_to_budget` that ``cfg`` implies:
+    ``prune_spec(cfg).budget_kwargs()``."""
+    return prune_spec(cfg).budget_kwargs()
 
 
 def compare_options(cfg: SearchConfig) -> dict[str, Any]:
-    """Keyword arguments of :func:`autoprune.compare.compare_criteria` that ``cfg`` implies (``autoprune
+    """Keyword arguments of :func:`autoprune.allocation.compare.compare_criteria` that ``cfg`` implies (``autoprune
     compare-criteria CONFIG``): its criteria when it lists several, else every registered criterion; scoring
     batches, seed and evaluation split from the config."""
-    from .criteria import available_criteria
-
     criteria = list(cfg.criteria) if len(cfg.criteria) > 1 else list(available_criteria())
     return {"criteria": criteria, "score_batches": cfg.scoring.num_batches, "seed": cfg.seed,
             "split": cfg.data.eval_split}

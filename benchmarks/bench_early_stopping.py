@@ -38,7 +38,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 
 from autoprune.config import load_config  # noqa: E402
 from autoprune.study.early_stopping import RUNG_ATTR, STOP_ATTR  # noqa: E402
-from autoprune.study.pareto import ParetoFront, hypervolume_2d, pareto_filter  # noqa: E402
+from autoprune.study.front import ParetoFront, hypervolume_2d, pareto_filter  # noqa: E402
 from autoprune.study.session import open_session  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
@@ -64,7 +64,7 @@ def images_used(study, cfg) -> int:
 
 def full_trial_images(study, cfg) -> int:
     """Fine-tuning images of one trial that runs its whole budget."""
-    from autoprune.repetitive import steps_per_epoch
+    from autoprune.allocation.repetitive import steps_per_epoch
 
     ft = cfg.finetune
     return ft.epochs * steps_per_epoch(_data_of(study), ft.batch_size, ft.max_batches) * ft.batch_size

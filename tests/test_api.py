@@ -54,7 +54,7 @@ def test_no_export_hides_a_submodule_even_after_importing_every_module():
     assert not sorted(set(public_functions) & submodules)
     importlib.import_module("autoprune.study.local")  # `import autoprune.study.local` works beside ap.search
     assert callable(autoprune.search) and inspect.ismodule(autoprune.study.local)
-    assert callable(autoprune.sensitivity) and inspect.ismodule(autoprune.sensitivity_analysis)
+    assert callable(autoprune.sensitivity) and inspect.ismodule(autoprune.allocation.sensitivity_analysis)
 
 
 def test_public_functions_have_typed_signatures():

@@ -14,7 +14,7 @@ from autoprune.build import build
 from autoprune.cli import main
 from autoprune.cli.common import parse_budget
 from autoprune.config import load_config
-from autoprune.io import load as load_model
+from autoprune.deploy.files import load as load_model
 from autoprune.data import load_data
 
 from tiny_models import tiny_cnn

@@ -132,3 +132,22 @@ def test_missing_weights_say_where_they_were_looked_up(tmp_path, monkeypatch, ca
     cfg = _config(tmp_path, weights="../nowhere/w.pt")
     _fails(["groups", str(cfg)], capsys, "model.weights", "w.pt not found", f"next to {cfg}", "working directory",
            "absolute path")
+
+
+def test_prune_options_are_one_typed_object():
+    """`autoprune prune` reads a PruneSpec from the config and replaces fields (no nested dicts edited)."""
+    from autoprune.build import prune_options, prune_spec
+    from autoprune.config import load_config
+
+    c = load_config({"model": "resnet20", "data": {"dataset": "synthetic"}, "constraints": {"max_macs": 0.5},
+                     "finetune": {"lr": 0.02, "distill": {"alpha": 0.3}}, "ratios": {"round_to": 8}})
+    spec = prune_spec(c)
+    assert (spec.macs, spec.params, spec.lr, spec.distill_alpha, spec.round_to) == (0.5, None, 0.02, 0.3, 8)
+    assert spec.replace(lr=None, criterion=None) == spec  # an option not given keeps the config's
+    other = spec.replace(lr=0.1, max_batches=3, sensitivity_cache_dir="/tmp/c").with_budget(macs=None, params=0.4)
+    kw = other.budget_kwargs()
+    assert (kw["macs"], kw["params"]) == (None, 0.4)
+    assert kw["finetune_kwargs"]["lr"] == 0.1 and kw["finetune_kwargs"]["max_batches"] == 3
+    assert kw["sensitivity_kwargs"]["cache_dir"] == "/tmp/c" and "cache_dir" not in spec.budget_kwargs()[
+        "sensitivity_kwargs"]
+    assert kw["distill"] == {"alpha": 0.3, "temperature": 4.0} and prune_options(c) == spec.budget_kwargs()

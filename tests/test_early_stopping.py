@@ -10,7 +10,7 @@ from optuna.trial import TrialState
 from autoprune.study.early_stopping import (RUNG_ATTR, STOP_ATTR, Decision, EarlyStopper, Rungs, RungStore,
                                             TrialStopped, front_spread, nondominated_ranks, priority_order,
                                             promotes, rungs_from)
-from autoprune.study.pareto import ParetoFront, front_records
+from autoprune.study.front import ParetoFront, front_records
 
 from tiny_models import TINYNET
 

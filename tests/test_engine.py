@@ -5,7 +5,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import autoprune as ap
-from autoprune.io import load, save
+from autoprune.deploy.files import load, save
 from autoprune.models import ShortcutA
 
 

@@ -16,8 +16,8 @@ import torch
 import torch.nn as nn
 
 import autoprune as ap
-from autoprune import export as export_mod
-from autoprune.export import ExportCheckError, export_model
+from autoprune.deploy import export as export_mod
+from autoprune.deploy.export import ExportCheckError, export_model
 
 
 def _realistic(model: nn.Module, shape: tuple[int, ...]) -> nn.Module:

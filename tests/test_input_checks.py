@@ -17,7 +17,7 @@ from autoprune.criteria import get_criterion
 from autoprune.criteria.activation import ezcrop_ratio
 from autoprune.criteria.base import WeightCriterion
 from autoprune.graph.core import NonFiniteError, NothingToPruneWarning, check_finite
-from autoprune.io import read_checkpoint
+from autoprune.deploy.files import read_checkpoint
 from autoprune.scoring import score_groups
 from tiny_models import TINYNET, tiny_cnn
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn as nn
 
-from autoprune.latency import Latency, LatencyCache, measure_latency
+from autoprune.deploy.latency import Latency, LatencyCache, measure_latency
 
 EX = torch.zeros(1, 3, 16, 16)
 

@@ -52,7 +52,7 @@ def run(tmp_path_factory):
         path = d / "tinylat.yaml"
         path.write_text(CONFIG.format(run=d / "run", cache=d / "cache"))
         from autoprune.study import load_config
-        from autoprune.study.session import open_study
+        from autoprune.study.optuna_study import open_study
 
         cfg = load_config(path)
         study = open_study(cfg)

@@ -156,7 +156,7 @@ def test_cli_help_for_every_subcommand(capsys):
 
 def test_docs_reference_is_generated_from_the_dataclasses():
     """docs/search.md's key reference is reference_markdown() verbatim: every key, default and meaning comes from the
-    dataclasses of autoprune/config.py (their one home). To update the document, replace the text between the two
+    dataclasses of autoprune/config/schema.py (their one home). To update the document, replace the text between the two
     config-reference markers by autoprune.config.reference_markdown()."""
     from autoprune.config import SCHEMA, reference_markdown
 
@@ -173,14 +173,23 @@ def test_docs_reference_is_generated_from_the_dataclasses():
             assert f"| `{key}` |" in block
 
 
+def test_a_config_is_loaded_once():
+    """A SearchConfig is already valid: load_config hands it back as it is (a command loads once and passes the
+    object down); with overrides it is a new, validated config."""
+    c = load_config(cfg())
+    assert load_config(c) is c and load_config(c, n_trials=None) is c
+    more = load_config(c, n_trials=7)
+    assert more is not c and more.n_trials == 7 and c.n_trials == 3
+
+
 def test_defaults_come_from_the_dataclasses():
     """A key left out gets the dataclass default: the loader holds no second copy of any default."""
     import dataclasses
 
-    from autoprune.config import SearchConfig, _SECTIONS
+    from autoprune.config import SECTIONS, SearchConfig
 
     c = load_config(cfg())
-    for section, cls in _SECTIONS.items():
+    for section, cls in SECTIONS.items():
         if section in ("", "model", "data", "model.pretrain", "finetune.distill"):
             continue
         obj = c

@@ -45,7 +45,7 @@ def _env(tmp: Path) -> dict:
 
 
 def _cli(cfg: Path) -> list[str]:
-    return [sys.executable, "-m", "autoprune.cli.search", "search", str(cfg), "--quiet"]
+    return [sys.executable, "-m", "autoprune.cli", "search", str(cfg), "--quiet"]
 
 
 def _trials(journal: Path) -> list[optuna.trial.FrozenTrial]:

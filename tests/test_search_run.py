@@ -46,7 +46,7 @@ def run(tmp_path_factory):
         path = d / "tiny.yaml"
         path.write_text(CONFIG.format(run=d / "run", cache=d / "cache"))
         from autoprune.study import load_config
-        from autoprune.study.session import open_study
+        from autoprune.study.optuna_study import open_study
 
         cfg = load_config(path)
         # Two fixed trials first: nothing pruned (100% of the MACs: over the 50% budget) and 70% everywhere.
@@ -116,7 +116,7 @@ def test_trial_records_have_everything(run):
 
 def test_export_reproduces_accuracy(run, tmp_path):
     cfg, path, front = run
-    from autoprune.io import load
+    from autoprune.deploy.files import load
     from autoprune.train import evaluate
 
     rec = front[len(front) - 1]
@@ -125,6 +125,11 @@ def test_export_reproduces_accuracy(run, tmp_path):
         model = front.export(rec.number, out)
     info = json.loads((tmp_path / "pruned.pt.json").read_text())
     assert info["trial"] == rec.number and info["accuracy_export"] == pytest.approx(rec.accuracy, abs=1e-9)
+    with torch.random.fork_rng():  # the same, returned instead of stamped on the model
+        res = front.export_trial(rec.number, tmp_path / "again.pt")
+    assert res.info == json.loads((tmp_path / "again.pt.json").read_text()) and res.info["trial"] == rec.number
+    assert res.export is None and res.polish is None and res.info["accuracy_export"] == info["accuracy_export"]
+    assert not hasattr(res.model, "_autoprune_search")
     import importlib
     import sys
 
@@ -166,8 +171,8 @@ def test_resume_when_complete_runs_nothing(run):
 
 def test_report_and_pareto_command(run, tmp_path, capsys):
     cfg, path, front = run
-    from autoprune.cli.search import main
-    from autoprune.report import make_report
+    from autoprune.cli import main
+    from autoprune.study.report import make_report
 
     paths = make_report(front, tmp_path / "rep")
     for k in ("pareto_png", "ratios_png", "html"):
@@ -193,7 +198,7 @@ def test_no_constraints_means_unconstrained_study(tmp_path):
 
     cfg = load_config({"name": "u", "model": {"name": "resnet20"}, "data": {"dataset": "synthetic"}})
     assert cfg.constraints.active() == {}
-    from autoprune.study.session import make_sampler
+    from autoprune.study.optuna_study import make_sampler
 
     assert isinstance(make_sampler(cfg), optuna.samplers.NSGAIISampler)
     assert isinstance(make_sampler(cfg.replace(sampler=type(cfg.sampler)(name="tpe"))), optuna.samplers.TPESampler)

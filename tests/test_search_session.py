@@ -77,18 +77,18 @@ def test_dry_run_checks_the_storage(tmp_path, capsys):
 
 def test_the_creator_samples_with_the_config_seed_others_with_their_own(tmp_path, monkeypatch):
     from autoprune.config import load_config
-    from autoprune.study import session
+    from autoprune.study import optuna_study
     from autoprune.study.recovery import worker_info
 
     cfg = load_config(_tiny(tmp_path, seed=7))
-    assert session.process_seed(cfg, True) == 7
-    mine = session.process_seed(cfg, False)
-    assert mine != 7 and session.process_seed(cfg, False) == mine  # stable within a process
-    assert session.process_seed(cfg, False, salt=1) not in (7, mine)  # the Ray driver's later rounds
+    assert optuna_study.process_seed(cfg, True) == 7
+    mine = optuna_study.process_seed(cfg, False)
+    assert mine != 7 and optuna_study.process_seed(cfg, False) == mine  # stable within a process
+    assert optuna_study.process_seed(cfg, False, salt=1) not in (7, mine)  # the Ray driver's later rounds
     me = worker_info()
     for other in ({**me, "pid": me["pid"] + 1}, {**me, "host": me["host"] + "-b"}, {**me, "start": "1"}):
-        monkeypatch.setattr(session, "worker_info", lambda: other)
-        assert session.process_seed(cfg, False) not in (7, mine), other
+        monkeypatch.setattr(optuna_study, "worker_info", lambda: other)
+        assert optuna_study.process_seed(cfg, False) not in (7, mine), other
 
 
 def test_a_removal_already_measured_is_not_retrained(tmp_path, monkeypatch):
@@ -97,7 +97,7 @@ def test_a_removal_already_measured_is_not_retrained(tmp_path, monkeypatch):
     from autoprune.config import load_config
     from autoprune.study import search
     from autoprune.study.problem import Problem
-    from autoprune.study.session import open_study
+    from autoprune.study.optuna_study import open_study
 
     d = _tiny(tmp_path, ratios={"mode": "per_group", "default": [0.0, 0.0]})  # only the criterion is searched
     cfg = load_config(d)

@@ -9,6 +9,9 @@ import argparse
 import json
 from typing import Any
 
+from ..allocation.budget import prune_to_budget
+from ..allocation.sensitivity_analysis import sensitivity
+from ..build import build, prune_spec, sensitivity_options
 from .common import add_config, logger, output_path, parse_budget, parse_floats, read_config
 
 __all__ = ["add_subcommands"]
@@ -19,9 +22,6 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     re-estimated, no fine-tuning); the accuracy (or loss) drop on the val split and the MACs saved are tabulated.
     The options come from the config's ratios.sensitivity (the table a guided search uses, so this command fills
     its cache), the criterion from the first of its criteria."""
-    from ..build import build, sensitivity_options
-    from ..sensitivity_analysis import sensitivity
-
     cfg = read_config(args)
     opts = sensitivity_options(cfg)
     for key, value in (("criterion", args.criterion), ("ratios", parse_floats(args.ratios, "--ratios")),
@@ -55,33 +55,23 @@ def cmd_prune(args: argparse.Namespace) -> int:
     config's finetune section) and save the model (autoprune.load reads it) plus a JSON summary beside it.
     Budgets: --macs/--params, else the config's constraints.max_macs/max_params; 0.5 or 50% = keep half,
     62M = keep that many."""
-    from ..budget import prune_to_budget
-    from ..build import build, prune_options
-
     cfg = read_config(args)
-    opts = prune_options(cfg)  # what the config says; the options below override it
+    spec = prune_spec(cfg)  # what the config says (typed); the options given below replace its fields
     macs, params = parse_budget(args.macs), parse_budget(args.params)
-    if macs is not None or params is not None:
-        opts.update(macs=macs, params=params)
-    if opts["macs"] is None and opts["params"] is None:
+    if macs is not None or params is not None:  # a budget on the command line replaces the config's whole budget
+        spec = spec.with_budget(macs=macs, params=params)
+    if spec.macs is None and spec.params is None:
         raise ValueError(f"{args.config}: no budget: give --macs 0.5 (or --params), or set constraints.max_macs in "
                          "the config")
     if args.steps is not None and args.steps < 1:
         raise ValueError(f"--steps must be >= 1 (prune -> fine-tune repetitions), got {args.steps}")
-    for key, value in (("criterion", args.criterion), ("allocation", args.allocation), ("seed", args.seed),
-                       ("finetune_epochs", args.finetune_epochs), ("steps", args.steps)):
-        if value is not None:
-            opts[key] = value
-    if args.lr is not None:
-        opts["finetune_kwargs"]["lr"] = args.lr
-    if args.max_batches is not None:
-        opts["finetune_kwargs"]["max_batches"] = args.max_batches
-    if args.cache_dir:
-        opts["sensitivity_kwargs"]["cache_dir"] = args.cache_dir
+    spec = spec.replace(criterion=args.criterion, allocation=args.allocation, seed=args.seed,
+                        finetune_epochs=args.finetune_epochs, steps=args.steps, lr=args.lr,
+                        max_batches=args.max_batches, sensitivity_cache_dir=args.cache_dir or None)
     with cfg.cpu_threads():
         built = build(cfg, log=logger(args.quiet), progress=not args.quiet)
         result = prune_to_budget(built.model, built.data, example_inputs=built.example_inputs,
-                                 evaluate_test=args.test, progress=not args.quiet, **opts)
+                                 evaluate_test=args.test, progress=not args.quiet, **spec.budget_kwargs())
     print(result.ratios.summary())
     print(result.summary())
     out = output_path(cfg, args.out, "pruned.pt")

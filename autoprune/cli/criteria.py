@@ -1,9 +1,11 @@
-"""``autoprune compare-criteria CONFIG``: which criterion suits this model (see :mod:`autoprune.compare`)."""
+"""``autoprune compare-criteria CONFIG``: which criterion suits this model (see :mod:`autoprune.allocation.compare`)."""
 from __future__ import annotations
 
 import argparse
 from typing import Any
 
+from ..allocation.compare import compare_criteria
+from ..build import build, compare_options
 from .common import add_config, logger, output_path, parse_floats, read_config
 
 __all__ = ["add_subcommands"]
@@ -13,9 +15,6 @@ def cmd_compare(args: argparse.Namespace) -> int:
     """Liu et al.'s methodology: uniform ratios, every criterion, BN re-estimation only (no fine-tuning); prints a
     table and writes criteria.md, criteria.json and criteria.png. Criteria: --criteria, else the config's criteria
     when it lists several, else every registered criterion."""
-    from ..build import build, compare_options
-    from ..compare import compare_criteria
-
     cfg = read_config(args)
     opts = compare_options(cfg)
     if args.criteria:

@@ -9,11 +9,17 @@ import argparse
 import os
 import socket
 import sys
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
-from .common import sigterm_to_keyboard_interrupt as _sigterm_to_keyboard_interrupt
+import optuna
 
-__all__ = ["add_subcommands", "cmd_search_ray", "cmd_worker", "main"]
+from ..study.ray_backend import RayUnreachable, search_ray
+from ..study.storage import (DEFAULT_GRACE, DEFAULT_HEARTBEAT, DEFAULT_MAX_RETRY, DEFAULT_PATIENCE, StorageLost,
+                             StorageUnreachable)
+from ..study.worker import run_worker
+from .common import sigterm_to_keyboard_interrupt
+
+__all__ = ["add_subcommands", "cmd_search_ray", "cmd_worker"]
 
 
 def _log(quiet: bool, prefix: str = "") -> Callable[[str], None]:
@@ -26,13 +32,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     """Run trials of a search from a study shared in a database until it has N COMPLETE trials. Start any number of
     workers, on any machines that reach the database; a worker that dies mid-trial has its trial failed (after
     --grace seconds without heartbeat) and run again by another worker."""
-    import optuna
-
-    from ..study.storage import StorageLost, StorageUnreachable
-    from ..study.worker import run_worker
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _sigterm_to_keyboard_interrupt()
+    sigterm_to_keyboard_interrupt()
     log = _log(args.quiet, f"[worker {socket.gethostname()}:{os.getpid()}] ")
     try:
         res = run_worker(args.config, storage=args.storage, n_trials=args.trials, study_name=args.study,
@@ -58,13 +59,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_search_ray(args: argparse.Namespace) -> int:
     """``autoprune search CONFIG --backend ray``: the search's trials as Ray Tune trials, results in the search's
     Optuna storage."""
-    import optuna
-
-    from ..study.ray_backend import RayUnreachable, search_ray
-    from ..study.storage import StorageLost, StorageUnreachable
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    _sigterm_to_keyboard_interrupt()
+    sigterm_to_keyboard_interrupt()
     log = _log(getattr(args, "quiet", False))
     try:
         front = search_ray(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study,
@@ -84,8 +80,6 @@ def cmd_search_ray(args: argparse.Namespace) -> int:
 
 def add_subcommands(subparsers: Any) -> None:
     """Register ``worker``."""
-    from ..study.storage import DEFAULT_GRACE, DEFAULT_HEARTBEAT, DEFAULT_MAX_RETRY, DEFAULT_PATIENCE
-
     w = subparsers.add_parser("worker", help="run trials of a search shared in PostgreSQL (any number of workers)",
                               description=cmd_worker.__doc__)
     w.add_argument("config", help="search config (YAML), the same file for every worker")
@@ -108,15 +102,3 @@ def add_subcommands(subparsers: Any) -> None:
                    help="stop after K trials of this worker failed in a row (default 3)")
     w.add_argument("--quiet", action="store_true", help="no log lines")
     w.set_defaults(func=cmd_worker)
-
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m autoprune.cli.distributed ...``: the same as the ``autoprune`` command."""
-    from .main import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -4,39 +4,20 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
+from ..build import inspection_target
+from ..flops import count_macs, count_params
+from ..graph import ChannelGraph
+
 __all__ = ["add_subcommands"]
 
 
-def _model_and_input(args: argparse.Namespace):
-    """The model and an example input: from a config (its model, weights and data's input shape), or from a model
-    name with --weights and --size / --input-shape."""
-    import os
-
-    import torch
-
-    from ..build import base_model, build_data, build_model, example_inputs, load_weights
-    from ..config import ModelSpec, load_config
-
-    target = args.model
-    if target.endswith((".yaml", ".yml")):
-        cfg = load_config(target)
-        if args.weights:
-            cfg.model.weights = os.path.abspath(args.weights)
-        data = build_data(cfg)
-        model = base_model(cfg, data, pretrain=False)  # pretraining changes weights, not channels: skipped here
-        return model, example_inputs(cfg, data)
-    model = build_model(ModelSpec(name=target))
-    if args.weights:
-        model = load_weights(model, args.weights, what="--weights")
-    shape = args.input_shape or [3, args.size, args.size]
-    return model.eval(), torch.zeros(1, *shape)
+def _target(args: argparse.Namespace) -> Any:
+    return inspection_target(args.model, weights=args.weights, size=args.size, input_shape=args.input_shape)
 
 
 def cmd_groups(args: argparse.Namespace) -> int:
     """Print the channel groups the engine finds, and why locked ones are locked."""
-    from ..graph import ChannelGraph
-
-    model, x = _model_and_input(args)
+    model, x = _target(args)
     graph = ChannelGraph(model, x)
     print(graph.summary())
     print(f"\n{len(graph.prunable_groups)} of {len(graph.groups)} groups prunable; "
@@ -46,9 +27,7 @@ def cmd_groups(args: argparse.Namespace) -> int:
 
 def cmd_macs(args: argparse.Namespace) -> int:
     """Print MACs (conv + linear by default, the papers' convention) and, with --params, parameters."""
-    from ..flops import count_macs, count_params
-
-    model, x = _model_and_input(args)
+    model, x = _target(args)
     print(count_macs(model, x, full=args.full))
     if args.params:
         print(count_params(model))

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import argparse
 import os
+import select
 import sys
 from typing import Any, Sequence
 
+from .._files import disk_full_in
 from .._version import __version__
+from ..graph import PruneError, TraceError
 from . import budget, criteria, distributed, inspection, search
 
 __all__ = ["main", "build_parser", "USER_ERRORS"]
@@ -60,15 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Errors that mean bad input, not a bug: ConfigError and other ValueErrors, missing files and modules,
-    models that cannot be traced or pruned (the message names the line)."""
-    from ..graph import PruneError, TraceError
-
-    return (ValueError, OSError, ImportError, KeyError, TraceError, PruneError)
-
-
-USER_ERRORS = _user_errors()
+#: Errors that mean bad input, not a bug: ConfigError and other ValueErrors, missing files and modules, models that
+#: cannot be traced or pruned (the message names the line).
+USER_ERRORS: tuple[type[BaseException], ...] = (ValueError, OSError, ImportError, KeyError, TraceError, PruneError)
 
 
 def _message(exc: BaseException) -> str:
@@ -85,8 +82,6 @@ def _message(exc: BaseException) -> str:
 def _stdout_closed() -> bool:
     """Whether the reader of standard output went away (the far end of a pipe closed: POLLERR/POLLHUP)."""
     try:
-        import select
-
         fd = sys.__stdout__.fileno() if sys.__stdout__ is not None else 1
         poller = select.poll()
         poller.register(fd, 0)
@@ -107,8 +102,6 @@ def _quiet_stdout() -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    from .._files import disk_full_in
-
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):

@@ -1,15 +1,27 @@
 """``autoprune search | pareto | report | export | dashboard``: the pruning-ratio search from the command line.
 
-``autoprune.cli`` registers these through :func:`add_subcommands`; ``python -m autoprune.cli.search ...`` runs them
-on their own.
+``autoprune.cli`` registers these through :func:`add_subcommands` (run them as ``autoprune ...`` or
+``python -m autoprune.cli ...``).
 """
 from __future__ import annotations
 
 import argparse
+import json
 import sys
-from typing import Any, Sequence
+from pathlib import Path
+from typing import Any
 
-__all__ = ["add_subcommands", "main"]
+import optuna
+
+from ..config import load_config
+from ..study import check_config, load_front, search
+from ..study.report import make_report
+from ..study.space import RatioSpace
+from ..study.storage import check_storage, open_storage, storage_label
+from .common import check_writable_dir, sigterm_as_keyboard_interrupt
+from .distributed import cmd_search_ray
+
+__all__ = ["add_subcommands"]
 
 _SOURCE_HELP = ("search config (YAML); or give --storage (URL or journal file) and, if it holds several studies, "
                 "--study")
@@ -24,8 +36,6 @@ def _add_source(p: argparse.ArgumentParser, *, positional: bool = True) -> None:
 
 
 def _front(args: argparse.Namespace):
-    from ..study import load_front
-
     if not args.config and not args.storage:
         raise ValueError("give a search config, or --storage (and --study)")
     return load_front(args.config, storage=args.storage, study_name=args.study)
@@ -37,18 +47,11 @@ def _cmd_search(args: argparse.Namespace) -> int:
     complete. Start the same command in several terminals to share the work on one machine (each process samples
     with its own seed); --backend ray runs the trials on a Ray cluster. Ctrl-C or SIGTERM stops it (exit status
     130): the running trial is failed and tried again by the next run."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the progress bar and the final table say it all
     if args.dry_run:
         return _dry_run(args)
     if args.backend == "ray":
-        from .distributed import cmd_search_ray
-
         return cmd_search_ray(args)
-    from ..study import search
-    from .common import sigterm_as_keyboard_interrupt
-
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
     try:
         with sigterm_as_keyboard_interrupt():  # kill, a pod's shutdown, a batch job's time limit: as Ctrl-C
@@ -65,15 +68,10 @@ def _cmd_search(args: argparse.Namespace) -> int:
 
 def _dry_run(args: argparse.Namespace) -> int:
     """Check the storage (its URL, and that a database answers), then the config against the model; run nothing."""
-    from ..config import load_config
-    from ..study import check_config
-    from ..study.space import RatioSpace
-    from ..study.storage import check_storage
-
     log = (lambda s: None) if args.quiet else (lambda s: print(s, file=sys.stderr))
-    cfg = load_config(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study)
+    cfg = load_config(args.config, n_trials=args.trials, storage=args.storage, study_name=args.study)  # once
     where = check_storage(cfg)
-    cfg, problem = check_config(cfg, log=log)
+    cfg, problem = check_config(cfg, log=log)  # (this very object: a SearchConfig is not loaded again)
     space = RatioSpace(cfg, problem)
     print(f"config OK: {cfg.name} -- model {cfg.model.name}, {len(problem.group_names)} prunable groups, "
           f"{problem.base_macs:,} MACs, criteria {cfg.criteria}, mode {cfg.ratios.mode}, "
@@ -89,8 +87,6 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
     """Print the feasible Pareto front of a search (or every complete trial with --all)."""
     front = _front(args)
     if args.json:
-        import json
-
         print(json.dumps([r.to_dict() for r in (front.all if args.all else front)], indent=2))
         return 0
     print(front.table(front.all if args.all else None))
@@ -102,22 +98,16 @@ def _cmd_pareto(args: argparse.Namespace) -> int:
 def _cmd_report(args: argparse.Namespace) -> int:
     """Write pareto.png (accuracy vs MACs), ratios.png (per-group ratios of chosen trials) and report.html, and print
     the speed table (MACs, params and measured latency of the front side by side; also written as speed.txt)."""
-    from ..report import make_report
-
     front = _front(args)
     if args.latency and front.config is not None:
         front.config.check_code_allowed()  # (a study's stored config naming code: refused before any file is written)
     out = args.out
     if out is None:  # (a config from --storage alone has a run_dir under the working directory: load_stored_config)
         out = str(front.config.run_path / "report") if front.config is not None else "report"
-    from .common import check_writable_dir
-
     check_writable_dir(out, "--out")  # (a read-only run directory: name the option, before any plotting)
     trials = [int(t) for t in args.trials.split(",")] if args.trials else None
     paths = make_report(front, out, trials=trials)
     speed = front.speed_table(measure=args.latency)
-    from pathlib import Path
-
     paths["speed"] = str(Path(out) / "speed.txt")
     Path(paths["speed"]).write_text(speed + "\n")
     for k, v in paths.items():
@@ -132,13 +122,14 @@ def _cmd_export(args: argparse.Namespace) -> int:
     front = _front(args)
     if args.finetune_epochs < 0:
         raise ValueError(f"--finetune-epochs must be >= 0, got {args.finetune_epochs}")
-    model = front.export(args.trial, args.out, finetune_epochs=args.finetune_epochs, distill=not args.no_distill,
-                         lr=args.lr, progress=args.finetune_epochs > 0, format=args.format)
-    info = model._autoprune_search
+    res = front.export_trial(args.trial, args.out, finetune_epochs=args.finetune_epochs,
+                             distill=not args.no_distill, lr=args.lr, progress=args.finetune_epochs > 0,
+                             format=args.format)
+    info = res.info
     print(f"trial {args.trial}: saved {args.out} -- accuracy {info['accuracy_export']:.2%} "
           f"(search: {info['accuracy_search']:.2%}), {info['macs']:,} MACs ({info['macs_fraction']:.1%})")
-    if getattr(model, "_autoprune_export", None) is not None:
-        print(model._autoprune_export)  # format, exporter (dynamo or the TorchScript fallback) and the check
+    if res.export is not None:
+        print(res.export)  # format, exporter (dynamo or the TorchScript fallback) and the check
     p = info.get("polish")
     if p:
         how = (f"distillation alpha {p['distill']['alpha']:g}, T {p['distill']['temperature']:g}" if p["distill"]
@@ -152,9 +143,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 def _cmd_dashboard(args: argparse.Namespace) -> int:
     """Serve optuna-dashboard on the study's storage (open http://HOST:PORT/ in a browser; on a remote machine
     forward the port first, e.g. ssh -L 8080:localhost:8080 HOST)."""
-    from ..study import load_config
-    from ..study.storage import open_storage, storage_label
-
     try:
         import optuna_dashboard
     except ImportError:
@@ -250,14 +238,3 @@ def add_subcommands(subparsers: Any) -> None:
     d.add_argument("--host", default="127.0.0.1", help="interface to listen on (default 127.0.0.1; 0.0.0.0 for all)")
     d.add_argument("--port", type=int, default=8080, help="port (default 8080)")
     d.set_defaults(func=_cmd_dashboard)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m autoprune.cli.search ...``: the same as the ``autoprune`` command."""
-    from .main import main as cli_main
-
-    return cli_main(argv)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

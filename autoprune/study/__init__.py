@@ -16,8 +16,14 @@ from __future__ import annotations
 import os
 from typing import Any, Callable, Mapping
 
-from ..config import (ConfigError, SearchConfig, check_against_graph, group_bounds, load_config)
-from .pareto import ParetoFront, TrialRecord, hypervolume_2d, pareto_filter
+import optuna
+
+from ..config import ConfigError, SearchConfig, load_config
+from .bounds import check_against_graph, group_bounds
+from .front import ParetoFront, TrialRecord, hypervolume_2d, pareto_filter
+from .local import run_local
+from .problem import Problem
+from .storage import open_storage
 
 __all__ = ["search", "load_front", "load_config", "check_config", "SearchConfig", "ConfigError", "ParetoFront",
            "TrialRecord", "hypervolume_2d", "pareto_filter", "group_bounds", "check_against_graph"]
@@ -27,8 +33,6 @@ def check_config(config: str | os.PathLike | Mapping[str, Any] | SearchConfig, *
                  = None, **overrides: Any) -> tuple[SearchConfig, Any]:
     """Validate ``config`` fully: keys and types, then against the model (patterns, budgets). Builds the data and
     the base model (pretraining it if configured). Returns (config, problem)."""
-    from .problem import Problem
-
     cfg = load_config(config, **overrides)
     problem = Problem(cfg, log=log)
     check_against_graph(cfg, problem.graph)
@@ -48,8 +52,6 @@ def search(config: str | os.PathLike | Mapping[str, Any] | SearchConfig, *, n_tr
     result. ``patience``: seconds to wait for a database storage that stopped answering (default
     ``storage_patience`` of the config, else 300).
     """
-    from .local import run_local
-
     return run_local(config, n_trials=n_trials, storage=storage, study_name=study_name, progress=progress, log=log,
                      patience=patience)
 
@@ -59,10 +61,6 @@ def load_front(config: str | os.PathLike | Mapping[str, Any] | SearchConfig | No
     """The Pareto front of an existing study, without running anything: from a config (its storage and study
     name), or from ``storage`` (URL or journal file) and ``study_name`` (optional when the storage holds one study).
     """
-    import optuna
-
-    from .storage import open_storage
-
     cfg = load_config(config, storage=storage, study_name=study_name) if config is not None else None
     st = open_storage(cfg, storage)
     name = cfg.study if cfg is not None else study_name

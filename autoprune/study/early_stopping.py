@@ -38,6 +38,8 @@ from typing import Any, Callable, Mapping, Sequence
 import optuna
 from optuna.trial import TrialState
 
+from ..train import evaluate
+
 __all__ = ["RUNG_ATTR", "STOP_ATTR", "Rungs", "Decision", "TrialStopped", "RungStore", "EarlyStopper",
            "TrialMonitor", "RungReporter", "nondominated_ranks", "front_spread", "priority_order", "promotes",
            "default_rungs", "rungs_from", "stopper_for", "trial_callback"]
@@ -431,8 +433,6 @@ def trial_callback(stopper: EarlyStopper, trial: optuna.Trial, problem: Any, rem
     measured = problem.measure(removal)
 
     def callback_for(model: Any) -> TrialMonitor:
-        from ..train import evaluate
-
         def values() -> Sequence[float]:
             acc = evaluate(model, problem.data, split=problem.cfg.data.eval_split).accuracy
             return values_of({"accuracy": acc, **measured})

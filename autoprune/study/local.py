@@ -11,8 +11,10 @@ from typing import Any, Callable
 
 import optuna
 from optuna.trial import FrozenTrial, TrialState
+from tqdm.auto import tqdm
 
 from ..config import SearchConfig
+from .front import front_records
 from .session import SearchSession, open_session
 
 __all__ = ["run_local", "run_session"]
@@ -31,8 +33,6 @@ def run_session(session: SearchSession, *, progress: bool = False,
     bar = None
     callbacks = [on_trial] if on_trial is not None else []
     if progress:
-        from tqdm.auto import tqdm
-
         bar = tqdm(total=cfg.n_trials, initial=done, desc=f"{cfg.study}", unit="trial", dynamic_ncols=True)
         _progress_postfix(bar, cfg, study)
 
@@ -64,8 +64,6 @@ def run_local(config: Any, *, n_trials: int | None = None, storage: str | None =
 
 
 def _progress_postfix(bar: Any, cfg: SearchConfig, study: optuna.Study) -> None:
-    from .pareto import front_records
-
     running = len(study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)))
     front = front_records(study, cfg)
     if front:

@@ -24,6 +24,9 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import SearchConfig
+from .early_stopping import stopper_for, trial_callback
+from .problem import removal_digest
+from .recovery import worker_info
 
 __all__ = ["TrialObjective", "find_evaluated", "RESULT_ATTRS", "REUSED_ATTR"]
 
@@ -56,15 +59,11 @@ class TrialObjective:
 
     def __init__(self, cfg: SearchConfig, problem: Any, space: Any, *, worker: Mapping[str, Any] | None = None,
                  lookup: Lookup | None = None) -> None:
-        from .recovery import worker_info
-
         self.cfg, self.problem, self.space = cfg, problem, space
         self.worker = dict(worker) if worker is not None else worker_info()
         self.lookup = lookup
         c = cfg.constraints
         self.budget_keys = [k for k in ("max_macs", "max_params", "max_latency_ms") if getattr(c, k) is not None]
-        from .early_stopping import stopper_for
-
         self.stopper = stopper_for(cfg)  # None unless early_stopping.enabled
         #: Where a trial that cannot read its study sends its rung values, ``send(steps, rung, values)`` (the Ray
         #: trainable: to the driver, which decides); None: the trial decides itself from the study's storage.
@@ -110,8 +109,6 @@ class TrialObjective:
         :class:`~autoprune.study.early_stopping.TrialStopped` (an ``optuna.TrialPruned``: the trial ends PRUNED)."""
         callback_for = None
         if train and self.stopper is not None:
-            from .early_stopping import trial_callback
-
             callback_for = trial_callback(self.stopper, trial, self.problem, removal, self.values,
                                           send=self.rung_sink)
         _, out = self.problem.build(removal, train=train, callback_for=callback_for)
@@ -137,8 +134,6 @@ class TrialObjective:
 
     # -- the trial -------------------------------------------------------------------------------------------
     def __call__(self, trial: optuna.Trial) -> list[float]:
-        from .problem import removal_digest
-
         trial.set_user_attr("worker", self.worker)
         t0 = time.perf_counter()
         try:

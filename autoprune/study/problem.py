@@ -17,7 +17,13 @@ from typing import Any, Callable, Mapping
 import torch
 import torch.nn as nn
 
+from ..allocation.sensitivity_analysis import sensitivity
+from ..build import build, sensitivity_options
 from ..config import SearchConfig
+from ..graph import ChannelGraph
+from ..scoring import score_groups
+from ..train import evaluate, finetune, recalibrate_bn
+from .speed import RemovalLatency, latency_attrs, latency_settings, wants_latency
 
 __all__ = ["Problem", "TrialOutcome", "removal_digest"]
 
@@ -48,9 +54,6 @@ class Problem:
 
     def __init__(self, cfg: SearchConfig, *, log: Callable[[str], None] | None = None,
                  progress: bool = False) -> None:
-        from ..build import build
-        from ..graph import ChannelGraph
-
         self.cfg = cfg
         self.log = log or (lambda s: None)
         self.progress = progress
@@ -63,18 +66,16 @@ class Problem:
         self._scores: dict[str, dict[str, torch.Tensor]] = {}
         self._sens: Any = None
         self._base_eval: dict[str, float] | None = None
+        self._latency: RemovalLatency | None = None
+        self._teacher: nn.Module | None = None
 
     def base_metrics(self) -> dict[str, float]:
         """Accuracy, loss, MACs and parameters of the unpruned model on the evaluation split."""
         if self._base_eval is None:
-            from ..train import evaluate
-
             model = copy.deepcopy(self.base_model)
             ev = evaluate(model, self.data, split=self.cfg.data.eval_split)
             self._base_eval = {"accuracy": ev.accuracy, "loss": ev.loss, "macs": self.base_macs,
                                "params": self.base_params}
-            from ..speed import wants_latency
-
             if wants_latency(self.cfg):  # the unpruned model's speed, for the speed-up of the front's members
                 lat = self.latency({})
                 self._base_eval.update(latency_ms=lat.median_ms, latency_iqr_ms=lat.iqr_ms)
@@ -84,8 +85,6 @@ class Problem:
     def scores(self, criterion: str) -> dict[str, torch.Tensor]:
         """Scores of every prunable group's channels on the *base* model (computed once per criterion)."""
         if criterion not in self._scores:
-            from ..scoring import score_groups
-
             t0 = time.perf_counter()
             s = self.cfg.scoring
             self._scores[criterion] = score_groups(
@@ -100,9 +99,7 @@ class Problem:
 
     def measure(self, removal: Mapping[str, Any]) -> dict[str, Any]:
         """MACs and parameters of a removal (counts and fractions of the base model); with a latency objective or
-        constraint also its measured latency (:data:`autoprune.speed.LATENCY_ATTRS` and ``latency_setup``)."""
-        from ..speed import latency_attrs, wants_latency
-
+        constraint also its measured latency (:data:`autoprune.study.speed.LATENCY_ATTRS` and ``latency_setup``)."""
         macs = self.graph.macs(removal)
         params = self.graph.macs(removal, params=True)
         out: dict[str, Any] = {"macs": int(macs), "params": int(params), "macs_fraction": macs / self.base_macs,
@@ -112,11 +109,10 @@ class Problem:
         return out
 
     def latency(self, removal: Mapping[str, Any], sha: str | None = None) -> Any:
-        """Measured latency (:class:`autoprune.latency.Latency`) of the base model pruned by ``removal``, with the
-        config's ``latency`` settings; cached by the removal digest in memory and in ``<run_dir>/latency.json``."""
-        if getattr(self, "_latency", None) is None:
-            from ..speed import RemovalLatency, latency_settings
-
+        """Measured latency (:class:`autoprune.deploy.latency.Latency`) of the base model pruned by ``removal``, with
+        the config's ``latency`` settings; cached by the removal digest in memory and in
+        ``<run_dir>/latency.json``."""
+        if self._latency is None:
             self._latency = RemovalLatency(self.graph, self.example_inputs, latency_settings(self.cfg),
                                            self.cfg.run_path / "latency.json")
         return self._latency(removal, sha)
@@ -129,13 +125,6 @@ class Problem:
     def sensitivity_table(self) -> Any:
         """Sensitivity table for guided allocation (``autoprune.sensitivity``, cached on disk by that module)."""
         if self._sens is None:
-            try:
-                from ..sensitivity_analysis import sensitivity
-            except ImportError as e:
-                raise ImportError(f"ratios.guide={self.cfg.ratios.guide!r} needs autoprune.sensitivity, which is not "
-                                  f"available ({e}); use ratios.guide: uniform or ratios.mode: per_group") from None
-            from ..build import sensitivity_options
-
             opts = sensitivity_options(self.cfg)
             opts.setdefault("progress", self.progress)
             t0 = time.perf_counter()
@@ -147,7 +136,7 @@ class Problem:
     # -- one trial -------------------------------------------------------------------------------------------
     def teacher(self) -> nn.Module:
         """The unpruned model on the data's device, for distillation (``finetune.distill``); one copy per process."""
-        if getattr(self, "_teacher", None) is None:
+        if self._teacher is None:
             self._teacher = copy.deepcopy(self.base_model).to(self.data.device).eval()
         return self._teacher
 
@@ -165,8 +154,6 @@ class Problem:
 
         ``callback_for(model)`` -> the fine-tuning callback (``finetune(callback=)``) of the pruned model: early
         stopping checks the trial at its rungs with it and may raise to stop."""
-        from ..train import evaluate, finetune, recalibrate_bn
-
         t0 = time.perf_counter()
         cfg, ft = self.cfg, self.cfg.finetune
         m = self.measure(removal)

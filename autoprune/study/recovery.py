@@ -23,6 +23,7 @@ from typing import Any, Callable
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from .._files import disk_full_in
 from .patient_storage import storage_of, trial_id_of
 
 __all__ = ["worker_info", "worker_alive", "WorkerRegistry", "RetryFailedTrial", "recover_stale_trials",
@@ -90,9 +91,7 @@ class WorkerRegistry:
         self.me = self.dir / f"{socket.gethostname()}-{os.getpid()}"
 
     def register(self) -> None:
-        import fcntl
-
-        from .._files import disk_full_in
+        import fcntl  # lazy: fcntl is POSIX-only
 
         if str(self.me) in self._held:
             return
@@ -108,7 +107,7 @@ class WorkerRegistry:
         self._held[str(self.me)] = fd
 
     def others_alive(self) -> bool:
-        import fcntl
+        import fcntl  # lazy: fcntl is POSIX-only
 
         alive = False
         for f in self.dir.glob("*") if self.dir.exists() else []:

@@ -15,12 +15,10 @@ two processes propose the same trials. Every trial records its process's seed in
 from __future__ import annotations
 
 import contextlib
-import random
 import signal
 import threading
 import time
 import warnings
-import zlib
 from dataclasses import dataclass
 from typing import Any, Callable, Iterator
 
@@ -28,143 +26,21 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from .._files import disk_full_in
-from ..config import SearchConfig
+from ..config import SearchConfig, load_config
+from .bounds import check_against_graph
+from .front import ParetoFront
 from .objective import TrialObjective
+from .optuna_study import check_directions, create_or_load, make_sampler, process_seed, record_study
+# TEMPORARY (issue 19): old names of this module that study/ray_backend still imports from here; removed in the sweep
+from .optuna_study import BASE_SHA_ATTR, STUDY_ATTR, directions, metric_names, open_study  # noqa: F401
 from .patient_storage import storage_of, trial_id_of
+from .problem import Problem
 from .recovery import DEFAULT_MAX_RETRY, RetryFailedTrial, WorkerRegistry, recover_stale_trials, worker_info
+from .space import RatioSpace
 from .storage import (DEFAULT_CONNECT_TIMEOUT, DEFAULT_GRACE, DEFAULT_HEARTBEAT, StorageLost, journal_path,
                       open_storage, storage_kind, storage_label)
 
-__all__ = ["SearchSession", "open_session", "open_study", "make_sampler", "process_seed", "directions",
-           "metric_names", "sampler_for_round", "STUDY_ATTR", "BASE_SHA_ATTR", "RunResult"]
-
-#: Study user attribute holding the config, its fingerprint and the base model's metrics.
-STUDY_ATTR = "autoprune"
-#: Study user attribute with the digest of the base model's weights (workers on other machines must match it).
-BASE_SHA_ATTR = "autoprune_base_sha"
-
-
-def directions(cfg: SearchConfig) -> list[str]:
-    return ["maximize" if o == "accuracy" else "minimize" for o in cfg.objectives]
-
-
-def metric_names(cfg: SearchConfig) -> list[str]:
-    return [{"accuracy": "accuracy", "macs": "macs_fraction", "params": "params_fraction", "latency": "latency_ms"}[o]
-            for o in cfg.objectives]
-
-
-def make_sampler(cfg: SearchConfig, seed: int | None = None) -> optuna.samplers.BaseSampler:
-    """The sampler named by ``cfg.sampler``, explicitly (Optuna's default sampler is not relied on)."""
-    seed = cfg.sampler_seed if seed is None else seed
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-        if cfg.sampler.name == "tpe":
-            return optuna.samplers.TPESampler(seed=seed, multivariate=True, constant_liar=True,
-                                              n_startup_trials=cfg.sampler.n_startup_trials)
-        return optuna.samplers.NSGAIISampler(seed=seed, population_size=cfg.population_size)
-
-
-def process_seed(cfg: SearchConfig, first: bool, salt: int = 0) -> int:
-    """The sampler seed of this process: the config's seed for the process that created the study (``first``),
-    else the config's seed mixed with this host, pid and process start time (and ``salt``: the Ray driver's
-    round)."""
-    if first and not salt:
-        return cfg.sampler_seed
-    w = worker_info()
-    h = zlib.crc32(f"{w['host']}:{w['pid']}:{w['start']}:{salt}".encode())
-    return (cfg.sampler_seed * 1_000_003 + h) % 2**31
-
-
-def _retrying(fn: Callable[[], Any], tries: int = 4) -> Any:
-    """A small storage write, retried when a concurrent process wrote the same row first."""
-    import sqlalchemy.exc
-
-    for i in range(tries):
-        try:
-            return fn()
-        except (sqlalchemy.exc.IntegrityError, optuna.exceptions.StorageInternalError):
-            if i == tries - 1:
-                raise
-            time.sleep(0.05 + random.random() * 0.2)
-
-
-def _check_directions(cfg: SearchConfig, study: optuna.Study) -> None:
-    want = [optuna.study.StudyDirection.MAXIMIZE if d == "maximize" else optuna.study.StudyDirection.MINIMIZE
-            for d in directions(cfg)]
-    if list(study.directions) != want:
-        raise ValueError(f"study {cfg.study!r} exists with {len(study.directions)} objectives "
-                         f"{[d.name.lower() for d in study.directions]}, but the config asks for {cfg.objectives}; "
-                         "use another study_name")
-
-
-def _create_or_load(cfg: SearchConfig, storage: optuna.storages.BaseStorage) -> tuple[optuna.Study, bool]:
-    """The study of ``cfg`` and whether this call created it (exactly one of several concurrent callers does)."""
-    try:
-        study = _retrying(lambda: optuna.create_study(storage=storage, study_name=cfg.study,
-                                                      directions=directions(cfg), sampler=make_sampler(cfg)))
-        return study, True
-    except optuna.exceptions.DuplicatedStudyError:
-        return optuna.load_study(study_name=cfg.study, storage=storage, sampler=make_sampler(cfg)), False
-
-
-def open_study(cfg: SearchConfig, storage: optuna.storages.BaseStorage | None = None, *,
-               sampler: optuna.samplers.BaseSampler | None = None) -> optuna.Study:
-    """Create or load the study of ``cfg`` (its storage by default) with ``sampler`` (default: the config's sampler
-    and seed); checks that the objectives match. Records nothing else: see :func:`open_session`."""
-    study, _ = _create_or_load(cfg, storage if storage is not None else open_storage(cfg))
-    _check_directions(cfg, study)
-    if sampler is not None:
-        study.sampler = sampler
-    return study
-
-
-def _weights_digest(problem: Any) -> str:
-    import hashlib
-
-    h = hashlib.sha256()
-    for k, v in sorted(problem.base_model.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().cpu().contiguous().numpy().tobytes())
-    return h.hexdigest()[:16]
-
-
-def _enqueue_anchors(study: optuna.Study, space: Any, log: Callable[[str], None]) -> None:
-    """Enqueue the ``ratios.anchors`` trials of a new study (see ``RatioSpace.anchor_params``)."""
-    params = space.anchor_params()
-    for p in params:
-        study.enqueue_trial(p, skip_if_exists=True)
-    if params:
-        levels = ", ".join(f"{p['level']:.2f}" for p in params if "level" in p)
-        log(f"enqueued {len(params)} anchor trial(s) at the guide's allocation" + (f" (levels {levels})" if levels else ""))
-
-
-def _record_study(cfg: SearchConfig, study: optuna.Study, problem: Any, space: Any, log: Callable[[str], None]) -> None:
-    """Metric names, the ``autoprune`` attribute (config, fingerprint, base metrics, groups) and the anchors of a new
-    study; a warning when the study was made from another config or another base model."""
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        if study.metric_names != metric_names(cfg):
-            _retrying(lambda: study.set_metric_names(metric_names(cfg)))
-    attrs = study.user_attrs.get(STUDY_ATTR)
-    fp = cfg.fingerprint()
-    if attrs is None:
-        value = {"config": cfg.to_dict(), "source": cfg.source, "fingerprint": fp, "base": problem.base_metrics(),
-                 "groups": list(problem.group_names), "created": time.time()}
-        _retrying(lambda: study.set_user_attr(STUDY_ATTR, value))
-        _retrying(lambda: _enqueue_anchors(study, space, log))
-    elif attrs.get("fingerprint") != fp:
-        warnings.warn(f"study {cfg.study!r} was created from a different config (model, data, ratio space, "
-                      "criteria or fine-tuning changed); its earlier trials measured something else. Use a new "
-                      "study_name to start afresh.")
-    digest = _weights_digest(problem)
-    known = study.user_attrs.get(BASE_SHA_ATTR)
-    if known is None:
-        _retrying(lambda: study.set_user_attr(BASE_SHA_ATTR, digest))
-    elif known != digest:
-        warnings.warn(f"this process's base model (weights digest {digest}) differs from the one the study started "
-                      f"with ({known}): its trials prune another model. Give model.weights (a file every machine "
-                      "reads) instead of model.pretrain when workers run on different machines.")
-
+__all__ = ["SearchSession", "open_session", "sampler_for_round", "RunResult"]
 
 class _Abandoned(BaseException):
     """The storage was lost (or the disk is full) inside the trial function. A BaseException, so that Optuna neither
@@ -305,9 +181,7 @@ class SearchSession:
                 return True
         return False
 
-    def front(self) -> Any:
-        from .pareto import ParetoFront
-
+    def front(self) -> ParetoFront:
         return ParetoFront(self.study, self.cfg, problem=self.problem)
 
     # -- the trial loop --------------------------------------------------------------------------------------
@@ -455,10 +329,6 @@ def open_session(config: Any, *, n_trials: int | None = None, storage: str | Non
     ``run_dir`` absolute).
 
     The storage is opened first: a bad or unreachable URL fails in seconds, before data and model are built."""
-    from ..config import check_against_graph, load_config
-    from .problem import Problem
-    from .space import RatioSpace
-
     log = log or (lambda s: None)
     cfg = load_config(config, n_trials=n_trials, storage=storage, study_name=study_name)
     if adjust is not None:
@@ -478,11 +348,11 @@ def open_session(config: Any, *, n_trials: int | None = None, storage: str | Non
         if cfg.ratios.mode == "guided":
             for level in cfg.ratios.level:  # fail early (and build the sensitivity table once) before any trial
                 space.allocation(level)
-        study, created = _create_or_load(cfg, st)
-        _check_directions(cfg, study)
+        study, created = create_or_load(cfg, st)
+        check_directions(cfg, study)
         seed = process_seed(cfg, created)
         study.sampler = make_sampler(cfg, seed)
-        _record_study(cfg, study, problem, space, log)
+        record_study(cfg, study, problem, space, log)
         objective = TrialObjective(cfg, problem, space, worker={**worker_info(), "seed": seed})
         poll = 1.0 if kind == "journal" or heartbeat_interval is None else max(0.5, min(5.0, heartbeat_interval / 2))
         session = SearchSession(cfg=cfg, storage=st, problem=problem, space=space, study=study, objective=objective,

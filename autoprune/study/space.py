@@ -8,7 +8,8 @@
     group; the ratio is ``clip(allocation(level)[group] + offset, low, high)``, where the allocation comes from the
     sensitivity table (``guide: sensitivity``), from structural redundancy (``guide: srr``; both via
     :func:`autoprune.allocation.allocate`), or is the uniform ratio meeting the level (``guide: uniform``, computed
-    here). Only ``sensitivity`` runs a sensitivity analysis (once; cached on disk by :mod:`autoprune.sensitivity_analysis`).
+    here). Only ``sensitivity`` runs a sensitivity analysis (once; cached on disk by
+    :mod:`autoprune.allocation.sensitivity_analysis`).
 
 The criterion is the categorical parameter ``criterion`` when ``criteria`` lists several. With ``ratios.round_to: k``
 the ratios of either mode are rounded so that every pruned group keeps a multiple of k channels.
@@ -17,7 +18,9 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from ..config import SearchConfig, group_bounds
+from ..allocation import allocate, round_ratios
+from ..config import SearchConfig
+from .bounds import group_bounds
 
 __all__ = ["RatioSpace"]
 
@@ -50,12 +53,6 @@ class RatioSpace:
             if self.cfg.ratios.guide == "uniform":
                 base = self._uniform(key)
             else:
-                try:
-                    from ..allocation import allocate
-                except ImportError as e:
-                    raise ImportError(f"ratios.guide={self.cfg.ratios.guide!r} needs autoprune.allocate, which is "
-                                      f"not available ({e}); use ratios.guide: uniform or ratios.mode: "
-                                      "per_group") from None
                 max_hi = max(b[1] for b in self.bounds.values())
                 try:
                     if self.cfg.ratios.guide == "srr":  # structural redundancy: needs no sensitivity table
@@ -67,7 +64,14 @@ class RatioSpace:
                     raise ValueError(f"ratios.level: the {self.cfg.ratios.guide} allocation cannot keep only "
                                      f"{key:.0%} of the MACs ({e}); raise the lower end of ratios.level") from None
                 base = _as_ratio_dict(alloc)
-            self._alloc_cache[key] = {n: self._clip(n, base.get(n, 0.0)) for n in self.names}
+            self.use_allocation(key, base)
+        return self._alloc_cache[key]
+
+    def use_allocation(self, level: float, ratios: Mapping[str, float]) -> dict[str, float]:
+        """Use ``ratios`` as the allocation at ``level`` (e.g. the one a Ray driver computed and sent to its
+        workers): clipped to the bounds and cached exactly like an allocation computed here; returns it."""
+        key = round(float(level), 6)
+        self._alloc_cache[key] = {n: self._clip(n, float(ratios.get(n, 0.0))) for n in self.names}
         return self._alloc_cache[key]
 
     def _uniform(self, level: float) -> dict[str, float]:
@@ -138,8 +142,6 @@ class RatioSpace:
         k = self.cfg.ratios.round_to
         if k <= 1:
             return ratios
-        from ..allocation import round_ratios
-
         return round_ratios(ratios, {n: self.problem.graph.group(n).channels for n in ratios}, k)
 
     def _level_step(self) -> float | None:
