@@ -49,7 +49,7 @@ Deployment:
 from ._version import __version__
 
 # channel graph and models
-from .flops import count_macs, count_params
+from .graph.flops import count_macs, count_params
 from .graph import (ChannelGraph, ChannelGroup, ChannelRule, Dense, Elementwise, Lock, PerChannel, PruneError,
                     TraceError, register_channel_rule)
 from .deploy.files import load, save
@@ -57,7 +57,7 @@ from .models import get_model
 
 # channel importance
 from .criteria import available_criteria, get_criterion, register_criterion
-from .scoring import score
+from .criteria.scoring import score
 
 # data and the inner loop of a trial
 from .data import DataBundle, load_data

@@ -24,7 +24,7 @@ import time
 import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn as nn
@@ -39,7 +39,7 @@ from .models import get_model
 from .train.loop import finetune
 
 __all__ = ["Built", "build", "build_data", "build_model", "load_weights", "base_model", "example_inputs",
-           "inspection_target", "sensitivity_options", "finetune_options", "PruneSpec", "prune_spec", "prune_options",
+           "inspection_target", "sensitivity_options", "SensitivitySpec", "sensitivity_spec", "finetune_options", "PruneSpec", "prune_spec", "prune_options",
            "compare_options"]
 
 
@@ -268,6 +268,30 @@ def sensitivity_options(cfg: SearchConfig, *, criterion: bool = True) -> dict[st
     else:
         opts.pop("criterion", None)
     return opts
+
+
+@dataclass(frozen=True)
+class SensitivitySpec:
+    """What ``autoprune sensitivity`` computes, as one typed object: the criterion and the other keywords of
+    :func:`autoprune.allocation.sensitivity_analysis.sensitivity` (``ratios.sensitivity``, checked against that
+    signature by the config). :func:`sensitivity_spec` reads it from a config; a command changes it with
+    :meth:`replace` (``None`` keeps a value); :meth:`kwargs` are the keywords of ``sensitivity``."""
+
+    criterion: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+
+    def replace(self, *, criterion: str | None = None, **options: Any) -> "SensitivitySpec":
+        """A copy with ``criterion`` and ``options`` applied; ``None`` values are ignored."""
+        given = {k: v for k, v in options.items() if v is not None}
+        return dataclasses.replace(self, criterion=criterion or self.criterion, options={**self.options, **given})
+
+    def kwargs(self) -> dict[str, Any]:
+        return {**self.options, "criterion": self.criterion}
+
+
+def sensitivity_spec(cfg: SearchConfig) -> SensitivitySpec:
+    """The :class:`SensitivitySpec` of ``cfg``: the table a guided search of ``cfg`` uses (same cache entry)."""
+    return SensitivitySpec(criterion=cfg.criteria[0], options=sensitivity_options(cfg, criterion=False))
 
 
 def finetune_options(cfg: SearchConfig) -> dict[str, Any]:

@@ -32,7 +32,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from autoprune.allocation import allocate  # noqa: E402
 from autoprune.data import load_data  # noqa: E402
 from autoprune.models import resnet56  # noqa: E402
-from autoprune.scoring import score_groups  # noqa: E402
+from autoprune.criteria.scoring import score_groups  # noqa: E402
 from autoprune.allocation.sensitivity_analysis import cpu_graph, sensitivity  # noqa: E402
 from autoprune.train import evaluate, finetune, recalibrate_bn  # noqa: E402
 

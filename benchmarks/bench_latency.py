@@ -40,7 +40,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."
 from autoprune import ChannelGraph, get_model  # noqa: E402
 from autoprune.allocation import allocate  # noqa: E402
 from autoprune.deploy.latency import LatencyRunner  # noqa: E402
-from autoprune.scoring import score_groups  # noqa: E402
+from autoprune.criteria.scoring import score_groups  # noqa: E402
 
 SHARED = Path(__file__).resolve().parents[2] / "shared"
 SIZES = {"resnet56": 32, "resnet20": 32, "resnet50": 224, "mobilenet_v3_small": 224}

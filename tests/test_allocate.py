@@ -14,7 +14,7 @@ import torch
 from autoprune import ChannelGraph, count_macs
 from autoprune.allocation import Allocation, allocate, layer_redundancy, sensitivity_ratios
 from autoprune.models import resnet20
-from autoprune.scoring import score_groups
+from autoprune.criteria.scoring import score_groups
 from autoprune.allocation.sensitivity_table import DEFAULT_RATIOS, SensitivityRow, SensitivityTable
 
 EX = torch.zeros(1, 3, 32, 32)

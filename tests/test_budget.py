@@ -1,4 +1,4 @@
-"""Tests for autoprune.budget.prune_to_budget and the CLI commands of autoprune.cli.budget (sensitivity, prune)."""
+"""Tests for autoprune.allocation.budget.prune_to_budget and the CLI commands of autoprune.cli.budget (sensitivity, prune)."""
 from __future__ import annotations
 
 import json

@@ -9,7 +9,7 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 import autoprune as ap
-from autoprune.data_adapter import as_bundle
+from autoprune.data.adapter import as_bundle
 
 K = 4  # classes
 

@@ -1,4 +1,4 @@
-"""Knowledge distillation (autoprune.distill) on a tiny model."""
+"""Knowledge distillation (autoprune.train.distill) on a tiny model."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from autoprune.distill import DistillOptions, Distiller, distillation_loss, kd_loss
+from autoprune.train.distill import DistillOptions, Distiller, distillation_loss, kd_loss
 
 
 def tiny(seed: int = 0) -> nn.Module:

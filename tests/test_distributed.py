@@ -446,7 +446,7 @@ def test_missing_database_names_it(pg):
 
 
 def test_unreachable_ray_address_fails_fast(tmp_path, capsys):
-    from autoprune.study.ray_backend import RayUnreachable, connect, search_ray
+    from autoprune.study.ray import RayUnreachable, connect, search_ray
 
     import ray
 

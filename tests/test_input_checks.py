@@ -14,11 +14,11 @@ import autoprune as ap
 from autoprune.build import load_weights
 from autoprune.cli import main
 from autoprune.criteria import get_criterion
-from autoprune.criteria.activation import ezcrop_ratio
+from autoprune.criteria.kernels import ezcrop_ratio
 from autoprune.criteria.base import WeightCriterion
 from autoprune.graph.core import NonFiniteError, NothingToPruneWarning, check_finite
 from autoprune.deploy.files import read_checkpoint
-from autoprune.scoring import score_groups
+from autoprune.criteria.scoring import score_groups
 from tiny_models import TINYNET, tiny_cnn
 
 X32 = torch.zeros(1, 3, 32, 32)

@@ -83,7 +83,7 @@ def test_every_trial_has_its_measured_latency_as_objective(run):
 def test_latency_is_cached_by_removal_digest(run):
     cfg, _, front = run
     cache = json.loads((cfg.run_path / "latency.json").read_text())["entries"]
-    from autoprune.study.problem import removal_digest
+    from autoprune.study.digest import removal_digest
 
     digests = {t.user_attrs["removal_sha"] for t in front.study.trials if "removal_sha" in t.user_attrs}
     keys = {k.split("|")[0] for k in cache}

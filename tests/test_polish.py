@@ -1,4 +1,4 @@
-"""The final polish of a chosen model (autoprune.polish)."""
+"""The final polish of a chosen model (autoprune.train.polish)."""
 from __future__ import annotations
 
 import copy
@@ -8,7 +8,7 @@ import torch
 import torch.nn as nn
 
 from autoprune.data import load_data
-from autoprune.polish import PolishResult, polish
+from autoprune.train.polish import PolishResult, polish
 from tiny_models import TINYNET
 
 

@@ -18,8 +18,10 @@ import optuna
 import pytest
 import torch
 
-from autoprune.study import ray_backend
-from autoprune.study.ray_backend import _base_weights, _drive, _payload, _private_dir, _worker_state
+from autoprune.study.ray import driver as ray_driver
+from autoprune.study.ray import trainable as ray_trainable
+from autoprune.study.ray.driver import _drive, _payload
+from autoprune.study.ray.trainable import _base_weights, _private_dir, _worker_state
 
 
 def _config(tmp, **extra) -> dict:
@@ -48,10 +50,9 @@ class _Stop(Exception):
 def test_what_tune_pickles_holds_no_study_sampler_or_storage(tmp_path, monkeypatch):
     from ray import cloudpickle, tune
 
-    from autoprune.study import session as session_module
     from autoprune.study.session import open_session
 
-    monkeypatch.setattr(session_module, "sampler_for_round", lambda session, rnd: LockedSampler())
+    monkeypatch.setattr(ray_driver, "sampler_for_round", lambda session, rnd: LockedSampler())
     handed: dict = {}
 
     class RecordingTuner(tune.Tuner):  # the real Tuner (which pickles its state into tuner.pkl); no fit
@@ -111,7 +112,7 @@ def tmpdir_of_node(tmp_path, monkeypatch):
     d = tmp_path / "tmp"
     d.mkdir()
     monkeypatch.setattr(tempfile, "tempdir", str(d))
-    monkeypatch.setattr(ray_backend, "_WORKER_STATE", {})
+    monkeypatch.setattr(ray_trainable, "_WORKER_STATE", {})
     return d
 
 
@@ -159,7 +160,7 @@ def test_a_folder_not_private_to_this_user_is_refused(driver, tmpdir_of_node, mo
     uid = os.getuid()
     if setup == "other owner":  # the folder of this user's name, made by someone else (uid + 1 plays this user)
         uid += 1
-        monkeypatch.setattr(ray_backend.os, "getuid", lambda: uid)
+        monkeypatch.setattr(ray_trainable.os, "getuid", lambda: uid)
     root = tmpdir_of_node / f"autoprune-ray-{uid}"
     if setup == "symlink":
         target = tmpdir_of_node / "elsewhere"
@@ -173,7 +174,7 @@ def test_a_folder_not_private_to_this_user_is_refused(driver, tmpdir_of_node, mo
     with pytest.raises(PermissionError, match=f"autoprune-ray-{uid} {why}.*Remove it on this node"):
         _worker_state(payload)
     assert (root / payload["key"] / "base.pt").read_bytes() == b"planted"  # neither used nor touched
-    assert not ray_backend._WORKER_STATE
+    assert not ray_trainable._WORKER_STATE
 
 
 def test_a_new_folder_is_private(tmpdir_of_node):

@@ -1,4 +1,4 @@
-"""Repetitive pruning (autoprune.repetitive, prune_to_budget(steps=k)) and distillation in prune_to_budget."""
+"""Repetitive pruning (autoprune.allocation.repetitive, prune_to_budget(steps=k)) and distillation in prune_to_budget."""
 from __future__ import annotations
 
 import pytest
@@ -115,7 +115,6 @@ def test_cli_prune_steps_and_distill(tmp_path, monkeypatch, capsys):
     path.write_text(yaml.safe_dump(cfg))
     calls = []
     import autoprune.allocation.budget
-    import autoprune.budget as budget  # TEMPORARY (issue 19): cli/budget reads the shim until chunk E's sweep
     import autoprune.cli.budget
 
     real = autoprune.allocation.budget.prune_to_budget
@@ -124,8 +123,7 @@ def test_cli_prune_steps_and_distill(tmp_path, monkeypatch, capsys):
         calls.append({k: kw[k] for k in ("steps", "distill")})
         return real(*a, **kw)
 
-    monkeypatch.setattr(budget, "prune_to_budget", spy)
-    monkeypatch.setattr(autoprune.cli.budget, "prune_to_budget", spy, raising=False)
+    monkeypatch.setattr(autoprune.cli.budget, "prune_to_budget", spy)
     assert main(["prune", str(path), "--allocation", "uniform", "--quiet"]) == 0
     assert calls[-1] == {"steps": 2, "distill": {"alpha": 0.8, "temperature": 4.0}}
     assert main(["prune", str(path), "--allocation", "uniform", "--quiet", "--steps", "1"]) == 0

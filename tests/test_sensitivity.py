@@ -11,7 +11,7 @@ from autoprune import ChannelGraph, count_macs
 from autoprune.allocation.sensitivity_analysis import sensitivity, sensitivity_cache_dir
 from autoprune.allocation.sensitivity_table import SensitivityTable
 from autoprune.data import load_data
-from autoprune.scoring import score_groups
+from autoprune.criteria.scoring import score_groups
 from autoprune.train import evaluate, recalibrate_bn
 
 RATIOS = (0.25, 0.5, 0.75)

@@ -21,9 +21,9 @@ import torch
 import torch.nn as nn
 
 from ..data.adapter import DataLike, as_bundle, example_inputs_for, warn_if_not_held_out
-from ..flops import count_macs, count_params
-from ..io import save
-from ..scoring import score_groups
+from ..graph.flops import count_macs, count_params
+from ..deploy.files import save
+from ..criteria.scoring import score_groups
 from ..train import evaluate, finetune, recalibrate_bn
 from ..train.common import model_device
 from .dispatch import allocate
@@ -60,7 +60,7 @@ class BudgetResult:
     prune_steps: list[Any] = field(default_factory=list)  # repetitive pruning: one PruneStep each
 
     def save(self, path: str | os.PathLike) -> Any:
-        """Save the pruned model with :func:`autoprune.io.save` (no pickled code)."""
+        """Save the pruned model with :func:`autoprune.save` (no pickled code)."""
         return save(self.model, path)
 
     def to_dict(self) -> dict[str, Any]:

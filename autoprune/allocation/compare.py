@@ -14,7 +14,7 @@ from tqdm.auto import tqdm
 from ..criteria import available_criteria, get_criterion
 from ..data.adapter import DataLike, as_bundle, example_inputs_for, warn_if_not_held_out
 from ..graph import ChannelGraph
-from ..scoring import _activation_scores, score_groups
+from ..criteria.scoring import activation_scores, score_groups
 from ..train import evaluate, recalibrate_bn
 
 __all__ = ["compare_criteria", "CriteriaComparison", "CriteriaRow"]
@@ -107,7 +107,7 @@ def compare_criteria(model: nn.Module, data: DataLike, criteria: Sequence[str] |
     act = {c: k for c, k in crits.items() if k.kind == "activation"}
     if act:
         t = time.time()
-        scores.update(_activation_scores(graph, act, names, data, None, score_batches, 128, seed,
+        scores.update(activation_scores(graph, act, names, data, None, score_batches, 128, seed,
                                          data.num_classes, None))
         out.score_seconds["activation criteria (one pass)"] = time.time() - t
     for c, k in crits.items():

@@ -48,7 +48,7 @@ import torch
 import torch.nn as nn
 
 from ..graph import ChannelGraph
-from ..scoring import score_groups
+from ..criteria.scoring import score_groups
 from .by_sensitivity import allocate_by_sensitivity
 from .problem import BudgetProblem, resolve_target
 from .result import Allocation

@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from ..data.adapter import split_of
-from ..scoring import score_groups
+from ..criteria.scoring import score_groups
 from ..train import evaluate, finetune, recalibrate_bn
 from ..train.common import model_device
 from .sensitivity_analysis import cpu_graph

@@ -41,7 +41,7 @@ from ..data.adapter import DataLike, as_bundle, example_inputs_for, split_of, wa
 from ..data.fingerprint import data_fingerprint
 from ..graph import ChannelGraph
 from ..graph.core import check_finite
-from ..scoring import score_groups
+from ..criteria.scoring import score_groups
 from ..train import evaluate, recalibrate_bn
 from ..train.common import model_device
 from .sensitivity_table import CACHE_VERSION, DEFAULT_RATIOS, SensitivityRow, SensitivityTable

@@ -11,7 +11,7 @@ from typing import Any
 
 from ..allocation.budget import prune_to_budget
 from ..allocation.sensitivity_analysis import sensitivity
-from ..build import build, prune_spec, sensitivity_options
+from ..build import build, prune_spec, sensitivity_spec
 from .common import add_config, logger, output_path, parse_budget, parse_floats, read_config
 
 __all__ = ["add_subcommands"]
@@ -23,22 +23,14 @@ def cmd_sensitivity(args: argparse.Namespace) -> int:
     The options come from the config's ratios.sensitivity (the table a guided search uses, so this command fills
     its cache), the criterion from the first of its criteria."""
     cfg = read_config(args)
-    opts = sensitivity_options(cfg)
-    for key, value in (("criterion", args.criterion), ("ratios", parse_floats(args.ratios, "--ratios")),
-                       ("bn_batches", args.bn_batches), ("eval_batches", args.eval_batches),
-                       ("metric", args.metric)):
-        if value is not None:
-            opts[key] = value
-    if args.no_cache:
-        opts["cache_dir"] = False
-    elif args.cache_dir:
-        opts["cache_dir"] = args.cache_dir
-    if args.refresh:
-        opts["refresh"] = True
-    opts["progress"] = not args.quiet
+    spec = sensitivity_spec(cfg).replace(  # the config's options; those given below replace them
+        criterion=args.criterion, ratios=parse_floats(args.ratios, "--ratios"), bn_batches=args.bn_batches,
+        eval_batches=args.eval_batches, metric=args.metric,
+        cache_dir=False if args.no_cache else (args.cache_dir or None), refresh=True if args.refresh else None,
+        progress=not args.quiet)
     with cfg.cpu_threads():
         built = build(cfg, log=logger(args.quiet), progress=not args.quiet)
-        table = sensitivity(built.model, built.data, example_inputs=built.example_inputs, **opts)
+        table = sensitivity(built.model, built.data, example_inputs=built.example_inputs, **spec.kwargs())
     out = output_path(cfg, args.out, "sensitivity")
     out.mkdir(parents=True, exist_ok=True)
     table.save(out / "sensitivity.json")

@@ -13,7 +13,7 @@ from typing import Any, Callable
 
 import optuna
 
-from ..study.ray_backend import RayUnreachable, search_ray
+from ..study.ray import RayUnreachable, search_ray
 from ..study.storage import (DEFAULT_GRACE, DEFAULT_HEARTBEAT, DEFAULT_MAX_RETRY, DEFAULT_PATIENCE, StorageLost,
                              StorageUnreachable)
 from ..study.worker import run_worker

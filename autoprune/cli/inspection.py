@@ -5,7 +5,7 @@ import argparse
 from typing import Any
 
 from ..build import inspection_target
-from ..flops import count_macs, count_params
+from ..graph.flops import count_macs, count_params
 from ..graph import ChannelGraph
 
 __all__ = ["add_subcommands"]

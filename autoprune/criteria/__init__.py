@@ -11,14 +11,16 @@ feed them from forward hooks. See docs/criteria.md.
 """
 from __future__ import annotations
 
-from .activation import (ActivationStats, DICriterion, DiscriminationCriterion, EZCropAccumulator,
-                         EZCropCriterion, FDRCriterion, HRankCriterion, PooledClassStats, PooledScatterStats,
-                         RankAccumulator, SDCriterion, SNRCriterion, TTCriterion, batched_rank, ezcrop_ratio,
-                         ezcrop_zone, pool_features, run_accumulators)
-from .base import Accumulator, ActivationCriterion, Criterion, WeightCriterion
+from .accumulators import (ActivationStats, EZCropAccumulator, PooledClassStats, PooledScatterStats,
+                           RankAccumulator, run_accumulators)
+from .activation import (DICriterion, DiscriminationCriterion, EZCropCriterion, FDRCriterion, HRankCriterion,
+                         SDCriterion, SNRCriterion, TTCriterion)
+from .base import Accumulator, ActivationCriterion, Criterion, WeightCriterion, filter_weight
 from .hooks import ActivationRecorder, collect_activation_scores
+from .kernels import batched_rank, ezcrop_ratio, ezcrop_zone, pool_features
 from .registry import available_criteria, get_criterion, register_criterion, unregister_criterion
-from .weight import EigenCriterion, L1Criterion, L2Criterion, RandomCriterion, filter_weight
+from .scoring import DEFAULT_HOOKS, score, score_groups
+from .weight import EigenCriterion, L1Criterion, L2Criterion, RandomCriterion
 
 __all__ = [
     "Criterion", "WeightCriterion", "ActivationCriterion", "Accumulator",
@@ -29,4 +31,5 @@ __all__ = [
     "RankAccumulator", "EZCropAccumulator", "PooledClassStats", "PooledScatterStats",
     "ActivationStats", "run_accumulators", "ActivationRecorder", "collect_activation_scores",
     "batched_rank", "ezcrop_zone", "ezcrop_ratio", "pool_features",
+    "score", "score_groups", "DEFAULT_HOOKS",
 ]

@@ -19,9 +19,10 @@ import dataclasses
 from typing import Any, ClassVar, Hashable
 
 import torch
+import torch.nn as nn
 from torch import Tensor
 
-__all__ = ["Criterion", "WeightCriterion", "ActivationCriterion", "Accumulator", "as_nchw"]
+__all__ = ["Criterion", "WeightCriterion", "ActivationCriterion", "Accumulator", "as_nchw", "filter_weight"]
 
 
 def as_nchw(fmap: Tensor) -> Tensor:
@@ -33,6 +34,26 @@ def as_nchw(fmap: Tensor) -> Tensor:
     elif fmap.dim() != 4:
         raise ValueError(f"feature map must be [N, C, H, W] or [N, C], got shape {tuple(fmap.shape)}")
     return fmap.detach()
+
+
+def filter_weight(module_or_weight: nn.Module | Tensor) -> Tensor:
+    """The weight of a module laid out with output channels first: ``[out, in/groups, *kernel]``.
+
+    ConvTranspose weights (stored ``[in, out/groups, *k]``) are regrouped; Linear gives ``[out, in]``; a 1-D weight
+    (e.g. a norm layer's scale) gives ``[C]``. A tensor is returned detached and unchanged.
+    """
+    if isinstance(module_or_weight, Tensor):
+        return module_or_weight.detach()
+    weight = getattr(module_or_weight, "weight", None)
+    if not isinstance(weight, Tensor):
+        raise TypeError(f"{type(module_or_weight).__name__} has no weight tensor to score")
+    w = weight.detach()
+    if isinstance(module_or_weight, nn.modules.conv._ConvTransposeNd):
+        g = module_or_weight.groups
+        cin, cout_g = w.shape[:2]
+        k = w.shape[2:]
+        w = w.reshape(g, cin // g, cout_g, *k).transpose(1, 2).reshape(g * cout_g, cin // g, *k)
+    return w
 
 
 class Criterion:
@@ -63,8 +84,6 @@ class WeightCriterion(Criterion):
         ``name`` (the module's name) is only used by criteria that need a per-layer identity (``random``).
         Returns a float64 CPU tensor ``[out_channels]``.
         """
-        from .weight import filter_weight  # local import: weight.py imports this module
-
         weight = filter_weight(module_or_weight)
         return self.score_tensor(weight, name=name)
 

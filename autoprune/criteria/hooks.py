@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 from torch import Tensor
 
-from .activation import ActivationStats, CriteriaSpec
+from .accumulators import ActivationStats, CriteriaSpec, compute_label_range
 
 __all__ = ["ActivationRecorder", "collect_activation_scores"]
 
@@ -40,6 +40,7 @@ class ActivationRecorder:
         self.stats: dict[str, ActivationStats] = {
             name: ActivationStats(criteria, num_classes=num_classes, device=device) for name in self.modules}
         self.labels: Tensor | None = None
+        self._label_range: tuple[Tensor | None, tuple[int, int] | None] = (None, None)  # (labels, their range)
         self._batch = 0
         self._seen: dict[str, int] = {}
         self._handles: list[Any] = []
@@ -47,6 +48,8 @@ class ActivationRecorder:
     def set_labels(self, labels: Tensor | None) -> None:
         """Labels ``[N]`` of the next forward pass's batch (None when no criterion needs them)."""
         self.labels = None if labels is None else torch.as_tensor(labels)
+        # (min, max) once per batch, shared by every hooked module (one synchronisation per batch, not per hook)
+        self._label_range = (self.labels, compute_label_range(self.labels))
         self._batch += 1
 
     def _hook(self, name: str):
@@ -62,9 +65,13 @@ class ActivationRecorder:
                                        "once (e.g. a separate nn.ReLU instance)")
                 self._seen[name] = self._batch
             labels = self.labels
+            of, label_range = self._label_range
+            if labels is not of:  # labels assigned without set_labels
+                label_range = compute_label_range(labels)
             if labels is not None and isinstance(fmap, Tensor) and labels.device != fmap.device:
                 labels = self.labels = labels.to(fmap.device)  # move once per batch, not once per hook
-            stats.update(fmap.detach(), labels)
+            self._label_range = (labels, label_range)
+            stats.update(fmap.detach(), labels, label_range=label_range)
 
         return hook
 

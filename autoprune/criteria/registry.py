@@ -1,5 +1,9 @@
 """Criterion registry: look criteria up by name with parameters, and let users add their own.
 
+This module holds the table only and imports no criterion: the built-in criteria register themselves when their
+modules (:mod:`~autoprune.criteria.weight`, :mod:`~autoprune.criteria.activation`) are imported, which importing
+:mod:`autoprune.criteria` does.
+
 >>> crit = get_criterion("ezcrop", alpha=0.25)
 >>> crit.kind
 'activation'
@@ -75,16 +79,3 @@ def get_criterion(name: str | Criterion, **params: Any) -> Criterion:
         raise TypeError(f"factory for {key!r} returned {type(crit).__name__}, which has no kind "
                         "'weight' or 'activation'")
     return crit
-
-
-def _register_builtins() -> None:
-    from .activation import (DICriterion, EZCropCriterion, FDRCriterion, HRankCriterion, SDCriterion,
-                             SNRCriterion, TTCriterion)
-    from .weight import EigenCriterion, L1Criterion, L2Criterion, RandomCriterion
-
-    for cls in (L1Criterion, L2Criterion, EigenCriterion, RandomCriterion, HRankCriterion, EZCropCriterion,
-                TTCriterion, SNRCriterion, FDRCriterion, SDCriterion, DICriterion):
-        register_criterion(cls.name, cls, overwrite=True)
-
-
-_register_builtins()

@@ -6,6 +6,8 @@
                ``"eigen"``: max |λ(K)| with complex magnitudes; ``"mean_abs"``: mean |K|), summed over ``i``.
                For 1×1 kernels (and Linear weights, treated as 1×1) every variant is |w|.
 * ``random`` : the control; seeded ``torch.Generator`` uniform scores, deterministic per (seed, layer name).
+
+The built-in weight criteria register themselves by name when this module is imported.
 """
 from __future__ import annotations
 
@@ -14,32 +16,12 @@ from dataclasses import dataclass
 from typing import ClassVar
 
 import torch
-import torch.nn as nn
 from torch import Tensor
 
 from .base import WeightCriterion
+from .registry import register_criterion
 
-__all__ = ["filter_weight", "L1Criterion", "L2Criterion", "EigenCriterion", "RandomCriterion"]
-
-
-def filter_weight(module_or_weight: nn.Module | Tensor) -> Tensor:
-    """The weight of a module laid out with output channels first: ``[out, in/groups, *kernel]``.
-
-    ConvTranspose weights (stored ``[in, out/groups, *k]``) are regrouped; Linear gives ``[out, in]``; a 1-D weight
-    (e.g. a norm layer's scale) gives ``[C]``. A tensor is returned detached and unchanged.
-    """
-    if isinstance(module_or_weight, Tensor):
-        return module_or_weight.detach()
-    weight = getattr(module_or_weight, "weight", None)
-    if not isinstance(weight, Tensor):
-        raise TypeError(f"{type(module_or_weight).__name__} has no weight tensor to score")
-    w = weight.detach()
-    if isinstance(module_or_weight, nn.modules.conv._ConvTransposeNd):
-        g = module_or_weight.groups
-        cin, cout_g = w.shape[:2]
-        k = w.shape[2:]
-        w = w.reshape(g, cin // g, cout_g, *k).transpose(1, 2).reshape(g * cout_g, cin // g, *k)
-    return w
+__all__ = ["L1Criterion", "L2Criterion", "EigenCriterion", "RandomCriterion"]
 
 
 def _as_slices(weight: Tensor) -> Tensor:
@@ -135,3 +117,8 @@ class RandomCriterion(WeightCriterion):
 
     def score_tensor(self, weight: Tensor, name: str | None = None) -> Tensor:
         return self.score_channels(weight.shape[0], name)
+
+
+for _cls in (L1Criterion, L2Criterion, EigenCriterion, RandomCriterion):
+    register_criterion(_cls.name, _cls, overwrite=True)
+del _cls

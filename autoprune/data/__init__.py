@@ -34,7 +34,3 @@ __all__ = [
     "normalize",
     "random_crop_flip",
 ]
-
-# TEMPORARY (issue 19): old private names, removed in the sweep
-_OPTIONS = DATA_OPTIONS
-_epoch_generator = epoch_generator

@@ -42,6 +42,7 @@ from typing import Any, Callable, Sequence
 import torch
 import torch.nn as nn
 
+from .._lineage import lineage_of
 from . import files as apio
 from .inputs import as_input_tuple, inputs_at_batch
 
@@ -223,8 +224,7 @@ def export_model(model: nn.Module, example_inputs: Any, path: str | os.PathLike,
     if format == "exported" and Path(path).suffix != ".pt2":
         raise ValueError(f"{path}: torch.export.load reads archives named *.pt2; name the file e.g. "
                          f"{Path(path).with_suffix('.pt2').name}")
-    if format == "autoprune" and not (getattr(model, "_autoprune_meta", None) or {}).get("arch") \
-            and getattr(model, "_autoprune_arch", None) is None:
+    if format == "autoprune" and not lineage_of(model).arch:
         raise ValueError("the autoprune format rebuilds the base architecture by name, and this model was not built "
                          "by autoprune.get_model: export it as onnx, exported or torchscript, or save it with "
                          "autoprune.save and load it with autoprune.load(path, model=<an unpruned instance>)")

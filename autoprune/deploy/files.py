@@ -14,6 +14,7 @@ import torch
 import torch.nn as nn
 
 from .._files import atomic_write
+from .._lineage import lineage_of, set_lineage
 from ..graph import ChannelGraph
 from ..models import get_model
 
@@ -27,13 +28,12 @@ def save(model: nn.Module, path: str | os.PathLike) -> None:
 
     The write is atomic (temporary file, then rename), so an interrupted save never leaves a truncated file.
     """
-    meta = getattr(model, "_autoprune_meta", None) or {}
-    arch = meta.get("arch") or getattr(model, "_autoprune_arch", None)
+    lineage = lineage_of(model)
     payload = {
         "format": FORMAT,
-        "arch": arch,
-        "steps": meta.get("steps", []),
-        "input_shapes": meta.get("input_shapes"),
+        "arch": dict(lineage.arch) if lineage.arch else None,
+        "steps": [dict(s) for s in lineage.steps],
+        "input_shapes": [list(s) for s in lineage.input_shapes] if lineage.input_shapes is not None else None,
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
     atomic_write(path, lambda f: torch.save(payload, f))
@@ -100,6 +100,6 @@ def load(path: str | os.PathLike, model: nn.Module | None = None, *, map_locatio
         graph = ChannelGraph(model, tuple(torch.zeros(s) for s in shapes))
         model = graph.prune_channels(removed)
     model.load_state_dict(payload["state_dict"])
-    if arch and getattr(model, "_autoprune_meta", None) is not None:
-        model._autoprune_meta["arch"] = arch
+    if arch:
+        set_lineage(model, lineage_of(model).with_arch(arch))
     return model.eval()

@@ -4,18 +4,22 @@ from __future__ import annotations
 import copy
 import math
 import warnings
-from typing import Any, Mapping, Sequence
+import difflib
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn as nn
 
+from .._lineage import lineage_of, set_lineage
 from .analysis import Analysis, analyse
+from .flops import count_macs
 from .groups import ChannelGroup, build_groups
-from .surgery import _Keep, apply_pruning
+from .surgery import Keep, apply_pruning
 from .trace import trace
 
-__all__ = ["ChannelGraph", "as_inputs", "check_finite", "check_scores", "NonFiniteError", "NothingToPruneWarning"]
+__all__ = ["ChannelGraph", "as_inputs", "check_finite", "check_scores", "NonFiniteError", "NothingToPruneWarning",
+           "set_group_scorer"]
 
 
 class NonFiniteError(ValueError):
@@ -26,6 +30,26 @@ class NonFiniteError(ValueError):
 class NothingToPruneWarning(UserWarning):
     """:meth:`ChannelGraph.prune` was asked for a ratio above 0 but removed no channel (no prunable group, or ratios
     too small to remove one channel of any group): the model comes back unchanged."""
+
+
+#: Scores channels for :meth:`ChannelGraph.prune` and :meth:`ChannelGraph.removal_for` given a criterion name:
+#: ``scorer(graph, criterion, data=..., groups=[names], **criterion_kwargs) -> {group: scores}``. The engine knows
+#: nothing of criteria (a lower layer); :mod:`autoprune.criteria.scoring` fills this slot when it is imported, which
+#: ``import autoprune`` always does.
+GroupScorer = Callable[..., "dict[str, torch.Tensor]"]
+_group_scorer: list[GroupScorer] = []
+
+
+def set_group_scorer(scorer: GroupScorer) -> None:
+    """Install the function that turns a criterion name into channel scores (see :data:`GroupScorer`)."""
+    _group_scorer[:] = [scorer]
+
+
+def _score(graph: "ChannelGraph", criterion: str, **kwargs: Any) -> dict[str, torch.Tensor]:
+    if not _group_scorer:
+        raise RuntimeError("no channel scorer is installed: import autoprune (or autoprune.criteria.scoring) before "
+                           "asking ChannelGraph for a criterion, or pass scores=")
+    return _group_scorer[0](graph, criterion, **kwargs)
 
 
 _NORM_BUFFERS = (nn.modules.batchnorm._NormBase,)  # BatchNorm / InstanceNorm running statistics
@@ -117,9 +141,7 @@ class ChannelGraph:
         check_finite(model)
         self.example_inputs = as_inputs(example_inputs)
         self._training = model.training
-        prev = getattr(model, "_autoprune_meta", None) or {}
-        self._arch = prev.get("arch") or getattr(model, "_autoprune_arch", None)
-        self._steps = list(prev.get("steps", []))
+        self._lineage = lineage_of(model)
         base = copy.deepcopy(model).eval()
         self.gm = trace(base)
         self.analysis: Analysis = analyse(self.gm, self.example_inputs, approximate=bool(approximate))
@@ -137,8 +159,6 @@ class ChannelGraph:
         try:
             return self._by_name[name]
         except KeyError:
-            import difflib
-
             close = difflib.get_close_matches(name, list(self._by_name), n=3)
             hint = f"; did you mean {', '.join(close)}?" if close else f"; groups: {', '.join(self._by_name)}"
             raise KeyError(f"no channel group named {name!r}{hint}") from None
@@ -198,9 +218,7 @@ class ChannelGraph:
         resolved = self.resolve_ratios(ratios)
         if scores is None:
             needed = [n for n, r in resolved.items() if math.floor(r * self._by_name[n].channels + 1e-9) > 0]
-            from ..scoring import score_groups
-
-            scores = score_groups(self, criterion, data=data, groups=needed, **criterion_kwargs) if needed else {}
+            scores = _score(self, criterion, data=data, groups=needed, **criterion_kwargs) if needed else {}
         removal = self.plan(resolved, scores)
         self._warn_if_nothing_removed(ratios, resolved, removal)
         return self.prune_channels(removal)
@@ -243,20 +261,15 @@ class ChannelGraph:
             clean[name] = idx
         pruned = apply_pruning(self.analysis, removed_roots, self.example_inputs)
         pruned.train(self._training)
-        pruned._autoprune_meta = {  # what autoprune.save needs to rebuild this model without pickled code
-            "steps": self._steps + [clean],
-            "input_shapes": [list(x.shape) for x in self.example_inputs],
-            "arch": self._arch,
-        }
+        # what autoprune.save needs to rebuild this model without pickled code
+        set_lineage(pruned, self._lineage.pruned(clean, [x.shape for x in self.example_inputs]))
         return pruned
 
     def removal_for(self, ratios: float | Mapping[str, float], scores: Mapping[str, torch.Tensor] | None = None,
                     criterion: str = "l1") -> dict[str, list[int]]:
         """The channels :meth:`prune` would remove (weight criteria need no data), without pruning."""
         if scores is None:
-            from ..scoring import score_groups
-
-            scores = score_groups(self, criterion, groups=list(self.resolve_ratios(ratios)))
+            scores = _score(self, criterion, groups=list(self.resolve_ratios(ratios)))
         return self.plan(ratios, scores)
 
     def _roots(self, remove: Mapping[str, Sequence[int]]) -> set[int]:
@@ -269,8 +282,6 @@ class ChannelGraph:
         When it does not (matmuls in attention, convs called as functions), :meth:`macs` counts on the pruned
         model instead, and says so with a warning."""
         if self._macs_exact is None:
-            from ..flops import count_macs
-
             counted = count_macs(self.gm, self.example_inputs)
             modelled = self._site_macs(None)
             self._macs_exact = counted == modelled
@@ -290,13 +301,11 @@ class ChannelGraph:
             return self._site_macs(remove, params=True)
         if self.macs_exact:
             return self._site_macs(remove)
-        from ..flops import count_macs
-
         model = self.prune_channels(remove) if remove and any(len(v) for v in remove.values()) else self.gm
         return count_macs(model, self.example_inputs)
 
     def _site_macs(self, remove: Mapping[str, Sequence[int]] | None, *, params: bool = False) -> int:
-        keep = _Keep(self.analysis, self._roots(remove or {}))
+        keep = Keep(self.analysis, self._roots(remove or {}))
         modules = dict(self.gm.named_modules())
         values = self.analysis.values
         batch = self.example_inputs[0].shape[0] if self.example_inputs[0].dim() else 1

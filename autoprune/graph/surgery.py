@@ -20,14 +20,14 @@ from .rules import take
 
 _MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding", "filter")
 
-__all__ = ["PruneError", "apply_pruning"]
+__all__ = ["PruneError", "apply_pruning", "Keep"]
 
 
 class PruneError(RuntimeError):
     """Pruning produced a model whose shapes disagree with the analysis (the message names the op and line)."""
 
 
-class _Keep:
+class Keep:
     """Element ids -> kept mask (vectorised over the analysis' resolved roots)."""
 
     def __init__(self, a: Analysis, removed_roots: set[int]) -> None:
@@ -39,7 +39,7 @@ class _Keep:
         return ~self.removed[self.root_of[np.asarray(elem, dtype=np.int64)]]
 
 
-def _expected_shape(ti: TI, keep: _Keep, where: str) -> tuple:
+def _expected_shape(ti: TI, keep: Keep, where: str) -> tuple:
     shape = list(ti.shape)
     if not ti.cdims:
         return tuple(shape)
@@ -70,7 +70,7 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
                 if t.dim() > 0:
                     memo[id(t)] = t
     gm = copy.deepcopy(a.gm, memo)
-    keep = _Keep(a, removed_roots)
+    keep = Keep(a, removed_roots)
     nodes = {n.name: n for n in gm.graph.nodes}
     done: set[str] = set()
     for s in a.sites:
@@ -148,7 +148,7 @@ def _unshare(m: nn.Module, memo: dict) -> None:
 
 
 class _ShapeCheck(fx.Interpreter):
-    def __init__(self, gm: fx.GraphModule, a: Analysis, keep: _Keep) -> None:
+    def __init__(self, gm: fx.GraphModule, a: Analysis, keep: Keep) -> None:
         super().__init__(gm)
         self.a, self.keep = a, keep
 
@@ -172,7 +172,7 @@ class _ShapeCheck(fx.Interpreter):
         return value
 
 
-def _validate(a: Analysis, gm: fx.GraphModule, keep: _Keep, example_inputs: tuple) -> None:
+def _validate(a: Analysis, gm: fx.GraphModule, keep: Keep, example_inputs: tuple) -> None:
     was = gm.training
     gm.eval()
     with torch.no_grad():

@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
+from . import layer_rules, library_rules  # noqa: F401  (importing them fills the rule table with the built-in rules)
 from .functions import caller
 from .rules import lookup_module
 

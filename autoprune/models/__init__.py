@@ -9,7 +9,9 @@ import difflib
 from typing import Any, Callable
 
 import torch.nn as nn
+import torchvision
 
+from .._lineage import Lineage, set_lineage
 from .cifar_resnet import CifarResNet, ShortcutA, resnet20, resnet32, resnet44, resnet56, resnet110
 from .vgg import CifarVGG, vgg16_bn
 
@@ -31,16 +33,13 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     """Build a model by name: a package CIFAR model, or ``torchvision:NAME`` / a bare torchvision name."""
     model = _build(name, **kwargs)
     # Plain data naming how to rebuild the model: autoprune.save stores it instead of pickled code.
-    model._autoprune_arch = {"name": name, "kwargs": dict(kwargs)}
-    return model
+    return set_lineage(model, Lineage(arch={"name": name, "kwargs": dict(kwargs)}))
 
 
 def _build(name: str, **kwargs: Any) -> nn.Module:
     if name in _PACKAGE:
         return _PACKAGE[name](**kwargs)
     tv_name = name.split(":", 1)[1] if name.startswith("torchvision:") else name
-    import torchvision
-
     tv_names = torchvision.models.list_models(module=torchvision.models)
     if tv_name not in tv_names:
         close = difflib.get_close_matches(tv_name, list(_PACKAGE) + tv_names, n=3)

@@ -16,7 +16,8 @@ from ..config import SearchConfig, load_stored_config
 from ..deploy.export import FORMATS, ExportResult, export_model
 from ..deploy.files import save
 from ..train.polish import PolishResult, polish
-from .problem import Problem, removal_digest
+from .digest import removal_digest
+from .problem import Problem
 from .speed import speed_table
 
 __all__ = ["TrialRecord", "ParetoFront", "ExportedTrial", "front_records", "trial_records", "pareto_filter",
@@ -298,7 +299,8 @@ class ParetoFront(Sequence[TrialRecord]):
                progress: bool = False, format: str = "autoprune") -> Any:
         """Rebuild trial ``number`` (see :meth:`rebuild`), save it with :func:`autoprune.deploy.files.save` to
         ``path`` and write ``<path>.json`` (trial, ratios, criterion, stored and reproduced accuracy). Returns the
-        model; :meth:`export_trial` (same arguments) also returns what was written.
+        model (nothing is attached to it); :meth:`export_trial` (same arguments) returns an :class:`ExportedTrial`:
+        the model with what was written, the format's check and the polish result.
 
         With ``verify`` a reproduced accuracy that differs from the trial's by more than ``atol`` warns (expected
         only on GPUs with non-deterministic kernels). ``finetune_epochs > 0`` polishes the rebuilt model first
@@ -307,14 +309,8 @@ class ParetoFront(Sequence[TrialRecord]):
         ``"onnx"``, ``"exported"``, ``"torchscript"``: written by :func:`autoprune.deploy.export.export_model`, which
         runs the file back and compares it with the model (its result is ``<path>.json``'s ``export`` entry and
         :attr:`ExportedTrial.export`)."""
-        res = self.export_trial(number, path, verify=verify, atol=atol, finetune_epochs=finetune_epochs,
-                                distill=distill, lr=lr, progress=progress, format=format)
-        # TEMPORARY (issue 19): cli/search._cmd_export reads these two until it calls export_trial; removed in the
-        # sweep (plan section 4: results are returned, never stamped on a model)
-        res.model._autoprune_search = res.info
-        if res.export is not None:
-            res.model._autoprune_export = res.export
-        return res.model
+        return self.export_trial(number, path, verify=verify, atol=atol, finetune_epochs=finetune_epochs,
+                                 distill=distill, lr=lr, progress=progress, format=format).model
 
     def export_trial(self, number: int, path: str | os.PathLike, *, verify: bool = True, atol: float = 1e-6,
                      finetune_epochs: int = 0, distill: bool | dict[str, float] = True, lr: float | None = None,

@@ -24,8 +24,8 @@ import optuna
 from optuna.trial import TrialState
 
 from ..config import SearchConfig
+from .digest import removal_digest
 from .early_stopping import stopper_for, trial_callback
-from .problem import removal_digest
 from .recovery import worker_info
 
 __all__ = ["TrialObjective", "find_evaluated", "RESULT_ATTRS", "REUSED_ATTR"]

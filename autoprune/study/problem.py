@@ -7,8 +7,6 @@ reproduces the trial's accuracy (bit for bit on the CPU).
 from __future__ import annotations
 
 import copy
-import hashlib
-import json
 import math
 import time
 from dataclasses import dataclass
@@ -21,11 +19,11 @@ from ..allocation.sensitivity_analysis import sensitivity
 from ..build import build, sensitivity_options
 from ..config import SearchConfig
 from ..graph import ChannelGraph
-from ..scoring import score_groups
+from ..criteria.scoring import score_groups
 from ..train import evaluate, finetune, recalibrate_bn
 from .speed import RemovalLatency, latency_attrs, latency_settings, wants_latency
 
-__all__ = ["Problem", "TrialOutcome", "removal_digest"]
+__all__ = ["Problem", "TrialOutcome"]
 
 
 @dataclass
@@ -41,12 +39,6 @@ class TrialOutcome:
     finetuned: bool
     finetune_seconds: float
     seconds: float
-
-
-def removal_digest(removal: Mapping[str, Any]) -> str:
-    """Short hash of a removal plan ({group: channel indices}); export checks it to prove it rebuilt the same cut."""
-    canon = {k: sorted(int(i) for i in v) for k, v in sorted(removal.items()) if len(v)}
-    return hashlib.sha256(json.dumps(canon, sort_keys=True).encode()).hexdigest()[:16]
 
 
 class Problem:

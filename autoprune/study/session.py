@@ -31,8 +31,6 @@ from .bounds import check_against_graph
 from .front import ParetoFront
 from .objective import TrialObjective
 from .optuna_study import check_directions, create_or_load, make_sampler, process_seed, record_study
-# TEMPORARY (issue 19): old names of this module that study/ray_backend still imports from here; removed in the sweep
-from .optuna_study import BASE_SHA_ATTR, STUDY_ATTR, directions, metric_names, open_study  # noqa: F401
 from .patient_storage import storage_of, trial_id_of
 from .problem import Problem
 from .recovery import DEFAULT_MAX_RETRY, RetryFailedTrial, WorkerRegistry, recover_stale_trials, worker_info

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 from ..deploy.latency import Latency, LatencyCache, measure_latency
+from .digest import removal_digest
 
 __all__ = ["wants_latency", "latency_settings", "RemovalLatency", "latency_attrs", "LATENCY_ATTRS", "speed_rows",
            "speed_table"]
@@ -54,9 +55,6 @@ class RemovalLatency:
         self.cache = LatencyCache(cache_path)
 
     def __call__(self, removal: Mapping[str, Sequence[int]], sha: str | None = None) -> Latency:
-        # lazy: SWEEP (waits for chunk A: removal_digest moves to autoprune.graph.core; problem imports this module)
-        from .problem import removal_digest
-
         sha = sha or removal_digest(removal)
         settings = {k: v for k, v in self.settings.items() if k != "onnx_exporter"}
         hit = self.cache.get(sha, **settings)

@@ -16,12 +16,3 @@ from .evaluation import EvalResult, evaluate, recalibrate_bn
 from .loop import SCHEDULES, FinetuneResult, finetune
 
 __all__ = ["EvalResult", "FinetuneResult", "evaluate", "finetune", "recalibrate_bn"]
-
-# TEMPORARY (issue 19): old private names, removed in the sweep
-from ..data.adapter import split_of as _split_of  # noqa: E402
-from .common import autocast as _autocast  # noqa: E402
-from .common import default_amp as _default_amp  # noqa: E402
-from .common import preserve_modes as _preserve_modes  # noqa: E402
-from .common import require_labels as _labels  # noqa: E402
-
-_model_device = model_device

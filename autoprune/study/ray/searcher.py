@@ -1,12 +1,12 @@
-"""The one adapter to Ray Tune's ``OptunaSearch`` internals, used by :mod:`autoprune.study.ray_backend`.
+"""The one adapter to Ray Tune's ``OptunaSearch`` internals, used by the Ray driver (:mod:`autoprune.study.ray.driver`).
 
 ``OptunaSearch`` keeps the Optuna trial of every Tune trial in private attributes (``_ot_trials``, the handed-out
 trials; ``_completed_trials``, those told; ``_ot_study``) and exposes no way to write user attributes or constraints
 into a trial before it is told, nor to end one PRUNED. :func:`searcher_class` subclasses it to do exactly that, to
 list the handed-out trials a stopped round leaves unfinished, and to keep Tune's experiment checkpoint of the
 searcher out (the Optuna storage is the record). Only this module reads those attributes;
-tests/test_tune_searcher.py checks them on the installed Ray.
-Written against ray 2.60 (``TESTED_VERSIONS`` in ray_backend).
+tests/test_ray_searcher.py checks them on the installed Ray.
+Written against ray 2.60 (:data:`TESTED_VERSIONS`).
 """
 from __future__ import annotations
 
@@ -15,7 +15,10 @@ from typing import Any, Callable
 
 import optuna
 
-__all__ = ["RECORD_KEY", "searcher_class"]
+__all__ = ["RECORD_KEY", "searcher_class", "TESTED_VERSIONS"]
+
+#: Versions this adapter (and the Ray backend) was written and tested against (pin them together).
+TESTED_VERSIONS = {"ray": "2.60.0", "optuna": "5.1.0"}
 
 #: The result key under which a trainable returns (as JSON) the user attributes and constraints of its trial.
 RECORD_KEY = "autoprune_record"

@@ -1,4 +1,4 @@
-"""The adapter to Ray Tune's OptunaSearch internals (autoprune/study/tune_searcher.py), on the installed Ray: the
+"""The adapter to Ray Tune's OptunaSearch internals (autoprune/study/ray/searcher.py), on the installed Ray: the
 Optuna trial of a Tune trial is found, a result's record lands in it before it is told, the handed-out trials a
 stopped round leaves are listed, and the pickled searcher carries no study. No Ray cluster is started."""
 from __future__ import annotations
@@ -8,7 +8,7 @@ import json
 import optuna
 from optuna.trial import TrialState
 
-from autoprune.study.tune_searcher import RECORD_KEY, searcher_class
+from autoprune.study.ray.searcher import RECORD_KEY, searcher_class
 
 
 def _searcher():
@@ -60,7 +60,8 @@ def test_rung_scheduler_stops_a_dominated_trial_which_ends_pruned():
     from ray.tune.schedulers import TrialScheduler
 
     from autoprune.study.early_stopping import RUNG_ATTR, STOP_ATTR, EarlyStopper, Rungs
-    from autoprune.study.ray_backend import _RUNG_INDEX, _RUNG_STEP, _Driver, _quota, _rung_scheduler
+    from autoprune.study.ray.driver import _Driver, _quota, _rung_scheduler
+    from autoprune.study.ray.trainable import RUNG_INDEX, RUNG_STEP
 
     searcher, study = _searcher()
     stopper = EarlyStopper(Rungs((0.0,), reduction_factor=2, min_results=2), ["maximize", "minimize"],
@@ -71,14 +72,14 @@ def test_rung_scheduler_stops_a_dominated_trial_which_ends_pruned():
 
     def rung(tid, acc, macs):
         return scheduler.on_trial_result(None, SimpleNamespace(trial_id=tid),
-                                         {"accuracy": acc, "macs": macs, _RUNG_STEP: 0, _RUNG_INDEX: 0})
+                                         {"accuracy": acc, "macs": macs, RUNG_STEP: 0, RUNG_INDEX: 0})
 
     assert rung("a", 0.8, 0.5) == TrialScheduler.CONTINUE  # alone on the rung (min_results 2)
     assert rung("b", 0.9, 0.4) == TrialScheduler.CONTINUE  # dominates a
     assert rung("c", 0.5, 0.6) == TrialScheduler.STOP  # dominated by both: cannot reach the front
     assert scheduler.on_trial_result(None, SimpleNamespace(trial_id="a"), {"accuracy": 0.8, "macs": 0.5}) == \
         TrialScheduler.CONTINUE  # not a rung result
-    searcher.on_trial_complete("c", result={"accuracy": 0.5, "macs": 0.6, _RUNG_STEP: 0, _RUNG_INDEX: 0})
+    searcher.on_trial_complete("c", result={"accuracy": 0.5, "macs": 0.6, RUNG_STEP: 0, RUNG_INDEX: 0})
     searcher.on_trial_complete("b", result={"accuracy": 0.92, "macs": 0.4})
 
     a, b, c = study.get_trials()

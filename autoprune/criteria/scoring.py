@@ -15,6 +15,7 @@ after the chosen nodes and feed streaming accumulators; no feature map is stored
 """
 from __future__ import annotations
 
+import copy
 from typing import Any, Iterable, Mapping
 
 import numpy as np
@@ -23,9 +24,11 @@ import torch.fx as fx
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .data_adapter import DataLike, as_bundle
-from .graph.analysis import TI
-from .graph.core import NonFiniteError, check_scores
+from ..data.adapter import DataLike, as_bundle
+from ..graph.analysis import TI
+from ..graph.core import ChannelGraph, NonFiniteError, check_scores, set_group_scorer
+from .accumulators import ActivationStats, compute_label_range
+from .registry import get_criterion
 
 __all__ = ["score_groups", "score", "DEFAULT_HOOKS"]
 
@@ -93,7 +96,7 @@ def _combine(n_units: int, parts: Iterable[tuple[np.ndarray, torch.Tensor]]) -> 
 
 
 def _batches(data: Any, num_batches: int | None, batch_size: int, seed: int) -> Iterable:
-    """``(x, y or None)`` training batches of ``data`` (any :data:`~autoprune.data_adapter.DataLike`, or a list of
+    """``(x, y or None)`` training batches of ``data`` (any :data:`~autoprune.data.adapter.DataLike`, or a list of
     batches)."""
     it = as_bundle(data).train.batches(batch_size, shuffle=True, augment=True, seed=seed)
     for i, b in enumerate(it):
@@ -110,7 +113,6 @@ def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] |
 
     Raises :class:`~autoprune.graph.core.NonFiniteError` naming the groups whose scores hold NaN or -Inf (no order
     of their channels exists)."""
-    from .criteria import get_criterion
 
     names = groups if groups is not None else [g.name for g in graph.prunable_groups]
     if criterion == "random":
@@ -135,7 +137,7 @@ def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] |
     if data is None:
         raise ValueError(f"criterion {criterion!r} is activation-based and needs data: a DataLoader, a Dataset of "
                          "(image, label), batches of (x, y) or a DataBundle from autoprune.load_data")
-    return _activation_scores(graph, {criterion: crit}, names, data, hook, num_batches, batch_size, seed,
+    return activation_scores(graph, {criterion: crit}, names, data, hook, num_batches, batch_size, seed,
                               num_classes, device)[criterion]
 
 
@@ -146,10 +148,9 @@ def _tap(x: torch.Tensor, key: str) -> None:
     _TAPS[key](x)
 
 
-def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: Any, hook: str | None,
+def activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: Any, hook: str | None,
                        num_batches: int | None, batch_size: int, seed: int, num_classes: int | None,
                        device: Any) -> dict[str, dict[str, torch.Tensor]]:
-    import copy
 
     if device is None:
         device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -173,7 +174,6 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
         num_classes = data.num_classes
     needs_labels = sorted(c for c, crit in crits.items() if getattr(crit, "needs_labels", False))
 
-    from .criteria import ActivationStats
 
     def make_cb(nname: str):
         # One ActivationStats per tap: criteria sharing statistics (tt/snr/fdr/sd) update them once per batch.
@@ -181,7 +181,7 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
             st = states.get(nname)
             if st is None:
                 st = states[nname] = ActivationStats(dict(crits), num_classes=num_classes or None, device=x.device)
-            st.update(x.detach(), labels_box.get("y"))
+            st.update(x.detach(), labels_box.get("y"), label_range=labels_box.get("range"))
         return cb
 
     for nname in node_names:
@@ -198,6 +198,7 @@ def _activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: 
                     raise ValueError(f"criteria {needs_labels} compare classes and need labels, but "
                                      f"{data.train.name} yields images alone; pass (images, labels) batches")
                 labels_box["y"] = None if y is None else y.to(device)
+                labels_box["range"] = compute_label_range(labels_box["y"])  # once per batch, for every tap
                 gm(x.to(device))
     finally:
         for nname in node_names:
@@ -227,7 +228,6 @@ def score(model: nn.Module, data: DataLike | None = None, criterion: str = "l1",
 
     A model whose weights hold NaN or Inf, and NaN scores, raise :class:`~autoprune.graph.core.NonFiniteError`.
     """
-    from .graph import ChannelGraph
 
     if data is not None:
         data = as_bundle(data)
@@ -236,3 +236,7 @@ def score(model: nn.Module, data: DataLike | None = None, criterion: str = "l1",
             raise ValueError("pass example_inputs= (a tensor shaped like one input batch) or data")
         example_inputs = torch.zeros((1, *data.input_shape))
     return score_groups(ChannelGraph(model, example_inputs), criterion, data=data, **kwargs)
+
+
+# ChannelGraph.prune(ratio, criterion=...) scores through this slot; the engine itself knows nothing of criteria.
+set_group_scorer(score_groups)

@@ -14,6 +14,10 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+with warnings.catch_warnings():  # fvcore.nn scripts its focal loss at import; torch 2.14 deprecates jit.script
+    warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
+    from fvcore.nn import FlopCountAnalysis
+
 __all__ = ["count_macs", "count_params", "MAC_OPERATORS"]
 
 #: fvcore operator names counted in the paper convention: convolutions and fully-connected layers
@@ -33,10 +37,6 @@ def count_macs(model: nn.Module, example_inputs: Any, *, full: bool = False) -> 
     By default only conv and linear layers (the papers' convention); ``full=True`` adds everything fvcore counts
     (BatchNorm, adaptive pooling, ...). The model is traced in eval mode and restored to its previous mode.
     """
-    with warnings.catch_warnings():  # fvcore.nn scripts its focal loss at import; torch 2.14 deprecates jit.script
-        warnings.filterwarnings("ignore", message=r".*torch\.jit\.script.*deprecated", category=FutureWarning)
-        from fvcore.nn import FlopCountAnalysis
-
     inputs = _first_sample(example_inputs)
     was_training = model.training
     model.eval()
