@@ -20,6 +20,8 @@ conv, stride 1, no max-pool), trained briefly here (``--r18-epochs``; cached in 
     ``finetune_epochs=0``: the channels it chose (``result.ratios.remove``) are taken before its BN re-estimation
     and go through the common recipe below. The sensitivity table is computed once per model (first budget, timed
     there) and read from its cache for the other budgets.
+(a') ``autoprune-global``: the same call with ``allocation="global"`` (one threshold on the L1 scores normalised by
+    their group's mean, across every prunable group, bisected to the budget; no sensitivity table).
 (b) ``autoprune-search``: one small guided Optuna search per model (``autoprune.study.search``; ``--search-trials``
     trials, ``--search-batches`` fine-tuning batches per trial, anchors at the budgets); per budget the front member
     nearest to it at or under it. Its time is that of the whole search, shown in every budget's row.
@@ -86,11 +88,10 @@ if str(HERE) not in sys.path:  # the search imports `bench_vs_tools:resnet18_cif
 import autoprune as ap  # noqa: E402
 
 SHARED = ROOT.parent / "shared"
-WEIGHTS = {"resnet20": SHARED / "models" / "resnet20-cifar10jpeg.pt",
-           "resnet56": SHARED / "models" / "resnet56-cifar10jpeg.pt"}
+WEIGHT_FILES = {"resnet20": "resnet20-cifar10jpeg.pt", "resnet56": "resnet56-cifar10jpeg.pt"}  # in --weights-dir
 EXTRACT = SHARED / "data" / "cifar10_jpeg.py"
 OPTION_A = ("resnet20", "resnet56")  # CIFAR ResNets with the zero-padding (option-A) shortcut
-METHODS = ("autoprune", "autoprune-search", "modelopt-fastnas", "torch-pruning", "uniform-l1")
+METHODS = ("autoprune", "autoprune-global", "autoprune-search", "modelopt-fastnas", "torch-pruning", "uniform-l1")
 TOOLS = {"modelopt-fastnas": ("nvidia-modelopt", "modelopt.torch.prune"), "torch-pruning": ("torch-pruning", "torch_pruning")}
 
 
@@ -183,9 +184,10 @@ def base_model(name: str, data, args, log) -> tuple[nn.Module, dict]:
         m = resnet18_cifar()
         m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         return m.eval(), {"name": "bench_vs_tools:resnet18_cifar", "weights": str(path)}
+    path = Path(args.weights_dir).expanduser() / WEIGHT_FILES[name]
     m = ap.get_model(name)
-    m.load_state_dict(torch.load(WEIGHTS[name], map_location="cpu", weights_only=True))
-    return m.eval(), {"name": name, "weights": str(WEIGHTS[name])}
+    m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+    return m.eval(), {"name": name, "weights": str(path)}
 
 
 # ------------------------------------------------------------------------------------------------ measuring
@@ -328,6 +330,16 @@ def run_autoprune(ctx, budget):
     return model, info
 
 
+def run_autoprune_global(ctx, budget):
+    """(a') ``ap.prune_to_budget(..., allocation="global")``: one threshold on L1 scores normalised by their group's
+    mean, across every group the engine can prune (the residual stream included), bisected to the budget."""
+    res = ap.prune_to_budget(ctx["base"], ctx["data"], macs=budget, criterion="l1", allocation="global",
+                             finetune_epochs=0, example_inputs=ctx["x"], bn_batches=ctx["args"].bn_batches,
+                             progress=False)
+    model = ctx["graph"].prune_channels(res.ratios.remove)
+    return model, {"threshold": res.ratios.info.get("threshold"), "its_val_after_bn": res.accuracy}
+
+
 def search_config(ctx) -> dict:
     args, budgets = ctx["args"], ctx["args"].budgets
     lo, hi = min(budgets), max(budgets)
@@ -438,7 +450,7 @@ def _fastnas_min(printed: str) -> str:
     return ""
 
 
-RUNNERS = {"autoprune": run_autoprune, "autoprune-search": run_search_member, "modelopt-fastnas": run_fastnas,
+RUNNERS = {"autoprune": run_autoprune, "autoprune-global": run_autoprune_global, "autoprune-search": run_search_member, "modelopt-fastnas": run_fastnas,
            "torch-pruning": run_torch_pruning, "uniform-l1": run_uniform}
 
 
@@ -632,6 +644,8 @@ def parse(argv):
     p.add_argument("--models", default=None, help="comma-separated: resnet20,resnet56,resnet18 (default all three)")
     p.add_argument("--budgets", default=None, help="fractions of the MACs to keep (default 0.3,0.5,0.7)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
+    p.add_argument("--weights-dir", default=str(SHARED / "models"),
+                   help="folder of the shared checkpoints resnet20-cifar10jpeg.pt, resnet56-cifar10jpeg.pt")
     p.add_argument("--data", default=os.path.expanduser("~/.cache/cifar10-jpeg"), help="CIFAR-10-JPEG ImageFolder")
     p.add_argument("--cache", default=os.path.expanduser("~/.cache/autoprune-bench"),
                    help="trained ResNet-18 weights and the per-run analysis caches (outside the repository)")

@@ -30,7 +30,12 @@ caps of parts 1-6 add up to under 8 minutes, part 7's to 5):
    and front;
 6. the test suite's CUDA tests (``pytest -m cuda``);
 7. (a second call, ``--parts fronts``: issue 13) at about 50% of the MACs (a front member of the CPU search), one
-   epoch with the label loss vs with distillation from the unpruned model, then a 30-epoch polish with distillation.
+   epoch with the label loss vs with distillation from the unpruned model, then a 30-epoch polish with distillation;
+8. (a third call, ``--parts vs_tools``: issue 20) ``benchmarks/bench_vs_tools.py`` on ResNet-56 at 50% of the MACs
+   with a longer fine-tuning (8 epochs of the bundle's training images, two seeds, every val and test image):
+   autoprune's budget call and search vs Torch-Pruning (its wheel in the bundle) vs uniform L1; ModelOpt FastNAS
+   is left out on the device (its wheels, scipy among them, do not fit the 64 MiB bundle) and recorded as skipped;
+   on the CPU its search space cannot reach 50% of the MACs on the option-A ResNets (docs/vs_tools.md).
 
 The data are decoded once (the pack is written out as an ImageFolder tree, then ``ap.load_data`` builds its uint8
 cache); every part and every search process reads that cache. ``--smoke`` runs the same code paths on the CPU with
@@ -76,10 +81,13 @@ PARTS = [
     ("search", "5. a 16-trial ResNet-56 search, short fine-tune", 85, 90),
     ("cuda_tests", "6. the test suite's CUDA tests (pytest -m cuda)", 40, 90),
     ("fronts", "7. issue 13 at ~50% MACs: 1 epoch with labels vs distillation, a 30-epoch polish", 300, 90),
+    ("vs_tools", "8. issue 20: autoprune vs Torch-Pruning (and FastNAS where installed), ResNet-56 at 50%, 8 epochs",
+     420, 240),
 ]
-#: What one call runs unless --parts says otherwise: everything but part 7, so that a call stays under 8 minutes;
-#: part 7 is a second call (``--parts fronts``, under 5 minutes).
-DEFAULT_PARTS = [k for k, *_ in PARTS if k != "fronts"]
+#: What one call runs unless --parts says otherwise: everything but parts 7 and 8, so that a call stays under 8
+#: minutes; part 7 is a second call (``--parts fronts``, under 5 minutes), part 8 a third (``--parts vs_tools``, 7).
+DEFAULT_PARTS = [k for k, *_ in PARTS if k not in ("fronts", "vs_tools")]
+VS_TOOLS = ROOT / "benchmarks" / "bench_vs_tools.py"
 #: Part 7's pruned model: a front member of the CPU early-stopping search (its per-group ratios, criterion l1).
 FRONT_MEMBER = ROOT / "benchmarks" / "configs" / "resnet56_front_member.json"
 PREPARE_CAP = (45, 60)
@@ -91,12 +99,15 @@ SIZES: dict[str, dict[str, Any]] = {
                 sens_groups=None,
                 pack_levels=(1, 2, 3, 4), pack_trials={"quickstart": 4, "resnet56": 3}, pack_ft_batches=50,
                 search_trials=16, search_ft_batches=50, search_population=None, val_fraction=0.5,
-                fronts_max_batches=None, polish_epochs=30),
+                fronts_max_batches=None, polish_epochs=30,
+                vs_tools=["--models", "resnet56", "--budgets", "0.5", "--finetune-epochs", "8", "--finetune-batches",
+                          "0", "--val-size", "5000", "--test-size", "5000", "--search-batches", "50", "--seeds", "0,1"]),
     "smoke": dict(model="resnet20", images=64, batch=32, forward_repeat=2, score_repeat=1,
                   ref_maps=20, ft_batches={16: 3, 32: 2}, ft_repeat=1, workers=2, sens_ratios=[0.5],
                   sens_groups=None, pack_levels=(2,), pack_trials={"quickstart": 1, "resnet56": 1}, pack_ft_batches=1,
                   search_trials=2, search_population=4, search_ft_batches=1, val_fraction=0.5,
-                  fronts_max_batches=2, polish_epochs=2),
+                  fronts_max_batches=2, polish_epochs=2, vs_tools=["--smoke", "--seeds", "0", "--methods",
+                                                                   "autoprune,torch-pruning,uniform-l1"]),
 }
 
 
@@ -739,9 +750,48 @@ def part_fronts(state: dict[str, Any], rec: Recorder) -> None:
              "not all 50,000 images. Val = a seeded half of the test images, test = the other half.")
 
 
+# ------------------------------------------------------------------------------------------------------------
+# part 8: issue 20 on the GPU (docs/vs_tools.md)
+
+
+def vs_tools_command(state: dict[str, Any]) -> list[str]:
+    """The command line of part 8: bench_vs_tools.py on the suite's data, weights and device (the GPU run: ResNet-56
+    at 50% of the MACs, 8 epochs of fine-tuning, two seeds; --smoke: the bench's own smoke size)."""
+    out = Path(state["work"]) / "vs_tools" / "vs_tools.md"
+    cmd = [sys.executable, str(VS_TOOLS), *state["sizes"]["vs_tools"], "--device", state["device"],
+           "--cache", str(Path(state["work"]) / "vs_tools" / "cache"), "--out", str(out)]
+    if state["mode"] != "smoke":
+        cmd += ["--data", state["root"], "--weights-dir", str(Path(state["weights"]).parent)]
+    return cmd
+
+
+def part_vs_tools(state: dict[str, Any], rec: Recorder) -> None:
+    cmd = vs_tools_command(state)
+    out = Path(cmd[cmd.index("--out") + 1])
+    out.parent.mkdir(parents=True, exist_ok=True)
+    rec.set(command=" ".join(cmd[1:]))
+    t0 = time.perf_counter()
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    print(proc.stdout[-6000:], proc.stderr[-6000:], sep="\n", flush=True)  # into the part's log
+    if proc.returncode != 0:
+        raise RuntimeError(f"bench_vs_tools.py exited {proc.returncode} (its output is in the part's log)")
+    result = json.loads(out.with_suffix(".json").read_text())
+    rec.set(seconds=time.perf_counter() - t0, skipped_tools=result.get("skipped_tools", {}))
+    for model, mres in result["models"].items():
+        rec.set(**{f"{model}_unpruned_test": (mres.get("base") or {}).get("test")})
+        for r in mres.get("rows", []):
+            rec.row(model=model, budget=r.get("budget"), method=r.get("method"), status=r.get("status"),
+                    macs_fraction=r.get("macs_fraction"), val_bn=r.get("val_bn"), test_mean=r.get("test_mean"),
+                    test=r.get("test"), prune_s=r.get("prune_wall_s"))
+    rec.note("Every pruned model gets the same BN re-estimation and the same fine-tuning (ap.finetune, SGD nesterov, "
+             "cosine, lr 0.01, batch 128) per seed; test = the test half, touched once per fine-tuned model. Full "
+             f"tables: {out.name} beside the part's JSON in the work folder.")
+
+
 PART_FUNCS: dict[str, Callable[[dict[str, Any], Recorder], None]] = {
     "criteria": part_criteria, "finetune": part_finetune, "sensitivity": part_sensitivity,
     "packing": part_packing, "search": part_search, "cuda_tests": part_cuda_tests, "fronts": part_fronts,
+    "vs_tools": part_vs_tools,
 }
 
 
@@ -876,7 +926,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     ap_.add_argument("--device", default=None, help="default: cuda (cpu with --smoke)")
     ap_.add_argument("--parts", default=",".join(DEFAULT_PARTS),
                      help="comma-separated subset of: " + ", ".join(k for k, *_ in PARTS)
-                     + " (default: all but fronts, which is a second call)")
+                     + " (default: all but fronts and vs_tools, each a call of its own)")
     ap_.add_argument("--make-pack", type=Path, metavar="SRC",
                      help="write a subset of the pack SRC to --data (with --train-per-class/--test-per-class) "
                           "and exit; used by gpu_prepare.sh")

@@ -113,7 +113,7 @@ def test_tau_is_monotone(graph, table):
     assert found == sorted(found)
 
 
-@pytest.mark.parametrize("method", ["uniform", "srr"])
+@pytest.mark.parametrize("method", ["uniform", "global", "srr"])
 @pytest.mark.parametrize("keep", [0.8, 0.5, 0.3])
 def test_uniform_and_srr_meet_budget(graph, scores, method, keep):
     a = allocate(graph, macs=keep, method=method, scores=scores)
@@ -133,6 +133,30 @@ def test_uniform_without_refinement_is_one_ratio(graph, scores):
     r = a.info["uniform_ratio"]
     assert a.macs <= math.floor(0.5 * graph.macs())
     assert all(a.counts[g.name] == math.floor(r * g.channels + 1e-9) for g in graph.prunable_groups)
+
+
+def test_global_threshold_removes_the_lowest_normalised_scores_of_the_model(graph, scores):
+    """Without refinement, one threshold: every removed channel's score / its group's mean is at most every kept
+    one's (groups at their cap aside), and the budget is met; with it, the tolerance band is reached too."""
+    a = allocate(graph, macs=0.5, method="global", scores=scores, refine=False)
+    assert a.macs <= math.floor(0.5 * graph.macs()) and a.method == "global"
+    t = a.info["threshold"]
+    for g in graph.prunable_groups:
+        s = scores[g.name].numpy()
+        norm = np.sort(s / s.mean())
+        cap = min(math.floor(0.9 * g.channels + 1e-9), g.channels - 1)
+        n = a.counts[g.name]
+        assert n == min(int((norm <= t).sum()), cap), g.name
+        assert set(a.remove.get(g.name, [])) == set(np.argsort(s, kind="stable")[:n].tolist())
+    # the threshold is the smallest that meets the budget: the next lower one does not
+    lower = max(float(v) for g in graph.prunable_groups for v in scores[g.name].numpy() / scores[g.name].numpy().mean()
+                if v < t)
+    below = {g.name: min(int((np.sort(scores[g.name].numpy() / scores[g.name].numpy().mean()) <= lower).sum()),
+                         min(math.floor(0.9 * g.channels + 1e-9), g.channels - 1)) for g in graph.prunable_groups}
+    assert graph.macs(graph.plan({k: v / graph.group(k).channels for k, v in below.items()}, scores)) > \
+        math.floor(0.5 * graph.macs())
+    refined = allocate(graph, macs=0.5, method="global", scores=scores)
+    assert within(refined.macs, math.floor(0.5 * graph.macs()))
 
 
 def test_params_budget_uniform(graph, scores):
@@ -156,7 +180,7 @@ def test_model_argument_and_default_l1_order(table):
         allocate(table, macs=0.5)
 
 
-@pytest.mark.parametrize("method", ["sensitivity", "uniform", "srr"])
+@pytest.mark.parametrize("method", ["sensitivity", "uniform", "global", "srr"])
 def test_infeasible_budget_says_how_much_can_be_removed(graph, table, method):
     first = table if method == "sensitivity" else graph
     with pytest.raises(ValueError, match=r"infeasible.*at most [\d,]+ macs \(\d+\.\d+%\) can be removed") as e:

@@ -222,3 +222,33 @@ def test_smoke_fronts_part_and_its_front_member(tmp_path: Path) -> None:
     scores = {name: torch.arange(graph.group(name).channels, dtype=torch.float64) for name in member["ratios"]}
     removal = graph.plan(member["ratios"], scores)
     assert graph.macs(removal) / graph.macs() == pytest.approx(member["macs_fraction"], abs=1e-9)
+
+
+def test_vs_tools_part_runs_the_comparison_with_the_suites_data_weights_and_device(tmp_path: Path) -> None:
+    """Part 8 (a call of its own, --parts vs_tools): the GPU run's command line is one bench_vs_tools.py accepts, on
+    the suite's extracted images, the bundle's checkpoint folder and the device, at ResNet-56 / 50% / two seeds; it
+    is left out of the default call (which stays under 8 minutes)."""
+    import importlib.util
+
+    def load(name: str, path: Path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    suite = load("gpu_suite_mod", SUITE)
+    bench = load("bench_vs_tools_mod", ROOT / "benchmarks" / "bench_vs_tools.py")
+    assert "vs_tools" in suite.PART_FUNCS and "vs_tools" not in suite.DEFAULT_PARTS
+    state = {"mode": "gpu", "device": "cuda", "sizes": suite.SIZES["gpu"], "work": str(tmp_path),
+             "root": str(tmp_path / "cifar10-jpeg"), "weights": str(tmp_path / "w" / "resnet56-cifar10jpeg.pt")}
+    cmd = suite.vs_tools_command(state)
+    assert cmd[1] == str(ROOT / "benchmarks" / "bench_vs_tools.py")
+    args = bench.parse(cmd[2:])
+    assert args.models == ["resnet56"] and args.budgets == [0.5] and args.seeds == [0, 1]
+    assert args.device == "cuda" and args.data == state["root"] and args.weights_dir == str(tmp_path / "w")
+    assert args.finetune_epochs == 8 and args.finetune_batches is None  # every training image, 8 epochs
+    assert args.test_size == 5000 and args.val_size == 5000
+    assert Path(args.out).parent == tmp_path / "vs_tools"
+    smoke = bench.parse(suite.vs_tools_command({**state, "mode": "smoke", "device": "cpu",
+                                                "sizes": suite.SIZES["smoke"]})[2:])
+    assert smoke.smoke and smoke.device == "cpu" and smoke.seeds == [0]

@@ -112,7 +112,7 @@ def prune_to_budget(
     """Prune ``model`` (untouched; a new model is returned) to keep ``macs`` (and/or ``params``) and fine-tune it.
 
     ``macs``/``params``: fraction of the unpruned model's MACs/parameters to KEEP (float in (0, 1]) or an absolute
-    count (int). ``allocation``: ``"sensitivity"``, ``"uniform"``, ``"srr"`` (see :mod:`autoprune.allocate`) or an
+    count (int). ``allocation``: ``"sensitivity"``, ``"uniform"``, ``"global"``, ``"srr"`` (see :mod:`autoprune.allocate`) or an
     explicit {group: ratio} mapping (then no budget search; ``macs`` is ignored). ``criterion`` orders channels
     within a group (activation criteria use the train split). ``sensitivity_kwargs`` go to
     :func:`autoprune.sensitivity` (e.g. ``ratios``, ``eval_batches``, ``cache_dir``), ``finetune_kwargs``

@@ -24,6 +24,9 @@ Methods
     group's channel count changes; then the groups that change at the next step get their extra channel one at a
     time (smallest resulting ratio first) until the tolerance is met, so ratios differ from the uniform one by at
     most one channel per group. ``refine=False`` returns the pure uniform ratio.
+``"global"``: one threshold on the channels' scores normalised by their group's mean, across all groups (the
+    global ranking of Torch-Pruning's global pruning), bisected exactly to the budget, then landed one channel at a
+    time, lowest normalised score first (:mod:`autoprune.allocation.global_threshold`). Needs no table.
 ``"srr"`` (methods.md §4, structural redundancy; constants **unverified**, see :func:`layer_redundancy`):
     repeatedly remove one channel from the group with the largest redundancy ``R``, recompute ``R`` for that group,
     until the budget is met.
@@ -50,6 +53,7 @@ import torch.nn as nn
 from ..graph import ChannelGraph
 from ..criteria.scoring import score_groups
 from .by_sensitivity import allocate_by_sensitivity
+from .global_threshold import allocate_global
 from .problem import BudgetProblem, resolve_target
 from .result import Allocation
 from .rounding import check_round_to
@@ -63,6 +67,7 @@ __all__ = ["ALLOCATORS", "METHODS", "allocate"]
 ALLOCATORS: dict[str, Callable[..., Allocation]] = {
     "sensitivity": allocate_by_sensitivity,
     "uniform": allocate_uniform,
+    "global": allocate_global,
     "srr": allocate_srr,
 }
 METHODS = tuple(ALLOCATORS)

@@ -48,11 +48,13 @@ class BudgetProblem:
         self.k = 1  # the step of fill/polish/beam_fill: 1 while a method searches, round_to when snapping (finish)
         self.caps: dict[str, int] = {}  # the method's per-group maximum of channels removed
         self.order: dict[str, np.ndarray] = {}
+        self.sorted_scores: dict[str, np.ndarray] = {}  # each group's scores in removal order (ascending)
         for n in names:
             s = torch.as_tensor(scores[n], dtype=torch.float64).cpu()
             if s.shape != (self.C[n],):
                 raise ValueError(f"scores for {n!r} have shape {tuple(s.shape)}, expected ({self.C[n]},)")
             self.order[n] = torch.sort(s, stable=True).indices.numpy()
+            self.sorted_scores[n] = s.numpy()[self.order[n]]
         self.targets = targets
         self.tol = float(tol)
         self._memo: dict[tuple, dict[str, int]] = {}

@@ -101,7 +101,7 @@ def add_subcommands(subparsers: Any) -> None:
     q.add_argument("--macs", help="MACs to keep: fraction (0.5, 50%%) or count (62M) (default: constraints.max_macs)")
     q.add_argument("--params", help="parameters to keep: fraction or count (default: constraints.max_params)")
     q.add_argument("--criterion", help="channel criterion (default: the first of the config's criteria)")
-    q.add_argument("--allocation", choices=["sensitivity", "uniform", "srr"],
+    q.add_argument("--allocation", choices=["sensitivity", "uniform", "global", "srr"],
                    help="how ratios are chosen (default: ratios.guide of a guided config, else sensitivity)")
     q.add_argument("--finetune-epochs", dest="finetune_epochs", type=int,
                    help="fine-tuning epochs (default: finetune.epochs; 0 = BN re-estimation only)")
