@@ -64,8 +64,6 @@ def allocate_global(prob: BudgetProblem, *, table: Any, max_ratio: float, refine
     if not refine or prob.slack(prob.cost(hi_state)) <= prob.tol:
         return finish(prob, hi_state, "global", info, priority=priority, damage=damage)
     lo_state = states[i - 1] if i > 0 else zero
-    best, how = prob.land(lo_state, hi_state, lo_state, hi_state, priority, damage)
-    if prob.slack(prob.cost(best)) > prob.tol:
-        best, how = prob.land(lo_state, best, zero, caps, priority, damage)
+    best, how = prob.land_step(lo_state, hi_state, caps, priority, damage)
     info["refined_by"] = how
     return finish(prob, best, "global", info, priority=priority, damage=damage)

@@ -243,6 +243,17 @@ class BudgetProblem:
             return min(inside, key=lambda t: damage(t[0]))
         return min(feasible, key=lambda t: self.slack(self.cost(t[0])))
 
+    def land_step(self, lo_state: Mapping[str, int], hi_state: Mapping[str, int], caps: Mapping[str, int],
+                  priority: Callable[[str, int], float],
+                  damage: Callable[[Mapping[str, int]], float]) -> tuple[dict[str, int], str]:
+        """Land between the neighbouring states of a bisected step (``lo_state`` over the budget, ``hi_state``
+        meeting it): first only the groups that change in that step, then, if still outside the band, any group up
+        to ``caps``."""
+        best, how = self.land(lo_state, hi_state, lo_state, hi_state, priority, damage)
+        if self.slack(self.cost(best)) > self.tol:
+            best, how = self.land(lo_state, best, {g: 0 for g in self.names}, caps, priority, damage)
+        return best, how
+
 
 def infeasible(prob: BudgetProblem, caps: Mapping[str, int], how: str) -> ValueError:
     c = prob.cost(caps)

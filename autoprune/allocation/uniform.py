@@ -39,10 +39,7 @@ def allocate_uniform(prob: BudgetProblem, *, table: Any, max_ratio: float, refin
         return finish(prob, hi_state, "uniform", info, priority=near_uniform, damage=spread)
     lo_state = states[i - 1] if i > 0 else zero
 
-    # first only the groups that change at the next step, then any group
-    best, how = prob.land(lo_state, hi_state, lo_state, hi_state, near_uniform, spread)
-    if prob.slack(prob.cost(best)) > prob.tol:
-        best, how = prob.land(lo_state, best, zero, caps, near_uniform, spread)
+    best, how = prob.land_step(lo_state, hi_state, caps, near_uniform, spread)
     info["uniform_ratio_below"] = bps[i - 1] if i > 0 else 0.0
     info["refined_by"] = how
     return finish(prob, best, "uniform", info, priority=near_uniform, damage=spread)
