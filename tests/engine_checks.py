@@ -22,7 +22,7 @@ def _flat(out):
 
 def randomise_norms(model: torch.nn.Module, seed: int = 2) -> None:
     """Fresh norm layers are identities; random statistics make the checks sensitive to which channels are cut.
-    Layer scales (ConvNeXt starts them at 1e-6) are set to 1 so that branches matter."""
+    Layer scales (ConvNeXt starts them at 1e-6, CaiT at 1e-5) are set to 1 so that branches matter."""
     g = torch.Generator().manual_seed(seed)
     for m in model.modules():
         rm, rv = getattr(m, "running_mean", None), getattr(m, "running_var", None)
@@ -35,7 +35,7 @@ def randomise_norms(model: torch.nn.Module, seed: int = 2) -> None:
             if isinstance(b, torch.Tensor):
                 b.data.copy_(torch.randn(b.shape, generator=g) * 0.1)
     for name, p in model.named_parameters():
-        if name.endswith(("layer_scale", "gamma", "ls1.gamma", "ls2.gamma")) and p.dim() >= 1:
+        if name.endswith(("layer_scale", "gamma", "gamma_1", "gamma_2")) and p.dim() >= 1:
             p.data.fill_(1.0)
 
 
@@ -74,6 +74,10 @@ def check_model(model: torch.nn.Module, x, *, ratio: float = 0.3, approximate: b
     with torch.no_grad():
         for module, dim, idx in graph.consumer_slices(dead):
             mods[module].weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
+        for module, dim, idx in graph.contracted_slices(dead):  # q/k widths: no reader, zero their writers
+            mods[module].weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
+            if getattr(mods[module], "bias", None) is not None:
+                mods[module].bias.data.index_fill_(0, torch.tensor(idx), 0.0)
         want = _flat(graph.gm(*xs))
         pruned = graph.prune_channels(dead)
         got = _flat(pruned(*xs))

@@ -3,12 +3,14 @@
 call sites, custom autograd Functions and constant shapes."""
 import io
 
+import numpy as np
 import pytest
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 import autoprune as ap
+from autoprune.graph.analysis import slab_layout
 from autoprune.graph.rules import Dense, PerChannel, register_channel_rule
 
 from engine_checks import check_model, randomise_norms
@@ -304,7 +306,7 @@ def test_custom_autograd_function_keeps_its_backward():
 
 # -- constant shapes --------------------------------------------------------------------------------------------
 
-def test_constant_reshape_is_locked_at_analysis_with_its_line():
+def test_constant_reshape_is_rewritten_to_the_kept_sizes():
     class Hard(nn.Module):
         def __init__(self):
             super().__init__()
@@ -315,14 +317,28 @@ def test_constant_reshape_is_locked_at_analysis_with_its_line():
             n = x.shape[0]
             y = self.a(x).reshape(n, 16, 4, -1).amax(3).flatten(1)  # 16 and 4 written as constants
             z = self.b(x)
-            z = z.view(z.size(0), 2, -1, z.size(2), z.size(3)).transpose(1, 2).flatten(1, 2)  # a shuffle: fine
+            z = z.view(z.size(0), 2, -1, z.size(2), z.size(3)).transpose(1, 2).flatten(1, 2)  # a shuffle
             return torch.cat([self.fc(y), self.c(z).mean((2, 3))], 1)
 
-    g = ap.ChannelGraph(Hard().eval(), _x(2, 3, 6, 6))
+    x = _x(2, 3, 6, 6)
+    g, _ = check_model(Hard().eval(), x)  # exact, and the cost model agrees with fvcore
+    # the split 64 -> (16, 4) forces units of 16 channels (one column of the 4); removing one writes 3 into the call
     a = g.group("a.0")
-    assert not a.prunable and "constant shape (n, 16, 4, -1)" in a.reason.replace("getitem", "n")
-    assert "test_channel_rules.py" in a.reason
-    assert g.group("b.0").prunable  # the shuffle's constant 2 (groups) survives pruning: not locked
+    assert a.prunable and a.channels == 4
+    p = g.prune_channels({"a.0": [1]})
+    assert ".reshape(getitem, 16, 3, -1)" in p.code
+    assert p.fc.in_features == 48
+    assert g.group("b.0").prunable  # the shuffle's constant 2 (groups) is unchanged by pruning
+
+
+def test_slab_layouts_are_what_a_constant_shape_can_follow():
+    # every channel set whole slices along one axis: any removal leaves a rectangle
+    assert slab_layout(np.array([[0, 1, 2], [0, 1, 2]]))
+    assert slab_layout(np.array([[0, 0, 0], [1, 1, 1]]))
+    assert slab_layout(np.array([5, 5, 6]))
+    # a diagonal, or a set covering an L shape, would leave ragged rows
+    assert not slab_layout(np.array([[0, 1], [1, 0]]))
+    assert not slab_layout(np.array([[0, 0], [0, 1]]))
 
 
 def test_embedding_into_a_conv1d_stem():

@@ -149,7 +149,7 @@ def test_untraceable_model_names_the_line():
         ap.ChannelGraph(Branchy(), _x())
 
 
-def test_constant_shape_is_caught_not_silently_wrong():
+def test_constant_shape_is_rewritten_not_silently_wrong():
     class Hard(nn.Module):
         def __init__(self):
             super().__init__()
@@ -159,13 +159,19 @@ def test_constant_shape_is_caught_not_silently_wrong():
         def forward(self, x):
             return self.fc(F.adaptive_avg_pool2d(self.a(x), 4).view(-1, 128))  # 128 written as a constant
 
-    g = ap.ChannelGraph(Hard().eval(), _x())
-    # locked at analysis time, with the line, so no search ever proposes this cut
+    model = Hard().eval()
+    g = ap.ChannelGraph(model, _x())
     a = g.group("a.0")
-    assert not a.prunable and "constant shape (-1, 128)" in a.reason and "test_engine.py" in a.reason
-    assert "view(-1, 128)" in a.reason
-    with pytest.raises(ValueError, match="constant shape"):
-        g.prune({"a.0": 0.5})
+    assert a.prunable
+    p = g.prune({"a.0": 0.5})
+    assert p.fc.in_features == 64 and "view(-1, 64)" in p.code
+    dead = Hard().eval()
+    dead.load_state_dict(model.state_dict())
+    for module, dim, idx in g.consumer_slices(g.removal_for({"a.0": 0.5})):
+        dead.get_submodule(module).weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
+    with torch.no_grad():
+        assert torch.allclose(p(_x()), dead(_x()), atol=1e-5)
+        assert p(torch.randn(3, 3, 8, 8)).shape == (3, 2)  # the batch dim (-1) still follows the input
 
 
 def test_shared_module_is_cut_consistently():

@@ -31,7 +31,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import layer_rules, library_rules  # noqa: F401  (importing them fills the rule table with the built-in rules)
+# importing them fills the rule table with the built-in rules
+from . import attention_rules, layer_rules, library_rules  # noqa: F401
 from .layout import TI, Elements, Site
 from .op_rules import same_layout
 from .rules import lookup_function, lookup_method, lookup_module
@@ -127,9 +128,17 @@ class _Propagator(fx.Interpreter):
         ins = self.arg_layouts(node.args) + self.arg_layouts(node.kwargs)
         for ti in ins:
             self.E.lock(ti.elem, reason)
-        if ins and isinstance(value, torch.Tensor) and tuple(value.shape) == ins[0].shape:
-            return TI(ins[0].shape, ins[0].cdims, ins[0].elem)  # same layout, all locked
-        return self.fresh_like(value, reason)
+        return self._locked_like(value, ins, reason)
+
+    def _locked_like(self, value: Any, ins: list, reason: str) -> Any:
+        """An output of a locked op: the (locked) layout of an input of the same shape where there is one, so
+        channels stay on the dim they were on ([B, N, C] tokens out of nn.MultiheadAttention), fresh otherwise."""
+        if isinstance(value, torch.Tensor):
+            same = next((ti for ti in ins if ti.shape == tuple(value.shape)), None)
+            return TI(same.shape, same.cdims, same.elem) if same is not None else self.fresh_like(value, reason)
+        if isinstance(value, (tuple, list)):
+            return [self._locked_like(v, ins, reason) for v in value]
+        return None
 
     def where(self, node: fx.Node) -> str:
         mod = self.node_module.get(node.name)
@@ -257,9 +266,24 @@ class _Propagator(fx.Interpreter):
         return rule.analyse(self, n, None, x, value)
 
     def check_constant_shapes(self) -> None:
-        """Lock the channels feeding a shape written as a constant (``x.view(-1, 256)``) whose size pruning could
-        change: analysis time, with the source line, so no search proposes a cut that cannot be built. A constant
-        stays valid only if every slice along its dim loses the same channel sets (channel shuffle's groups)."""
+        """Shapes written as constants (``x.view(-1, 256)``, timm's ``reshape(B, N, 3, heads, head_dim)``).
+
+        Those the built-in view/reshape/expand rules recorded (``"shape"`` sites) are rewritten by surgery to the
+        kept sizes; that is exact when every removable channel set is a slab of the layout (whole slices along one
+        of its dims), so any removal leaves a rectangle: checked here, locked with the source line otherwise.
+        Those a custom rule reported with :meth:`check_constant_shape` are not rewritten: the channels feeding them
+        are locked unless every slice along those dims loses the same channel sets (channel shuffle's groups)."""
+        find = np.vectorize(self.E.find, otypes=[np.int64])
+        for s in self.sites:
+            if s.kind != "shape":
+                continue
+            ti = s.data["out"]
+            s.data["dims"] = sorted(s.data["dims"] + [d for d, src in s.data.pop("sym")
+                                                      if src is None or not _same_sets(find, ti, d, *src)])
+            if s.data["dims"] and not slab_layout(find(ti.elem)):
+                n = next(m for m in self.module.graph.nodes if m.name == s.node)
+                self.E.lock(ti.elem, f"constant shape at node '{n.name}'{source_line(n)}: pruning would leave a "
+                                     "non-rectangular layout there, so the channels feeding it cannot be pruned")
         for n, ti, dims, shape in self.const_shapes:
             for d in dims:
                 k = ti.cdims.index(d)
@@ -271,6 +295,36 @@ class _Propagator(fx.Interpreter):
                     self.E.lock(ti.elem, f"constant shape ({shown}) at node '{n.name}'{source_line(n)}: the channels "
                                          "feeding it cannot be pruned (compute the size from x.shape instead)")
                     break
+
+
+def _same_sets(find: Any, a: TI, da: int, b: TI, db: int) -> bool:
+    """Do dim ``da`` of layout ``a`` and dim ``db`` of ``b`` hold the same channel sets, position by position (so a
+    size read off ``b`` follows pruning at ``a``)?"""
+    def sets(ti: TI, d: int) -> list | None:
+        if d not in ti.cdims:
+            return None
+        arr = np.moveaxis(find(ti.elem), ti.cdims.index(d), 0).reshape(ti.shape[d], -1)
+        return [frozenset(r.tolist()) for r in arr]
+    return a.shape[da] == b.shape[db] and sets(a, da) == sets(b, db)
+
+
+def slab_layout(roots: np.ndarray) -> bool:
+    """Is every channel set (equal ids in ``roots``) whole slices along at most one axis? Then removing any of
+    them keeps a rectangular layout, whose sizes surgery can write into a constant shape."""
+    if roots.ndim <= 1:
+        return True
+    for r in np.unique(roots):
+        m = roots == r
+        proj = [m.any(axis=tuple(j for j in range(m.ndim) if j != k)) for k in range(m.ndim)]
+        if sum(not bool(pk.all()) for pk in proj) > 1:
+            return False
+        outer = proj[0]
+        for pk in proj[1:]:
+            outer = np.multiply.outer(outer, pk)
+        if not np.array_equal(outer, m):
+            return False
+    return True
+
 
 def _shapes(value: Any) -> Any:
     if isinstance(value, torch.Tensor):

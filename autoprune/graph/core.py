@@ -15,7 +15,8 @@ from .._lineage import lineage_of, set_lineage
 from .analysis import Analysis, analyse
 from .flops import count_macs
 from .groups import ChannelGroup, build_groups
-from .surgery import Keep, apply_pruning
+from .attention_rules import site_macs
+from .surgery import Keep, apply_pruning, expected_shape
 from .trace import trace
 
 __all__ = ["ChannelGraph", "as_inputs", "check_finite", "check_scores", "NonFiniteError", "NothingToPruneWarning",
@@ -310,9 +311,14 @@ class ChannelGraph:
         values = self.analysis.values
         batch = self.example_inputs[0].shape[0] if self.example_inputs[0].dim() else 1
         total, seen = 0, set()
+        kept_numel = lambda ti: int(np.prod(expected_shape(ti, keep, "the cost model")))  # noqa: E731
         for s in self.analysis.sites:
             if s.kind == "filter" and not params:  # a fixed depthwise filter (BlurPool): C * k * k per position
                 total += int(keep(s.data["elem"]).sum()) * s.data["k"] * int(np.prod(values[s.node][2:]))
+                continue
+            if s.kind in ("matmul", "attention"):  # activation x activation products: MACs, no parameters
+                if not params:
+                    total += site_macs(s.kind, s.data, keep, kept_numel, batch)
                 continue
             if s.kind not in ("conv", "linear") and not (params and s.kind in ("bn", "prelu")):
                 continue
@@ -367,6 +373,26 @@ class ChannelGraph:
                 hit = [i for i, r in enumerate(rr.tolist()) if r in roots]
                 if hit:
                     out.append((s.module, s.data.get("in_dim", 1), hit))
+        return out
+
+    def contracted_slices(self, remove: Mapping[str, Sequence[int]]) -> list[tuple[str, int, list[int]]]:
+        """(module, weight dim, indices) of the layers that *write* the given channels where a matmul or attention
+        contracts them (q's and k's head width): no layer reads those, so tests make them dead by zeroing their
+        producers' output rows (and bias entries) instead."""
+        E = self.analysis.elements
+        roots = self._roots(remove)
+        contracted: set[int] = set()
+        for s in self.analysis.sites:
+            for key in ("k", "q"):
+                if s.kind in ("matmul", "attention") and s.data.get(key) is not None:
+                    contracted.update(int(r) for r in np.ravel(E.roots(s.data[key])) if int(r) in roots)
+        out, done = [], set()
+        for s in self.analysis.sites:
+            if contracted and s.kind in ("conv", "linear") and s.module not in done:
+                done.add(s.module)
+                hit = [i for i, r in enumerate(E.roots(s.data["out"]).tolist()) if r in contracted]
+                if hit:
+                    out.append((s.module, getattr(s.rule, "out_dim", 0), hit))
         return out
 
 

@@ -89,7 +89,9 @@ class Site:
     """A place that reads (consumer) or writes (producer) channels, for surgery, scoring and the cost model.
 
     ``kind``: "conv", "linear" (producers), "bn" (per-channel parameters), "prelu", "pad", "slice", "split",
-    "param" (a tensor attribute read in the forward code), "arg" (a call argument that counts channels), "input".
+    "param" (a tensor attribute read in the forward code), "arg" (a call argument that counts channels), "shape"
+    (sizes written as constants in a view/reshape/expand), "kwarg" (a keyword surgery writes in: attention's scale),
+    "matmul" and "attention" (activation products the cost model counts), "input".
     ``rule``: the :class:`~autoprune.graph.rules.ChannelRule` that cuts a module site's parameters.
     """
     kind: str

@@ -11,7 +11,7 @@ from torchvision.ops import stochastic_depth
 
 from .layout import TI
 from .layer_rules import Conv, GroupNorm, LayerNorm, Linear, PReLU
-from .op_rules import Op, same_layout, spatial
+from .op_rules import Op, move_call, same_layout, spatial
 from .rules import ChannelRule, Elementwise, PerChannel, register_channel_rule, set_param, take
 
 __all__ = ["FixedFilter"]
@@ -70,6 +70,12 @@ def _register() -> None:
         register_channel_rule(tl + "activations." + n, ew if n != "PReLU" else PReLU())
     for n in ("SwishMe", "MishMe", "HardSigmoidMe", "HardSwishMe", "HardMishMe"):
         register_channel_rule(tl + "activations_me." + n, ew)
+    # timm's window/grid un-partitioning (notrace functions: one call each), pure data movement
+    moves = Op(move_call)
+    for n in ("swin_transformer.window_reverse", "swin_transformer_v2.window_reverse", "davit.window_reverse",
+              "gcvit.window_reverse", "swin_transformer_v2_cr.window_reverse", "maxxvit.window_reverse",
+              "maxxvit.grid_reverse", "maxxvit.window_reverse_nchw", "maxxvit.grid_reverse_nchw"):
+        register_channel_rule("timm.models." + n, moves)
     # torchvision's stochastic depth scales whole samples (or is the identity in eval): channel-preserving
     register_channel_rule(stochastic_depth, Op(same_layout))
 

@@ -18,9 +18,10 @@ import torch.nn.functional as F
 from .layout import TI
 from .rules import ChannelRule, RuleContext, register_channel_rule
 
-__all__ = ["Op", "same_layout", "binary", "spatial", "move", "softmax", "fibres"]
+__all__ = ["Op", "same_layout", "binary", "spatial", "move", "softmax", "fibres", "shape_args", "size_source",
+           "move_call"]
 
-_SHAPE_METHODS = {"view", "reshape"}
+_SHAPE_METHODS = {"view", "reshape", "expand"}
 
 
 class Op(ChannelRule):
@@ -80,16 +81,58 @@ def move_op(p: RuleContext, n: fx.Node, x: TI | None, value: Any) -> Any:
         fn = lambda ids: t(ids, *p.real(n.args[1:]), **p.real(n.kwargs))  # noqa: E731
     out = move(p, n, value, fn, x)
     if isinstance(out, TI) and (t in _SHAPE_METHODS or t is torch.reshape):
-        shape = list(n.args[1:]) if n.op == "call_method" else list(n.args[1:2])
-        if "shape" in n.kwargs:
-            shape = [n.kwargs["shape"]]
-        if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
-            shape = list(shape[0])
-        if len(shape) == len(out.shape):
+        shape = shape_args(n)
+        if shape is not None and len(shape) == len(out.shape):
+            # sizes written in the model code (timm's reshape(B, N, 3, heads, head_dim)): surgery rewrites them;
+            # sizes read off another tensor (B, N, C = x.shape ... reshape(B, N, C)) too, unless that tensor's dim
+            # holds the same channels (decided once every channel set is known, in the analysis)
             const = [d for d, v in enumerate(shape) if isinstance(v, int) and v != -1 and d in out.cdims]
-            if const:
-                p.check_constant_shape(n, out, const, shape)
+            sym = [(d, size_source(p, v)) for d, v in enumerate(shape) if isinstance(v, fx.Node) and d in out.cdims]
+            if const or sym:
+                p.add_site("shape", n, None, {"out": out, "dims": const, "sym": sym})
     return out
+
+
+def size_source(p: RuleContext, v: fx.Node) -> tuple | None:
+    """``(layout, dim)`` of the tensor whose size a shape argument reads (``x.shape[i]``, ``x.size(i)``,
+    ``x.size()[i]``); None when it is computed otherwise."""
+    if v.op == "call_method" and v.target == "size" and len(v.args) > 1:
+        t, i = v.args[0], v.args[1]
+    elif v.op == "call_function" and v.target is operator.getitem and isinstance(v.args[0], fx.Node):
+        src, i = v.args[0], v.args[1]
+        if src.op == "call_function" and src.target is getattr and src.args[1:] == ("shape",):
+            t = src.args[0]
+        elif src.op == "call_method" and src.target == "size" and len(src.args) == 1:
+            t = src.args[0]
+        else:
+            return None
+    else:
+        return None
+    ti = p.layout(t) if isinstance(t, fx.Node) else None
+    return (ti, i % len(ti.shape)) if isinstance(ti, TI) and isinstance(i, int) else None
+
+
+def shape_args(n: fx.Node) -> list | None:
+    """The shape a ``view``/``reshape``/``expand`` call gives, as a list (ints and nodes), whichever way it is
+    written (``x.view(a, b)``, ``x.view((a, b))``, ``torch.reshape(x, shape)``, ``shape=``/``size=``)."""
+    if n.op == "call_method":
+        shape = list(n.args[1:])
+    else:
+        shape = list(n.args[1:2])
+    for kw in ("shape", "size"):
+        if kw in n.kwargs:
+            shape = [n.kwargs[kw]]
+    if len(shape) == 1 and isinstance(shape[0], (tuple, list)):
+        shape = list(shape[0])
+    return shape or None
+
+
+def move_call(p: RuleContext, n: fx.Node, x: TI | None, value: Any) -> Any:
+    """A function that only moves data (timm's ``window_reverse``: views and permutes, its channel count read off
+    its input): run it on the element ids. Validation after surgery re-runs it on the pruned tensor."""
+    if x is None:
+        return p.lock_all(n, value, f"{p.where(n)}: no channel input")
+    return move(p, n, value, lambda ids: n.target(ids, *p.real(n.args[1:]), **p.real(n.kwargs)), x)
 
 
 def getitem_op(p: RuleContext, n: fx.Node, x: TI | None, value: Any) -> Any:
@@ -285,6 +328,12 @@ def getitem(p: RuleContext, n: fx.Node, x: TI, value: Any) -> Any:
     if any(i is Ellipsis or i is None or isinstance(i, torch.Tensor) for i in idx_t):
         return p.lock_all(n, value, f"{p.where(n)}: advanced indexing")
     for d, i in enumerate(idx_t):
+        if d in x.cdims and isinstance(i, int) and len(x.cdims) > 1:
+            # one slice of a dim of several ([3, heads, head_dim] of a qkv tensor, qkv[0]): every slice must lose
+            # the same channels for the slice taken to be the same one after pruning, so they are tied
+            k = x.cdims.index(d)
+            p.union(np.broadcast_to(np.take(x.elem, [0], axis=k), x.elem.shape), x.elem)
+            continue
         if d in x.cdims:
             if isinstance(i, slice) and i.step in (None, 1) and len(x.cdims) == 1:
                 if i.start in (None, 0) and (i.stop is None or i.stop >= x.shape[d]):
@@ -340,7 +389,13 @@ def split(p: RuleContext, n: fx.Node, x: TI, value: Any) -> Any:
     if dim not in x.cdims:
         return [TI(tuple(v.shape), x.cdims, x.elem) for v in parts]
     if len(x.cdims) != 1:
-        return p.lock_all(n, value, f"{p.where(n)}: split of a multi-dim channel layout")
+        # a split along one of several channel dims ([3 * heads, head_dim] of a qkv tensor chunked into q, k, v):
+        # the fibres along that dim are tied, so no part's size can change and every part loses the same channels
+        if fibres(p, x, {dim}) is None:
+            return p.lock_all(n, value, f"{p.where(n)}: split of a multi-dim channel layout")
+        k = x.cdims.index(dim)
+        chunks = np.split(x.elem, np.cumsum([v.shape[dim] for v in parts])[:-1], axis=k)
+        return [TI(tuple(v.shape), x.cdims, c) for v, c in zip(parts, chunks)]
     sizes = [v.shape[dim] for v in parts]
     bounds = np.cumsum([0] + sizes)
     out = [TI(tuple(v.shape), (dim,), x.elem[bounds[k]:bounds[k + 1]]) for k, v in enumerate(parts)]
@@ -371,7 +426,7 @@ def _register() -> None:
                       operator.neg, torch.relu_, F.relu_, torch.clone, torch.detach, torch.erf, torch.log},
         binary_op: {operator.add, operator.mul, operator.sub, operator.truediv, operator.iadd, operator.imul,
                     operator.isub, operator.itruediv, torch.add, torch.mul, torch.sub, torch.div, torch.maximum,
-                    torch.minimum, torch.addcmul},
+                    torch.minimum, torch.addcmul, operator.pow, torch.pow},
         spatial: {F.max_pool1d, F.max_pool2d, F.max_pool3d, F.avg_pool1d, F.avg_pool2d, F.avg_pool3d,
                   F.adaptive_avg_pool1d, F.adaptive_avg_pool2d, F.adaptive_avg_pool3d, F.adaptive_max_pool1d,
                   F.adaptive_max_pool2d, F.adaptive_max_pool3d, F.interpolate},
@@ -396,8 +451,10 @@ def _register() -> None:
                       "clip_", "abs", "exp", "neg", "sqrt", "rsqrt", "square", "contiguous", "clone", "detach",
                       "float", "half", "bfloat16", "double", "to", "type_as", "hardswish", "hardsigmoid",
                       "requires_grad_", "erf", "log"},
-        binary_op: {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_", "maximum", "minimum", "addcmul"},
-        move_op: {"view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze"},
+        binary_op: {"add", "add_", "mul", "mul_", "sub", "sub_", "div", "div_", "maximum", "minimum", "addcmul",
+                    "pow"},
+        move_op: {"view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "expand",
+                  "expand_as"},
         getitem_op: {"__getitem__"},
         reduce: {"mean", "sum", "amax", "amin"},
         split: {"split", "chunk"},

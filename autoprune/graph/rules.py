@@ -247,7 +247,8 @@ def register_channel_rule(target: Any, rule: ChannelRule | str) -> ChannelRule:
     """Register how channels flow through ``target``; returns the rule.
 
     ``target``: an ``nn.Module`` subclass (looked up along the MRO: subclasses that keep its ``forward`` use the
-    rule too), a qualified class name ``"package.module.Class"`` (registers without importing the package), a
+    rule too), a qualified class or function name ``"package.module.Name"`` (registers without importing the
+    package; a function so named is one that stays a single call in the graph, e.g. timm's notrace functions), a
     ``torch.autograd.Function`` subclass (its ``apply`` becomes one node of the graph), a function
     (``torch.nn.functional.xxx`` or your own wrapped one), or ``"Tensor.<method>"``.
 
@@ -303,9 +304,12 @@ def lookup_function(target: Any) -> ChannelRule | None:
                 return _FUNCTIONS[base]
         return None
     try:
-        return _FUNCTIONS.get(target)
+        rule = _FUNCTIONS.get(target)
     except TypeError:  # unhashable target
         return None
+    if rule is None and callable(target) and hasattr(target, "__qualname__"):  # a function registered by name
+        rule = _MODULES.get(f"{getattr(target, '__module__', '')}.{target.__qualname__}")
+    return rule
 
 
 def lookup_method(name: str) -> ChannelRule | None:

@@ -1,9 +1,13 @@
 """Physical channel removal on a copy of the traced graph, then shape validation.
 
+Surgery slices the parameters of the layers the analysis recorded and rewrites the call arguments that count channels:
+sizes written as constants in ``view``/``reshape``/``expand`` (``x.view(-1, 512 * 7 * 7)``, timm's
+``reshape(B, N, 3, heads, head_dim)``) become the kept sizes, ``F.pad`` widths, slices, split sizes, norm shapes and
+attention's default scale (written in as the original value).
+
 Validation re-runs the pruned graph on the example inputs and compares every node's output shape with the shape
-the analysis predicts. Constant shapes in the model code (``x.view(-1, 512 * 7 * 7)``) are already locked by the
-analysis; anything it missed, or a rule we got wrong, shows up there as a :class:`PruneError` naming the node and
-its source line, never as a silently wrong model.
+the analysis predicts. Anything the analysis missed, or a rule we got wrong, shows up there as a
+:class:`PruneError` naming the node and its source line, never as a silently wrong model.
 """
 from __future__ import annotations
 
@@ -20,7 +24,7 @@ from .rules import take
 
 _MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding", "filter")
 
-__all__ = ["PruneError", "apply_pruning", "Keep"]
+__all__ = ["PruneError", "apply_pruning", "Keep", "expected_shape"]
 
 
 class PruneError(RuntimeError):
@@ -39,7 +43,9 @@ class Keep:
         return ~self.removed[self.root_of[np.asarray(elem, dtype=np.int64)]]
 
 
-def _expected_shape(ti: TI, keep: Keep, where: str) -> tuple:
+def expected_shape(ti: TI, keep: Keep, where: str) -> tuple:
+    """The shape of a tensor of layout ``ti`` once the channels ``keep`` rejects are gone (a PruneError naming
+    ``where`` if they do not leave a rectangle)."""
     shape = list(ti.shape)
     if not ti.cdims:
         return tuple(shape)
@@ -130,10 +136,39 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
                 raise PruneError(f"pruning would empty a part of the split at node '{n.name}'")
             n.op, n.target = "call_function", torch.split
             n.args, n.kwargs = (n.args[0], sizes), {"dim": s.data["dim"]}
+        elif s.kind == "shape":  # sizes written as constants in a view/reshape/expand: the kept sizes
+            n = nodes[s.node]
+            want = expected_shape(s.data["out"], keep, f"node '{n.name}'")
+            _rewrite_shape(n, {d: want[d] for d in s.data["dims"]})
+        elif s.kind == "kwarg":  # a default that depended on a width (attention's scale): the original value
+            n = nodes[s.node]
+            if len(n.args) > s.data["pos"]:
+                args = list(n.args)
+                args[s.data["pos"]] = s.data["value"]
+                n.args = tuple(args)
+            else:
+                n.kwargs = {**n.kwargs, s.data["kw"]: s.data["value"]}
     gm.graph.lint()
     gm.recompile()
     _validate(a, gm, keep, example_inputs)
     return gm
+
+
+def _rewrite_shape(n: fx.Node, sizes: dict) -> None:
+    """Write ``sizes`` ({dim: size}) into the shape argument of a view/reshape/expand node, in the form it has."""
+    def fix(shape: Any) -> tuple:
+        return tuple(sizes.get(d, v) for d, v in enumerate(shape))
+
+    for kw in ("shape", "size"):
+        if kw in n.kwargs:
+            n.kwargs = {**n.kwargs, kw: fix(n.kwargs[kw])}
+            return
+    first = 1
+    rest = list(n.args[first:])
+    if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
+        n.args = tuple(n.args[:first]) + (fix(rest[0]),)
+    else:
+        n.args = tuple(n.args[:first]) + fix(rest)
 
 
 def _unshare(m: nn.Module, memo: dict) -> None:
@@ -163,7 +198,7 @@ class _ShapeCheck(fx.Interpreter):
             list(zip(info, value)) if isinstance(info, list) and isinstance(value, (tuple, list)) else [])
         for ti, v in items:
             if isinstance(ti, TI) and isinstance(v, torch.Tensor):
-                want = _expected_shape(ti, self.keep, where)
+                want = expected_shape(ti, self.keep, where)
                 if tuple(v.shape) != want:
                     raise PruneError(
                         f"after pruning, {where}{source_line(n)} gives shape {tuple(v.shape)} but {want} was expected; "

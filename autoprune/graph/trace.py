@@ -30,7 +30,8 @@ import torch
 import torch.fx as fx
 import torch.nn as nn
 
-from . import layer_rules, library_rules  # noqa: F401  (importing them fills the rule table with the built-in rules)
+# importing them fills the rule table with the built-in rules
+from . import attention_rules, layer_rules, library_rules  # noqa: F401
 from .functions import caller
 from .rules import lookup_module
 

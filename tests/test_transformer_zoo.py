@@ -1,0 +1,98 @@
+"""The engine on vision transformers and attention hybrids from timm and torchvision (pretrained=False, the smallest
+input and depth each accepts): every model prunes >= 15% of its MACs at ratio 0.3 without ``approximate=True``
+(plain ViTs >= 25%: the q/k/v head width as well as the MLP width), each pruned model equals the original with the
+removed channels zeroed, at batch 1 and 2, and the cost model equals fvcore's count (attention's matmuls and the
+fused ``scaled_dot_product_attention`` included) wherever the model holds no op outside it."""
+import warnings
+
+import pytest
+import torch
+
+import autoprune as ap
+from engine_checks import check_model, randomise_norms
+
+timm = pytest.importorskip("timm")
+
+_SMALL = dict(img_size=32, patch_size=4, depth=2)
+# (name, create_model kwargs, input size, least MAC fraction removed at ratio 0.3, attention widths prunable?)
+TIMM = [
+    ("vit_tiny_patch16_224", _SMALL, 32, 0.25, True),                # ViT, fused attention (sdpa)
+    ("deit_tiny_patch16_224", _SMALL, 32, 0.25, True),               # DeiT
+    ("deit3_small_patch16_224", _SMALL, 32, 0.25, True),             # DeiT-3 (layer scale)
+    ("cait_xxs24_224", _SMALL, 32, 0.25, True),                      # CaiT: talking heads, class attention
+    ("pit_ti_224", dict(img_size=32), 32, 0.25, True),               # PiT: pooling ViT
+    ("xcit_nano_12_p16_224", dict(img_size=32, depth=2), 32, 0.15, True),  # XCiT: cross-covariance attention
+    ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(1, 1, 1, 1)), 56, 0.15, True),  # windows, rel-pos
+    ("maxvit_pico_rw_256", dict(img_size=64), 64, 0.15, True),       # MaxViT: MBConv + block and grid attention
+    ("fastvit_sa12", {}, 64, 0.15, True),                            # FastViT: RepMixer + attention stage
+    ("caformer_s18", {}, 64, 0.15, True),                            # CAFormer: conv + attention MetaFormer
+    # attention locked (the reason names the op), MLP widths prunable
+    ("eva02_tiny_patch14_224", _SMALL, 32, 0.15, False),             # EVA-02: F.linear qkv and RoPE; SwiGLU MLP
+    ("convit_tiny", _SMALL, 32, 0.15, False),                        # ConViT: gated positional attention
+    ("mobilevitv2_050", {}, 64, 0.15, False),                        # MobileViT-v2: separable attention
+]
+
+
+def _check(model: torch.nn.Module, size: int, min_drop: float):
+    randomise_norms(model)
+    for batch in (1, 2):
+        x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            graph, drop = check_model(model, x, min_drop=min_drop, count_original=False)
+    return graph, drop
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name,kwargs,size,min_drop,attention", TIMM, ids=[n for n, *_ in TIMM])
+def test_timm_transformer(name, kwargs, size, min_drop, attention):
+    torch.manual_seed(0)
+    model = timm.create_model(name, pretrained=False, num_classes=10, **kwargs).eval()
+    graph, drop = _check(model, size, min_drop)
+    # an attention whose head width is prunable: a group that q and k are contracted over
+    contracted = graph.contracted_slices({g.name: [0] for g in graph.prunable_groups})
+    assert bool(contracted) == attention, contracted
+    locked = {g.reason for g in graph.groups if not g.prunable} - {"model output"}
+    print(f"{name}: {len(graph.prunable_groups)}/{len(graph.groups)} groups, {drop:.1%} of MACs removed; locks: "
+          + "; ".join(sorted(locked)[:3]))
+
+
+def test_plain_vit_prunes_its_head_width_and_keeps_the_attention_scale():
+    """timm's ViT: one group per block for q/k/v (a unit is one position of the head width across q, k, v and every
+    head) and one for the MLP; the fused attention keeps 1/sqrt(original head width); the pruned model runs at
+    another batch size and its MACs fall by what the cost model says."""
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **_SMALL).eval()
+    x = torch.randn(2, 3, 32, 32)
+    graph = ap.ChannelGraph(model, x)
+    names = {g.name: g for g in graph.prunable_groups}
+    heads, width = model.blocks[0].attn.num_heads, model.blocks[0].attn.head_dim
+    assert names["blocks.0.attn.qkv"].channels == width and names["blocks.0.mlp.fc1"].channels == 4 * 192
+    remove = {"blocks.0.attn.qkv": list(range(0, width, 2)), "blocks.1.mlp.fc1": list(range(100))}
+    pruned = graph.prune_channels(remove)
+    assert pruned.get_submodule("blocks.0.attn.qkv").out_features == 3 * heads * width // 2
+    assert pruned.get_submodule("blocks.0.attn.proj").in_features == heads * width // 2
+    assert f"scale = {width ** -0.5}" in pruned.code and f", {heads}, {width // 2})" in pruned.code
+    assert graph.macs(remove) == ap.count_macs(pruned, x) < ap.count_macs(model, x)
+    with torch.no_grad():
+        assert pruned(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+
+
+def test_torchvision_vit_prunes_its_mlp_widths_around_multihead_attention():
+    """nn.MultiheadAttention has no rule yet: it stays locked (and counted on the pruned model), the MLP widths
+    around it prune exactly, and fvcore now counts its inference fast path and the fused attention it calls."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
+                              mlp_dim=256, num_classes=10).eval()
+    torch.nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision starts the head at zero
+    graph, drop = _check(model, 32, 0.15)
+    assert {g.name for g in graph.prunable_groups} == {f"encoder.layers.encoder_layer_{i}.mlp.0" for i in (0, 1)}
+    assert not graph.macs_exact
+    # the attention's MACs are counted: 4 projections of 64 x 64 and two 17 x 17 x 64 matmuls per layer
+    x = torch.randn(1, 3, 32, 32)
+    mlp = 2 * 2 * 17 * 64 * 256
+    attn = 2 * (4 * 17 * 64 * 64 + 2 * 17 * 17 * 64)
+    patch = 16 * 3 * 8 * 8 * 64
+    assert ap.count_macs(model, x) == patch + mlp + attn + 64 * 10
