@@ -96,3 +96,21 @@ def test_torchvision_vit_prunes_its_mlp_widths_around_multihead_attention():
     attn = 2 * (4 * 17 * 64 * 64 + 2 * 17 * 17 * 64)
     patch = 16 * 3 * 8 * 8 * 64
     assert ap.count_macs(model, x) == patch + mlp + attn + 64 * 10
+
+
+def test_criteria_on_token_widths():
+    """Weight criteria and the pooled class-discrimination criteria score token widths ([B, N, C]: each channel's
+    tokens are its map); HRank and EZCrop, which need a 2-D map per channel, refuse and name the group."""
+    from autoprune.criteria.scoring import score_groups
+
+    torch.manual_seed(0)
+    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **_SMALL).eval()
+    x, y = torch.randn(20, 3, 32, 32), torch.arange(20) % 10
+    graph = ap.ChannelGraph(model, x[:2])
+    for c in ("l1", "tt", "snr", "di"):
+        scores = score_groups(graph, c, data=[(x, y)])
+        assert set(scores) == {"blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.attn.qkv", "blocks.1.mlp.fc1"}
+        assert all(s.std() > 0 and bool(torch.isfinite(s).all()) for s in scores.values()), c
+    for c in ("hrank", "ezcrop"):
+        with pytest.raises(ValueError, match=f"criterion '{c}' needs a 2-D feature map.*'blocks.0.attn.qkv'"):
+            score_groups(graph, c, data=[(x, y)])

@@ -43,6 +43,8 @@ class HRankCriterion(ActivationCriterion):
     ``chunk_size`` (images per ``matrix_rank`` call, None = the whole batch) bounds the SVD workspace.
     """
 
+    needs_maps: ClassVar[bool] = True
+
     chunk_size: int | None = None
     name: ClassVar[str] = "hrank"
 
@@ -67,6 +69,8 @@ class EZCropCriterion(ActivationCriterion):
     ``alpha`` in [0, 1] sets the zone half-width (methods.md §2); hook at the conv output for ResNet/DenseNet,
     after ReLU for VGG.
     """
+
+    needs_maps: ClassVar[bool] = True
 
     alpha: float = 0.25
     chunk_size: int | None = None

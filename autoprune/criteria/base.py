@@ -143,6 +143,9 @@ class ActivationCriterion(Criterion):
     #: Where the criterion reads its maps by default: "act" (after the activation, e.g. ReLU), "conv" (the conv /
     #: linear output) or "bn" (the BatchNorm output). EZCrop: "conv"; all other built-ins: "act".
     default_hook: ClassVar[str] = "act"
+    #: Needs 2-D feature maps per channel (HRank's rank, EZCrop's spectrum)? Then it refuses channels that are token
+    #: widths (``[B, N, C]``: a transformer's MLP or head width), whose map per channel is a sequence.
+    needs_maps: ClassVar[bool] = False
 
     def accumulator_key(self) -> Hashable:
         """Criteria returning equal keys can share one accumulator (one set of statistics per hook point)."""

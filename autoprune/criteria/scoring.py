@@ -69,7 +69,7 @@ def _tap_points(graph, names: list[str], hook: str) -> dict[str, list[tuple[str,
     wanted = {name: {int(r): i for i, r in enumerate(graph.group(name).roots)} for name in names}
     out: dict[str, dict[str, list]] = {name: {"conv": [], "bn": [], "act": []} for name in names}
     for nname, ti in a.info.items():
-        if not isinstance(ti, TI) or ti.cdims != (1,) or len(ti.shape) < 2:
+        if not isinstance(ti, TI) or not (ti.cdims == (1,) and len(ti.shape) >= 2 or _tokens(ti)):
             continue
         kind = _node_kind(nodes[nname], modules)
         if kind == "other":
@@ -83,6 +83,26 @@ def _tap_points(graph, names: list[str], hook: str) -> dict[str, list[tuple[str,
                 units = np.array([pos[int(r)] for r in roots[sel]], dtype=np.int64)
                 out[name][kind].append((nname, chans, units))
     return {name: (k[hook] or k["conv"]) for name, k in out.items()}
+
+
+def _tokens(ti: TI) -> bool:
+    """A ``[B, N, C]`` tensor whose channels are its last dim (a transformer's widths)."""
+    return len(ti.shape) == 3 and ti.cdims == (2,)
+
+
+def _check_taps(graph, crit: Any, c: str, plan: dict) -> None:
+    """Refuse, naming the group, what the criterion cannot score: a group with no activation of the hook kind, or
+    token widths for a criterion that needs 2-D maps."""
+    info = graph.analysis.info
+    for name, pts in plan.items():
+        if not pts:
+            raise ValueError(f"criterion {c!r}: group {name!r} has no activation it can read (its channels reach no "
+                             "conv, linear, BatchNorm or activation output laid out [B, C, ...] or [B, N, C]); use a "
+                             "weight criterion (l1, l2) for it")
+        if getattr(crit, "needs_maps", False) and any(_tokens(info[nname]) for nname, _, _ in pts):
+            raise ValueError(f"criterion {c!r} needs a 2-D feature map per channel, but group {name!r} holds token "
+                             "widths ([B, N, C]: an MLP or attention width); use a criterion that applies to tokens "
+                             "(l1, l2, tt, snr, fdr, sd, di: docs/criteria.md)")
 
 
 def _combine(n_units: int, parts: Iterable[tuple[np.ndarray, torch.Tensor]]) -> torch.Tensor:
@@ -158,7 +178,10 @@ def activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: A
     gm = copy.deepcopy(graph.gm).to(device).eval()
     plans = {c: _tap_points(graph, names, hook or getattr(crit, "default_hook", None) or DEFAULT_HOOKS.get(c, "act"))
              for c, crit in crits.items()}
+    for c, crit in crits.items():
+        _check_taps(graph, crit, c, plans[c])
     node_names = sorted({p[0] for plan in plans.values() for pts in plan.values() for p in pts})
+    token_nodes = {n for n in node_names if _tokens(graph.analysis.info[n])}
     states: dict[str, Any] = {}
     labels_box: dict[str, Any] = {}
     nodes = {n.name: n for n in gm.graph.nodes}
@@ -177,7 +200,11 @@ def activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: A
 
     def make_cb(nname: str):
         # One ActivationStats per tap: criteria sharing statistics (tt/snr/fdr/sd) update them once per batch.
+        tokens = nname in token_nodes
+
         def cb(x: torch.Tensor) -> None:
+            if tokens:  # [B, N, C] -> [B, C, N, 1]: each channel's map is its token sequence
+                x = x.transpose(1, 2).unsqueeze(-1)
             st = states.get(nname)
             if st is None:
                 st = states[nname] = ActivationStats(dict(crits), num_classes=num_classes or None, device=x.device)
