@@ -114,3 +114,27 @@ def test_criteria_on_token_widths():
     for c in ("hrank", "ezcrop"):
         with pytest.raises(ValueError, match=f"criterion '{c}' needs a 2-D feature map.*'blocks.0.attn.qkv'"):
             score_groups(graph, c, data=[(x, y)])
+
+
+def test_pruned_vit_with_uneven_blocks_saves_loads_and_exports(tmp_path):
+    """Blocks that keep different head widths: the pruned ViT saves, loads onto a fresh instance and exports to
+    ONNX, checked against ONNX Runtime at two batch sizes."""
+    pytest.importorskip("onnxruntime")
+
+    def make():
+        return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **_SMALL).eval()
+
+    torch.manual_seed(0)
+    model = make()
+    x = torch.randn(2, 3, 32, 32)
+    graph = ap.ChannelGraph(model, x)
+    pruned = graph.prune_channels({"blocks.0.attn.qkv": list(range(40)), "blocks.1.attn.qkv": list(range(8)),
+                                   "blocks.0.mlp.fc1": list(range(300))}).eval()
+    widths = [pruned.get_submodule(f"blocks.{i}.attn.proj").in_features for i in (0, 1)]
+    assert widths == [3 * 24, 3 * 56]
+    ap.save(pruned, tmp_path / "vit.pt")
+    loaded = ap.load(tmp_path / "vit.pt", model=make()).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), pruned(x), atol=1e-5)
+    result = ap.export_model(loaded, x, tmp_path / "vit.onnx")
+    assert (tmp_path / "vit.onnx").exists() and result.max_abs_diff < 1e-4
