@@ -138,3 +138,17 @@ def test_pruned_vit_with_uneven_blocks_saves_loads_and_exports(tmp_path):
         assert torch.allclose(loaded(x), pruned(x), atol=1e-5)
     result = ap.export_model(loaded, x, tmp_path / "vit.onnx")
     assert (tmp_path / "vit.onnx").exists() and result.max_abs_diff < 1e-4
+
+
+def test_timm_models_by_name_rebuild_on_load(tmp_path):
+    """``get_model("timm:NAME", **kwargs)`` (and ``model.name: timm:NAME`` in a config) records how to rebuild the
+    model, so a pruned one loads without ``model=``; a misspelt name gets close matches."""
+    model = ap.get_model("timm:vit_tiny_patch16_224", num_classes=10, **_SMALL).eval()
+    x = torch.randn(2, 3, 32, 32)
+    pruned = ap.ChannelGraph(model, x).prune(0.3).eval()
+    ap.save(pruned, tmp_path / "vit.pt")
+    loaded = ap.load(tmp_path / "vit.pt").eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), pruned(x), atol=1e-5)
+    with pytest.raises(ValueError, match="unknown timm model 'vit_tiny_patch16'.*vit_tiny_patch16_224"):
+        ap.get_model("timm:vit_tiny_patch16")

@@ -42,8 +42,8 @@ class UntrustedConfigError(ConfigError):
 
 def is_code_name(name: str) -> bool:
     """Whether a ``model.name`` names code of the user's (``module:function``, imported and called) rather than a
-    registered model (a package model, ``torchvision:NAME`` or a bare torchvision name)."""
-    return ":" in name and not name.startswith("torchvision:")
+    registered model (a package model, ``torchvision:NAME``, ``timm:NAME`` or a bare torchvision name)."""
+    return ":" in name and not name.startswith(("torchvision:", "timm:"))
 
 
 # ------------------------------------------------------------------------------------------------------------

@@ -41,9 +41,11 @@ class ModelSpec:
     shorthand: ClassVar[str] = "name"
 
     name: str = key(doc="package model (`resnet56`, `vgg16_bn_cifar`...), torchvision name (`resnet50`, "
-                     "`torchvision:resnet50`), or `module:function` of your own code (imported from next to the "
+                     "`torchvision:resnet50`), timm model (`timm:vit_tiny_patch16_224`), or `module:function` "
+                     "of your own code (imported from next to the "
                      "config file or the working directory, called with `kwargs`)", check=c_str())
-    kwargs: dict = key({}, "keyword arguments of the constructor; package and torchvision models get `num_classes` "
+    kwargs: dict = key({}, "keyword arguments of the constructor; package, torchvision and timm models get "
+                        "`num_classes` "
                         "from the data unless given", c_mapping)
     weights: str | None = key(None, "a state_dict file (`torch.load(weights_only=True)`; `state_dict`/`model` "
                                "entries of a checkpoint and `module.` prefixes are handled) or an autoprune model file "

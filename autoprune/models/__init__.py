@@ -1,7 +1,9 @@
-"""Models by name: the package's CIFAR models and torchvision classifiers.
+"""Models by name: the package's CIFAR models, torchvision classifiers and timm models.
 
 ``get_model("resnet56")`` builds the package's CIFAR ResNet-56; ``get_model("torchvision:resnet50")`` (or any
-torchvision classifier name that is not a package name) builds the torchvision model without weights.
+torchvision classifier name that is not a package name) builds the torchvision model without weights;
+``get_model("timm:vit_tiny_patch16_224", img_size=32, patch_size=4)`` builds a timm model (``pretrained=False``; timm
+is optional: ``pip install timm``).
 """
 from __future__ import annotations
 
@@ -24,6 +26,19 @@ _PACKAGE: dict[str, Callable[..., nn.Module]] = {
 }
 
 
+def _timm(name: str, **kwargs: Any) -> nn.Module:
+    try:
+        import timm  # lazy: timm is optional (the dev extra installs it) and slow to import
+    except ModuleNotFoundError:
+        raise ValueError(f"model 'timm:{name}' needs timm: pip install timm") from None
+    if name not in timm.list_models():
+        close = difflib.get_close_matches(name, timm.list_models(), n=3)
+        hint = f" Did you mean {', '.join(close)}?" if close else ""
+        raise ValueError(f"unknown timm model {name!r}.{hint}")
+    kwargs.setdefault("pretrained", False)
+    return timm.create_model(name, **kwargs)
+
+
 def available_models() -> list[str]:
     """Package model names (torchvision names are accepted too, as ``torchvision:NAME``)."""
     return sorted(_PACKAGE)
@@ -39,6 +54,8 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
 def _build(name: str, **kwargs: Any) -> nn.Module:
     if name in _PACKAGE:
         return _PACKAGE[name](**kwargs)
+    if name.startswith("timm:"):
+        return _timm(name.split(":", 1)[1], **kwargs)
     tv_name = name.split(":", 1)[1] if name.startswith("torchvision:") else name
     tv_names = torchvision.models.list_models(module=torchvision.models)
     if tv_name not in tv_names:
