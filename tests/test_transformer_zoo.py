@@ -3,6 +3,7 @@ input and depth each accepts): every model prunes >= 15% of its MACs at ratio 0.
 (plain ViTs >= 25%: the q/k/v head width as well as the MLP width), each pruned model equals the original with the
 removed channels zeroed, at batch 1 and 2, and the cost model equals fvcore's count (attention's matmuls and the
 fused ``scaled_dot_product_attention`` included) wherever the model holds no op outside it."""
+import copy
 import warnings
 
 import pytest
@@ -57,25 +58,77 @@ def test_timm_transformer(name, kwargs, size, min_drop, attention):
           + "; ".join(sorted(locked)[:3]))
 
 
-def test_plain_vit_prunes_its_head_width_and_keeps_the_attention_scale():
-    """timm's ViT: one group per block for q/k/v (a unit is one position of the head width across q, k, v and every
-    head) and one for the MLP; the fused attention keeps 1/sqrt(original head width); the pruned model runs at
-    another batch size and its MACs fall by what the cost model says."""
+def test_timm_attention_prunes_whole_heads_and_the_head_width():
+    """timm's Attention (ViT, DeiT...): two groups per block, its heads and its head width (a head-width unit is one
+    position in q, k and v of every kept head); any mix of the two is exact, with the fused or the manual attention,
+    and with qk_norm (a norm over the head width) the heads stay prunable while the width locks."""
+    for fused, qk_norm in ((True, False), (False, False), (True, True)):
+        torch.manual_seed(0)
+        model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10, qk_norm=qk_norm,
+                                  **_SMALL).eval()
+        for block in model.blocks:
+            block.attn.fused_attn = fused
+        randomise_norms(model)
+        x = torch.randn(2, 3, 32, 32)
+        graph = ap.ChannelGraph(model, x)
+        assert graph.group("blocks.0.attn:heads").channels == 6 and graph.group("blocks.0.attn:heads").prunable
+        width = graph.group("blocks.0.attn:head_width")
+        assert width.channels == 64 and width.prunable == (not qk_norm)
+        remove = {"blocks.0.attn:heads": [1, 4], "blocks.1.attn:heads": [0]}
+        if not qk_norm:
+            remove["blocks.0.attn:head_width"] = list(range(0, 64, 3))
+        dead = copy.deepcopy(graph.gm)
+        mods = dict(dead.named_modules())
+        with torch.no_grad():
+            for module, dim, idx in graph.contracted_slices(remove):
+                mods[module].weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
+                mods[module].bias.data.index_fill_(0, torch.tensor(idx), 0.0)
+            pruned = graph.prune_channels(remove)
+            assert torch.allclose(pruned(x), dead(x), atol=1e-5)
+            assert not torch.allclose(pruned(x), graph.gm(x), atol=1e-3)
+            assert pruned(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+        attn = [pruned.get_submodule(f"blocks.{i}.attn") for i in (0, 1)]
+        assert [a.num_heads for a in attn] == [4, 5]
+        assert [a.head_dim for a in attn] == ([64, 64] if qk_norm else [42, 64])
+        assert attn[0].qkv.out_features == 3 * attn[0].num_heads * attn[0].head_dim == 3 * attn[0].proj.in_features
+        assert graph.macs_exact and graph.macs(remove) == ap.count_macs(pruned, x)
+        assert (ap.count_params(model) - ap.count_params(pruned)
+                == graph.macs(None, params=True) - graph.macs(remove, params=True))
+
+
+def test_attention_written_out_prunes_its_head_width_and_keeps_the_scale():
+    """Attention of one's own, traced op by op (qkv Linear, reshape into heads written with constants, unbind,
+    F.scaled_dot_product_attention): the head width prunes, surgery rewrites the reshape and writes the original
+    scale into the fused call."""
+    class SelfAttention(torch.nn.Module):
+        def __init__(self, dim=32, heads=4):
+            super().__init__()
+            self.heads, self.qkv, self.proj = heads, torch.nn.Linear(dim, 3 * dim), torch.nn.Linear(dim, dim)
+
+        def forward(self, x):
+            B, N, C = x.shape
+            q, k, v = self.qkv(x).reshape(B, N, 3, 4, 8).permute(2, 0, 3, 1, 4).unbind(0)
+            y = torch.nn.functional.scaled_dot_product_attention(q, k, v)
+            return x + self.proj(y.transpose(1, 2).reshape(B, N, C))
+
+    class Tiny(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.attn, self.head = torch.nn.Conv2d(3, 32, 4, 4), SelfAttention(), torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            return self.head(self.attn(self.embed(x).flatten(2).transpose(1, 2)).mean(1))
+
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **_SMALL).eval()
-    x = torch.randn(2, 3, 32, 32)
+    model = Tiny().eval()
+    x = torch.randn(2, 3, 8, 12)
     graph = ap.ChannelGraph(model, x)
-    names = {g.name: g for g in graph.prunable_groups}
-    heads, width = model.blocks[0].attn.num_heads, model.blocks[0].attn.head_dim
-    assert names["blocks.0.attn.qkv"].channels == width and names["blocks.0.mlp.fc1"].channels == 4 * 192
-    remove = {"blocks.0.attn.qkv": list(range(0, width, 2)), "blocks.1.mlp.fc1": list(range(100))}
-    pruned = graph.prune_channels(remove)
-    assert pruned.get_submodule("blocks.0.attn.qkv").out_features == 3 * heads * width // 2
-    assert pruned.get_submodule("blocks.0.attn.proj").in_features == heads * width // 2
-    assert f"scale = {width ** -0.5}" in pruned.code and f", {heads}, {width // 2})" in pruned.code
-    assert graph.macs(remove) == ap.count_macs(pruned, x) < ap.count_macs(model, x)
-    with torch.no_grad():
-        assert pruned(torch.randn(5, 3, 32, 32)).shape == (5, 10)
+    assert graph.group("attn.qkv").channels == 8 and graph.group("attn.qkv").prunable
+    check_model(model, x)
+    pruned = graph.prune_channels({"attn.qkv": [0, 3, 5]})
+    assert pruned.get_submodule("attn.qkv").out_features == 3 * 4 * 5
+    assert ", 3, 4, 5)" in pruned.code and f"scale = {8 ** -0.5}" in pruned.code
+    assert graph.macs({"attn.qkv": [0, 3, 5]}) == ap.count_macs(pruned, x)
 
 
 def test_torchvision_vit_prunes_its_mlp_widths_around_multihead_attention():
@@ -98,26 +151,29 @@ def test_torchvision_vit_prunes_its_mlp_widths_around_multihead_attention():
     assert ap.count_macs(model, x) == patch + mlp + attn + 64 * 10
 
 
-def test_criteria_on_token_widths():
+def test_criteria_on_token_widths_and_heads():
     """Weight criteria and the pooled class-discrimination criteria score token widths ([B, N, C]: each channel's
-    tokens are its map); HRank and EZCrop, which need a 2-D map per channel, refuse and name the group."""
+    tokens are its map) and whole heads (read from the packed qkv Linear inside the attention); HRank and EZCrop,
+    which need a 2-D map per channel, refuse and name the group."""
     from autoprune.criteria.scoring import score_groups
 
     torch.manual_seed(0)
-    model = timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=10, **_SMALL).eval()
+    model = timm.create_model("vit_small_patch16_224", pretrained=False, num_classes=10, **_SMALL).eval()
     x, y = torch.randn(20, 3, 32, 32), torch.arange(20) % 10
     graph = ap.ChannelGraph(model, x[:2])
+    names = {f"blocks.{i}.{g}" for i in (0, 1) for g in ("attn:heads", "attn:head_width", "mlp.fc1")}
     for c in ("l1", "tt", "snr", "di"):
         scores = score_groups(graph, c, data=[(x, y)])
-        assert set(scores) == {"blocks.0.attn.qkv", "blocks.0.mlp.fc1", "blocks.1.attn.qkv", "blocks.1.mlp.fc1"}
+        assert set(scores) == names
+        assert scores["blocks.0.attn:heads"].shape == (6,)
         assert all(s.std() > 0 and bool(torch.isfinite(s).all()) for s in scores.values()), c
     for c in ("hrank", "ezcrop"):
-        with pytest.raises(ValueError, match=f"criterion '{c}' needs a 2-D feature map.*'blocks.0.attn.qkv'"):
+        with pytest.raises(ValueError, match=f"criterion '{c}' needs a 2-D feature map.*'blocks.0.attn:heads'"):
             score_groups(graph, c, data=[(x, y)])
 
 
 def test_pruned_vit_with_uneven_blocks_saves_loads_and_exports(tmp_path):
-    """Blocks that keep different head widths: the pruned ViT saves, loads onto a fresh instance and exports to
+    """Blocks that keep different heads and head widths: the pruned ViT saves, loads onto a fresh instance and exports to
     ONNX, checked against ONNX Runtime at two batch sizes."""
     pytest.importorskip("onnxruntime")
 
@@ -128,10 +184,10 @@ def test_pruned_vit_with_uneven_blocks_saves_loads_and_exports(tmp_path):
     model = make()
     x = torch.randn(2, 3, 32, 32)
     graph = ap.ChannelGraph(model, x)
-    pruned = graph.prune_channels({"blocks.0.attn.qkv": list(range(40)), "blocks.1.attn.qkv": list(range(8)),
+    pruned = graph.prune_channels({"blocks.0.attn:head_width": list(range(40)), "blocks.1.attn:heads": [1],
                                    "blocks.0.mlp.fc1": list(range(300))}).eval()
     widths = [pruned.get_submodule(f"blocks.{i}.attn.proj").in_features for i in (0, 1)]
-    assert widths == [3 * 24, 3 * 56]
+    assert widths == [3 * 24, 2 * 64]
     ap.save(pruned, tmp_path / "vit.pt")
     loaded = ap.load(tmp_path / "vit.pt", model=make()).eval()
     with torch.no_grad():

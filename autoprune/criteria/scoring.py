@@ -82,7 +82,16 @@ def _tap_points(graph, names: list[str], hook: str) -> dict[str, list[tuple[str,
                 chans = np.nonzero(sel)[0]
                 units = np.array([pos[int(r)] for r in roots[sel]], dtype=np.int64)
                 out[name][kind].append((nname, chans, units))
+    for name in names:  # a module rule's layer (an attention's packed qkv): its output, read by a forward hook
+        if not any(out[name].values()):
+            out[name]["conv"] = [(MODULE_TAP + m.module, m.channels, m.index) for m in graph.group(name).members
+                                 if m.kind == "rows" and m.module]
     return {name: (k[hook] or k["conv"]) for name, k in out.items()}
+
+
+#: tap names of layers inside a module rule's leaf (read with a forward hook, not a graph node); their outputs are
+#: token layers ``[B, N, C]``
+MODULE_TAP = "module:"
 
 
 def _tokens(ti: TI) -> bool:
@@ -99,7 +108,7 @@ def _check_taps(graph, crit: Any, c: str, plan: dict) -> None:
             raise ValueError(f"criterion {c!r}: group {name!r} has no activation it can read (its channels reach no "
                              "conv, linear, BatchNorm or activation output laid out [B, C, ...] or [B, N, C]); use a "
                              "weight criterion (l1, l2) for it")
-        if getattr(crit, "needs_maps", False) and any(_tokens(info[nname]) for nname, _, _ in pts):
+        if getattr(crit, "needs_maps", False) and any(n.startswith(MODULE_TAP) or _tokens(info[n]) for n, _, _ in pts):
             raise ValueError(f"criterion {c!r} needs a 2-D feature map per channel, but group {name!r} holds token "
                              "widths ([B, N, C]: an MLP or attention width); use a criterion that applies to tokens "
                              "(l1, l2, tt, snr, fdr, sd, di: docs/criteria.md)")
@@ -181,11 +190,16 @@ def activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: A
     for c, crit in crits.items():
         _check_taps(graph, crit, c, plans[c])
     node_names = sorted({p[0] for plan in plans.values() for pts in plan.values() for p in pts})
-    token_nodes = {n for n in node_names if _tokens(graph.analysis.info[n])}
+    token_nodes = {n for n in node_names if n.startswith(MODULE_TAP) or _tokens(graph.analysis.info[n])}
     states: dict[str, Any] = {}
     labels_box: dict[str, Any] = {}
     nodes = {n.name: n for n in gm.graph.nodes}
+    hooks = []
     for nname in node_names:
+        if nname.startswith(MODULE_TAP):
+            hook = (lambda key: lambda mod, args, out: _tap(out, key))(nname)
+            hooks.append(gm.get_submodule(nname[len(MODULE_TAP):]).register_forward_hook(hook))
+            continue
         n = nodes[nname]
         with gm.graph.inserting_after(n):
             gm.graph.call_function(_tap, (n, nname))
@@ -230,6 +244,8 @@ def activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: A
     finally:
         for nname in node_names:
             _TAPS.pop(nname, None)
+        for h in hooks:
+            h.remove()
     finals = {nname: st.finalize() for nname, st in states.items()}
     result: dict[str, dict[str, torch.Tensor]] = {}
     for c, crit in crits.items():

@@ -32,7 +32,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 # importing them fills the rule table with the built-in rules
-from . import attention_rules, layer_rules, library_rules  # noqa: F401
+from . import attention_modules, attention_rules, layer_rules, library_rules  # noqa: F401
 from .layout import TI, Elements, Site
 from .op_rules import same_layout
 from .rules import lookup_function, lookup_method, lookup_module

@@ -6,10 +6,11 @@ width) are one selection on both sides, and removing them leaves the other terms
 the pruned model equals the original with those channels zeroed. Channels on a batch dim (the heads of a
 ``[B, heads, N, head_dim]`` tensor) must be removed in every slice of that dim at once: a head-width unit spans
 every head (which the reshape that splits ``qkv`` into heads already requires: it keeps ``head_dim`` one number).
-So attention written with these ops prunes its head width, q/k and v together; whole heads would need a rule of the
-attention module itself (not written yet: a union-find partition cannot hold head units and width units at once).
-``scaled_dot_product_attention`` scales by ``1/sqrt(q.shape[-1])`` unless told otherwise: surgery writes the original scale into the call (``scale=``), so the
-pruned attention stays exact and fused.
+So attention written with these ops prunes its head width, q/k and v together; whole heads need a rule of the
+attention module itself (:mod:`~autoprune.graph.attention_modules`: a union-find partition of the traced tensors
+cannot hold head units and width units at once).
+``scaled_dot_product_attention`` scales by ``1/sqrt(q.shape[-1])`` unless told otherwise: surgery writes the
+original scale into the call (``scale=``), so the pruned attention stays exact and fused.
 
 The cost model counts a matmul as fvcore does (``numel(out) * K``) and the attention call as its two matmuls
 (fvcore has no handle for it: :mod:`~autoprune.graph.flops` adds one).

@@ -316,6 +316,9 @@ class ChannelGraph:
             if s.kind == "filter" and not params:  # a fixed depthwise filter (BlurPool): C * k * k per position
                 total += int(keep(s.data["elem"]).sum()) * s.data["k"] * int(np.prod(values[s.node][2:]))
                 continue
+            if s.kind == "attention_module":  # a module rule's own count (its layers are inside a leaf)
+                total += s.rule.macs(s, keep, batch, params)
+                continue
             if s.kind in ("matmul", "attention"):  # activation x activation products: MACs, no parameters
                 if not params:
                     total += site_macs(s.kind, s.data, keep, kept_numel, batch)
@@ -388,6 +391,10 @@ class ChannelGraph:
                     contracted.update(int(r) for r in np.ravel(E.roots(s.data[key])) if int(r) in roots)
         out, done = [], set()
         for s in self.analysis.sites:
+            if s.kind == "rows" and s.data.get("contracted"):  # a module rule's q/k/v rows (heads, head width)
+                hit = [i for i, r in enumerate(E.roots(s.data["out"]).tolist()) if r in roots]
+                if hit:
+                    out.append((s.module, 0, hit))
             if contracted and s.kind in ("conv", "linear") and s.module not in done:
                 done.add(s.module)
                 hit = [i for i, r in enumerate(E.roots(s.data["out"]).tolist()) if r in contracted]

@@ -16,7 +16,7 @@ class Member:
     group's channel ``index[i]`` (several outputs may share one group channel, e.g. depthwise multipliers)."""
     module: str | None   # conv/linear module name (None for a pad that creates zero channels, or an embedding)
     node: str            # fx node whose output holds the channels
-    kind: str            # "conv", "linear", "embedding" or "pad"
+    kind: str            # "conv", "linear", "embedding", "pad" or "rows" (output rows of a layer inside a module rule)
     channels: np.ndarray
     index: np.ndarray
 
@@ -63,6 +63,8 @@ def build_groups(a: Analysis) -> list[ChannelGroup]:
     for s in a.sites:
         if s.kind in ("conv", "linear", "embedding"):
             producers.append((s.module, s, s.data["out"]))
+        elif s.kind == "rows":  # a module rule's view of a layer's output rows (an attention's heads, its width)
+            producers.append((s.data.get("label", s.module), s, s.data["out"]))
         elif s.kind == "pad":
             label = f"{a.node_module.get(s.node) or s.node}:pad"
             producers.append((label, s, np.concatenate([s.data["before"], s.data["after"]])))

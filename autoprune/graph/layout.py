@@ -91,7 +91,8 @@ class Site:
     ``kind``: "conv", "linear" (producers), "bn" (per-channel parameters), "prelu", "pad", "slice", "split",
     "param" (a tensor attribute read in the forward code), "arg" (a call argument that counts channels), "shape"
     (sizes written as constants in a view/reshape/expand), "kwarg" (a keyword surgery writes in: attention's scale),
-    "matmul" and "attention" (activation products the cost model counts), "input".
+    "matmul" and "attention" (activation products the cost model counts), "rows" (a module rule's view of a layer's
+    output rows, for grouping and weight criteria), "attention_module" (an attention module cut by its rule), "input".
     ``rule``: the :class:`~autoprune.graph.rules.ChannelRule` that cuts a module site's parameters.
     """
     kind: str

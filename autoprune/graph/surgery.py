@@ -22,7 +22,7 @@ import torch.nn as nn
 from .analysis import TI, Analysis, source_line
 from .rules import take
 
-_MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding", "filter")
+_MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding", "filter", "attention_module")
 
 __all__ = ["PruneError", "apply_pruning", "Keep", "expected_shape"]
 

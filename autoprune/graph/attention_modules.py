@@ -1,0 +1,114 @@
+"""Channel rules of attention modules: whole heads and the head width, as two groups of one module.
+
+Attention traced op by op (:mod:`~autoprune.graph.attention_rules`) prunes the head width only: a union-find
+partition of q/k/v's channels cannot hold head units and width units at once (a position ``(head h, width j)``
+belongs to both). A rule of the module itself can: it keeps the module whole (a leaf of the graph), creates one
+element per head and one per position of the head width, and removes the q, k, v rows ``(part, h, j)`` and the
+output projection's columns ``(h, j)`` whose head *or* width is removed. Its ``forward`` still runs: surgery
+updates ``num_heads``, ``head_dim`` and ``attn_dim``, and keeps the attention's scale: the fused call scales by
+``1/sqrt(head_dim)``, so when the width shrinks the q rows are multiplied by ``sqrt(kept / original)`` (the manual
+path's ``self.scale`` stays the original).
+
+Weight criteria score both groups through the packed ``qkv`` Linear (a head unit averages the scores of its
+``3 * head_dim`` rows, a width unit those of its ``3 * heads`` rows); the module is a leaf, so activation criteria
+have no tensor of these groups to read, and refuse them.
+
+Built in: timm's ``Attention`` (``timm.layers.attention``: ViT, DeiT, DeiT-3, and every model built on it).
+"""
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from .layout import TI
+from .rules import ChannelRule, register_channel_rule, set_param, take
+
+__all__ = ["PackedQKVAttention"]
+
+
+class PackedQKVAttention(ChannelRule):
+    """An attention module with a packed ``qkv`` Linear (rows ``[3, heads, head_dim]``), an output ``proj`` Linear
+    reading ``[heads, head_dim]``, and ``num_heads``/``head_dim``/``attn_dim`` attributes its forward reads (timm's
+    ``Attention``). Locks: a gate Linear (``gated``), a norm over the whole attention width (``scale_norm``); a norm
+    over the head width (``qk_norm``) locks the width group but not the heads (it is shared by every head)."""
+
+    def analyse(self, p, node, m, x, value):
+        name = str(node.target)
+        what = f"{type(m).__name__} '{name}'"
+        if x is None or not isinstance(value, torch.Tensor) or value.dim() != 3 or x.cdims != (2,):
+            return p.lock_all(node, value, f"{what}: input is not [B, N, C] tokens with channels last")
+        extra = list(p.real(tuple(node.args[1:]))) + list(p.real(dict(node.kwargs)).values())
+        if any(v is not None and v is not False for v in extra):
+            return p.lock_all(node, value, f"{what}: called with a mask or is_causal (no rule for them)")
+        if getattr(m, "gate", None) is not None or not isinstance(getattr(m, "norm", None), torch.nn.Identity):
+            return p.lock_all(node, value, f"{what}: gated attention or a norm over the attention width")
+        H, d = int(m.num_heads), int(m.head_dim)
+        if m.qkv.out_features != 3 * H * d or m.proj.in_features != H * d:
+            return p.lock_all(node, value, f"{what}: qkv/proj sizes do not match num_heads x head_dim")
+        heads, width = p.fresh((H,), 0).elem, p.fresh((d,), 0).elem
+        if not all(isinstance(getattr(m, n), torch.nn.Identity) for n in ("q_norm", "k_norm")):
+            p.lock(width, f"{what}: q_norm/k_norm normalise over the head width (its heads stay prunable)")
+        if H == 1:
+            p.lock(heads, f"{what}: a single head")
+        out = p.fresh(tuple(value.shape), 2)
+        # the packed qkv rows seen as the heads, then as the width, for grouping and weight criteria
+        rows = np.broadcast_to(np.arange(3)[:, None, None], (3, H, d))
+        by_head = np.broadcast_to(heads[None, :, None], rows.shape).reshape(-1)
+        by_width = np.broadcast_to(width[None, None, :], rows.shape).reshape(-1)
+        qkv, proj = f"{name}.qkv", f"{name}.proj"
+        p.add_site("rows", node, qkv, {"out": by_head, "label": f"{name}:heads", "contracted": True})
+        p.add_site("rows", node, qkv, {"out": by_width, "label": f"{name}:head_width", "contracted": True})
+        p.add_site("attention_module", node, name, {
+            "in": x.elem, "out": out.elem, "heads": heads, "width": width, "tokens": int(np.prod(value.shape[:-1])),
+            "n": int(value.shape[1]), "qkv_bias": int(m.qkv.bias is not None),
+            "proj_bias": int(m.proj.bias is not None)}, rule=self)
+        p.add_site("rows", node, proj, {"out": out.elem, "label": proj})
+        return out
+
+    def cut(self, m, site, keep):
+        h, w = keep(site.data["heads"]), keep(site.data["width"])
+        cin, cout = keep(site.data["in"]), keep(site.data["out"])
+        inner = np.logical_and.outer(h, w).reshape(-1)                       # [heads * head_dim]
+        rows = np.tile(inner, 3)                                             # [3 * heads * head_dim]
+        d, d_new = len(w), int(w.sum())
+        qkv_w = take(take(m.qkv.weight.data, 0, rows), 1, cin)
+        qkv_b = take(m.qkv.bias.data, 0, rows) if m.qkv.bias is not None else None
+        if d_new != d and getattr(m, "fused_attn", False):  # sdpa scales by 1/sqrt(width): keep 1/sqrt(original)
+            q = int(inner.sum())
+            qkv_w = qkv_w.clone()
+            qkv_w[:q] *= math.sqrt(d_new / d)
+            if qkv_b is not None:
+                qkv_b = qkv_b.clone()
+                qkv_b[:q] *= math.sqrt(d_new / d)
+        set_param(m.qkv, "weight", qkv_w)
+        set_param(m.qkv, "bias", qkv_b)
+        m.qkv.in_features, m.qkv.out_features = int(cin.sum()), int(rows.sum())
+        set_param(m.proj, "weight", take(take(m.proj.weight.data, 0, cout), 1, inner))
+        if m.proj.bias is not None:
+            set_param(m.proj, "bias", take(m.proj.bias.data, 0, cout))
+        m.proj.in_features, m.proj.out_features = int(inner.sum()), int(cout.sum())
+        m.num_heads, m.head_dim, m.attn_dim = int(h.sum()), d_new, int(inner.sum())
+
+    @staticmethod
+    def macs(site, keep, batch: int, params: bool = False) -> int:
+        """MACs per sample (or parameters) of the module after removing what ``keep`` rejects: the qkv and output
+        projections and the two attention matmuls (``2 * N * N * heads * head_dim``), as fvcore counts them."""
+        h, w = int(keep(site.data["heads"]).sum()), int(keep(site.data["width"]).sum())
+        cin, cout = int(keep(site.data["in"]).sum()), int(keep(site.data["out"]).sum())
+        inner = h * w
+        if params:
+            qkv_b, proj_b = site.data.get("qkv_bias", 0), site.data.get("proj_bias", 0)
+            return 3 * inner * cin + 3 * inner * qkv_b + inner * cout + cout * proj_b
+        tokens = site.data["tokens"]
+        n = site.data["n"]
+        return (tokens * (3 * inner * cin + inner * cout) + tokens * n * 2 * inner) // batch
+
+
+def _register() -> None:
+    register_channel_rule("timm.layers.attention.Attention", PackedQKVAttention())
+
+
+_register()
