@@ -39,6 +39,45 @@ def randomise_norms(model: torch.nn.Module, seed: int = 2) -> None:
             p.data.fill_(1.0)
 
 
+def zero_columns(mods: dict, module: str, dim: int, idx: list) -> None:
+    """Zero the input columns ``idx`` of a layer, or (``"attn:q"``, ``:k``, ``:v``) of one projection of an attention
+    module (timm's Attention: its packed qkv Linear; nn.MultiheadAttention: its in_proj or q/k/v_proj weights)."""
+    cols = torch.tensor(idx)
+    name, _, part = module.partition(":")
+    m = mods[name]
+    if not part:
+        m.weight.data.index_fill_(dim, cols, 0.0)
+    elif isinstance(m, torch.nn.MultiheadAttention):
+        if m.in_proj_weight is not None:
+            e = m.embed_dim
+            k = "qkv".index(part)
+            m.in_proj_weight.data[k * e:(k + 1) * e].index_fill_(1, cols, 0.0)
+        else:
+            getattr(m, f"{part}_proj_weight").data.index_fill_(1, cols, 0.0)
+    else:
+        m.qkv.weight.data.index_fill_(1, cols, 0.0)
+
+
+def zero_rows(m: torch.nn.Module, dim: int, idx: list) -> None:
+    """Zero output rows ``idx`` (along weight dim ``dim``) of a layer and its bias; for nn.MultiheadAttention, rows of
+    its packed q, k, v projections (``[3 * embed_dim]``)."""
+    if isinstance(m, torch.nn.MultiheadAttention):
+        rows = torch.tensor(idx)
+        if m.in_proj_weight is not None:
+            m.in_proj_weight.data.index_fill_(0, rows, 0.0)
+        else:
+            for part, w in enumerate((m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)):
+                inner = w.shape[0]
+                sel = rows[(rows >= part * inner) & (rows < (part + 1) * inner)] - part * inner
+                w.data.index_fill_(0, sel, 0.0)
+        if m.in_proj_bias is not None:
+            m.in_proj_bias.data.index_fill_(0, rows, 0.0)
+        return
+    m.weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
+    if getattr(m, "bias", None) is not None:
+        m.bias.data.index_fill_(0, torch.tensor(idx), 0.0)
+
+
 def check_model(model: torch.nn.Module, x, *, ratio: float = 0.3, approximate: bool = False,
                 min_drop: float | None = None, teeth: bool = True, graph: ChannelGraph | None = None,
                 count_original: bool = True):
@@ -73,11 +112,9 @@ def check_model(model: torch.nn.Module, x, *, ratio: float = 0.3, approximate: b
     mods = dict(graph.gm.named_modules())
     with torch.no_grad():
         for module, dim, idx in graph.consumer_slices(dead):
-            mods[module].weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
-        for module, dim, idx in graph.contracted_slices(dead):  # q/k widths: no reader, zero their writers
-            mods[module].weight.data.index_fill_(dim, torch.tensor(idx), 0.0)
-            if getattr(mods[module], "bias", None) is not None:
-                mods[module].bias.data.index_fill_(0, torch.tensor(idx), 0.0)
+            zero_columns(mods, module, dim, idx)
+        for module, dim, idx in graph.contracted_slices(dead):  # q/k widths, heads: no reader, zero their writers
+            zero_rows(mods[module], dim, idx)
         want = _flat(graph.gm(*xs))
         pruned = graph.prune_channels(dead)
         got = _flat(pruned(*xs))

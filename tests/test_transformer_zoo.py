@@ -131,24 +131,27 @@ def test_attention_written_out_prunes_its_head_width_and_keeps_the_scale():
     assert graph.macs({"attn.qkv": [0, 3, 5]}) == ap.count_macs(pruned, x)
 
 
-def test_torchvision_vit_prunes_its_mlp_widths_around_multihead_attention():
-    """nn.MultiheadAttention has no rule yet: it stays locked (and counted on the pruned model), the MLP widths
-    around it prune exactly, and fvcore now counts its inference fast path and the fused attention it calls."""
+def test_torchvision_vit_prunes_heads_head_widths_and_mlp_widths():
+    """torchvision's ViT (nn.MultiheadAttention in EncoderBlock, need_weights=False): heads, head width and MLP width
+    prune exactly, and fvcore counts the attention's inference fast path the same as the cost model."""
     from torchvision.models import VisionTransformer
 
     torch.manual_seed(0)
     model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=64,
                               mlp_dim=256, num_classes=10).eval()
     torch.nn.init.normal_(model.heads.head.weight, std=0.1)  # torchvision starts the head at zero
-    graph, drop = _check(model, 32, 0.15)
-    assert {g.name for g in graph.prunable_groups} == {f"encoder.layers.encoder_layer_{i}.mlp.0" for i in (0, 1)}
-    assert not graph.macs_exact
-    # the attention's MACs are counted: 4 projections of 64 x 64 and two 17 x 17 x 64 matmuls per layer
+    graph, drop = _check(model, 32, 0.25)
+    layer = "encoder.layers.encoder_layer_{}."
+    assert {g.name for g in graph.prunable_groups} == {layer.format(i) + g for i in (0, 1)
+                                                       for g in ("mlp.0", "self_attention:heads",
+                                                                 "self_attention:head_width")}
+    assert graph.macs_exact
+    # 4 projections of 64 x 64 and two 17 x 17 x 64 matmuls per layer, counted by fvcore through our handle
     x = torch.randn(1, 3, 32, 32)
     mlp = 2 * 2 * 17 * 64 * 256
     attn = 2 * (4 * 17 * 64 * 64 + 2 * 17 * 17 * 64)
     patch = 16 * 3 * 8 * 8 * 64
-    assert ap.count_macs(model, x) == patch + mlp + attn + 64 * 10
+    assert ap.count_macs(model, x) == graph.macs() == patch + mlp + attn + 64 * 10
 
 
 def test_criteria_on_token_widths_and_heads():
@@ -173,8 +176,8 @@ def test_criteria_on_token_widths_and_heads():
 
 
 def test_pruned_vit_with_uneven_blocks_saves_loads_and_exports(tmp_path):
-    """Blocks that keep different heads and head widths: the pruned ViT saves, loads onto a fresh instance and exports to
-    ONNX, checked against ONNX Runtime at two batch sizes."""
+    """Blocks that keep different heads and head widths: the pruned ViT saves, loads onto a fresh instance and
+    exports to ONNX, checked against ONNX Runtime at two batch sizes."""
     pytest.importorskip("onnxruntime")
 
     def make():
@@ -208,3 +211,79 @@ def test_timm_models_by_name_rebuild_on_load(tmp_path):
         assert torch.allclose(loaded(x), pruned(x), atol=1e-5)
     with pytest.raises(ValueError, match="unknown timm model 'vit_tiny_patch16'.*vit_tiny_patch16_224"):
         ap.get_model("timm:vit_tiny_patch16")
+
+
+class _CrossAndSelf(torch.nn.Module):
+    """Tokens of a patch conv attend to a context of another width (kdim/vdim, a 2-D mask, the weights asked for and
+    dropped), then to themselves; the token width is a residual stream without LayerNorm, so it prunes too."""
+
+    def __init__(self, batch_first: bool):
+        super().__init__()
+        self.batch_first = batch_first
+        self.embed, self.ctx = torch.nn.Conv2d(3, 32, 4, 4), torch.nn.Conv2d(3, 24, 4, 4)
+        self.cross = torch.nn.MultiheadAttention(32, 4, kdim=24, vdim=24, batch_first=batch_first)
+        self.self_attn = torch.nn.MultiheadAttention(32, 4, batch_first=batch_first)
+        self.head = torch.nn.Linear(32, 10)
+        # [L, S] (True: not allowed), 4 tokens and 4 context tokens; each token sees at least one
+        self.register_buffer("mask", (torch.rand(4, 4) > 0.5).fill_diagonal_(False))
+
+    def forward(self, x):
+        t, c = (m(x).flatten(2).transpose(1, 2) for m in (self.embed, self.ctx))
+        if not self.batch_first:
+            t, c = t.transpose(0, 1), c.transpose(0, 1)
+        y, _ = self.cross(t, c, c, need_weights=True, attn_mask=self.mask)
+        t = t + y
+        z, _ = self.self_attn(t, t, t, need_weights=False)
+        t = t + z
+        return self.head(t.mean(1 if self.batch_first else 0))
+
+
+@pytest.mark.parametrize("batch_first", [True, False])
+def test_multihead_attention_heads_widths_and_inputs(batch_first, tmp_path):
+    """nn.MultiheadAttention: heads, head width, its input widths (query, and key/value of another width) prune
+    exactly, batch_first either way, with a mask and need_weights; pruned it becomes a PrunedMultiheadAttention
+    (uneven heads per layer), which saves, loads and exports to ONNX."""
+    from autoprune.graph.pruned_mha import PrunedMultiheadAttention
+
+    torch.manual_seed(0)
+    model = _CrossAndSelf(batch_first).eval()
+    x = torch.randn(2, 3, 8, 8)
+    graph, _ = check_model(model, x)
+    names = {g.name for g in graph.prunable_groups}
+    assert {"cross:heads", "cross:head_width", "self_attn:heads", "self_attn:head_width", "embed", "ctx"} <= names
+    remove = {"cross:heads": [0, 2], "self_attn:heads": [3], "self_attn:head_width": [1, 4], "ctx": [0, 5, 6]}
+    pruned = graph.prune_channels(remove).eval()
+    cross, self_attn = pruned.get_submodule("cross"), pruned.get_submodule("self_attn")
+    assert isinstance(cross, PrunedMultiheadAttention) and (cross.num_heads, cross.head_dim, cross.kdim) == (2, 8, 21)
+    assert (self_attn.num_heads, self_attn.head_dim) == (3, 6)
+    assert graph.macs(remove) == ap.count_macs(pruned, x)
+    with torch.no_grad():
+        q, kv = torch.randn(3, 4, 32), torch.randn(3, 5, 21)
+        if not batch_first:
+            q, kv = q.transpose(0, 1), kv.transpose(0, 1)
+        out, weights = cross(q, kv, kv)
+    assert weights.shape == (3, 4, 5) and out.shape == q.shape
+    ap.save(pruned, tmp_path / "m.pt")
+    loaded = ap.load(tmp_path / "m.pt", model=_CrossAndSelf(batch_first)).eval()
+    with torch.no_grad():
+        assert torch.allclose(loaded(x), pruned(x), atol=1e-5)
+    result = ap.export_model(loaded, x, tmp_path / "m.onnx")
+    assert result.max_abs_diff < 1e-4
+
+
+def test_multihead_attention_locks_heads_whose_average_weights_are_used():
+    class UsesWeights(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed, self.attn = torch.nn.Conv2d(3, 16, 4, 4), torch.nn.MultiheadAttention(16, 2, batch_first=True)
+            self.head = torch.nn.Linear(16 + 4, 10)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            y, w = self.attn(t, t, t)
+            return self.head(torch.cat([(t + y).mean(1), w.mean(1)], 1))
+
+    graph = ap.ChannelGraph(UsesWeights().eval(), torch.randn(2, 3, 8, 8))
+    heads = graph.group("attn:heads")
+    assert not heads.prunable and "attention weights (an average over the heads) are used" in heads.reason
+    assert graph.group("attn:head_width").prunable

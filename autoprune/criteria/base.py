@@ -44,6 +44,8 @@ def filter_weight(module_or_weight: nn.Module | Tensor) -> Tensor:
     """
     if isinstance(module_or_weight, Tensor):
         return module_or_weight.detach()
+    if isinstance(module_or_weight, nn.MultiheadAttention):  # its q, k, v rows (zero-padded to one input width)
+        return _qkv_rows(module_or_weight)
     weight = getattr(module_or_weight, "weight", None)
     if not isinstance(weight, Tensor):
         raise TypeError(f"{type(module_or_weight).__name__} has no weight tensor to score")
@@ -54,6 +56,14 @@ def filter_weight(module_or_weight: nn.Module | Tensor) -> Tensor:
         k = w.shape[2:]
         w = w.reshape(g, cin // g, cout_g, *k).transpose(1, 2).reshape(g * cout_g, cin // g, *k)
     return w
+
+
+def _qkv_rows(m: nn.MultiheadAttention) -> Tensor:
+    if m.in_proj_weight is not None:
+        return m.in_proj_weight.detach()
+    ws = [w.detach() for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)]
+    width = max(w.shape[1] for w in ws)
+    return torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for w in ws])
 
 
 class Criterion:

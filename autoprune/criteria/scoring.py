@@ -84,8 +84,9 @@ def _tap_points(graph, names: list[str], hook: str) -> dict[str, list[tuple[str,
                 out[name][kind].append((nname, chans, units))
     for name in names:  # a module rule's layer (an attention's packed qkv): its output, read by a forward hook
         if not any(out[name].values()):
+            taps = {(s.node, s.module): s.data.get("tap", True) for s in a.sites if s.kind == "rows"}
             out[name]["conv"] = [(MODULE_TAP + m.module, m.channels, m.index) for m in graph.group(name).members
-                                 if m.kind == "rows" and m.module]
+                                 if m.kind == "rows" and m.module and taps.get((m.node, m.module))]
     return {name: (k[hook] or k["conv"]) for name, k in out.items()}
 
 

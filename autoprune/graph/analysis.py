@@ -230,7 +230,8 @@ class _Propagator(fx.Interpreter):
     def unite_call_sites(self, n: fx.Node, site: Site, out: Any) -> None:
         """A module called at several places has one set of parameters, so one channel selection: unite the
         channels of every call site (a shared detection head over several feature maps, a BN on two branches)."""
-        prev = [s for s in self.calls.setdefault(site.module, []) if s.kind == site.kind]
+        prev = [s for s in self.calls.setdefault(site.module, [])
+                if s.kind == site.kind and s.data.get("label") == site.data.get("label")]
         self.calls[site.module].append(site)
         if not prev:
             return

@@ -13,20 +13,24 @@ Weight criteria score both groups through the packed ``qkv`` Linear (a head unit
 ``3 * head_dim`` rows, a width unit those of its ``3 * heads`` rows); the module is a leaf, so activation criteria
 have no tensor of these groups to read, and refuse them.
 
-Built in: timm's ``Attention`` (``timm.layers.attention``: ViT, DeiT, DeiT-3, and every model built on it).
+Built in: timm's ``Attention`` (``timm.layers.attention``: ViT, DeiT, DeiT-3, and every model built on it) and
+``torch.nn.MultiheadAttention`` (torchvision's ViT), which pruned becomes a
+:class:`~autoprune.graph.pruned_mha.PrunedMultiheadAttention`.
 """
 from __future__ import annotations
 
 import math
-from typing import Any
+import operator
 
 import numpy as np
 import torch
+import torch.fx as fx
 
 from .layout import TI
+from .pruned_mha import PrunedMultiheadAttention
 from .rules import ChannelRule, register_channel_rule, set_param, take
 
-__all__ = ["PackedQKVAttention"]
+__all__ = ["PackedQKVAttention", "MultiheadAttentionRule"]
 
 
 class PackedQKVAttention(ChannelRule):
@@ -107,8 +111,70 @@ class PackedQKVAttention(ChannelRule):
         return (tokens * (3 * inner * cin + inner * cout) + tokens * n * 2 * inner) // batch
 
 
+class MultiheadAttentionRule(ChannelRule):
+    """``nn.MultiheadAttention``: heads and head width as two groups, as :class:`PackedQKVAttention`, with
+    ``batch_first`` either way, ``kdim``/``vdim`` (cross-attention), masks and ``need_weights``. Pruned, it becomes a
+    :class:`~autoprune.graph.pruned_mha.PrunedMultiheadAttention` (its inner width no longer equals its inputs').
+    Locks: unbatched inputs, ``add_bias_kv``/``add_zero_attn``; the heads (not the width) when the averaged attention
+    weights are used or the mask is per head ``[B * heads, L, S]``."""
+
+    def analyse(self, p, node, m, x, value):
+        name = str(node.target)
+        what = f"MultiheadAttention '{name}'"
+        names = ("query", "key", "value")
+        args = [node.args[i] if len(node.args) > i else node.kwargs.get(names[i]) for i in range(3)]
+        lays = [p.layout(a) if isinstance(a, fx.Node) else None for a in args]
+        if any(not isinstance(t, TI) or len(t.shape) != 3 or t.cdims != (2,) for t in lays):
+            return p.lock_all(node, value, f"{what}: query, key and value must be batched [., ., C] with channels last")
+        if m.bias_k is not None or m.add_zero_attn:
+            return p.lock_all(node, value, f"{what}: add_bias_kv / add_zero_attn have no rule")
+        H, d = int(m.num_heads), int(m.head_dim)
+        heads, width = p.fresh((H,), 0).elem, p.fresh((d,), 0).elem
+        if H == 1:
+            p.lock(heads, f"{what}: a single head")
+        mask = p.real(node.kwargs.get("attn_mask", node.args[5] if len(node.args) > 5 else None))
+        if isinstance(mask, torch.Tensor) and mask.dim() == 3:
+            p.lock(heads, f"{what}: a per-head attention mask [B * heads, L, S]")
+        if any(u.target is not operator.getitem or u.args[1] == 1 and u.users for u in node.users):
+            p.lock(heads, f"{what}: its attention weights (an average over the heads) are used")
+        out = p.fresh(tuple(value[0].shape), 2)
+        rows = (3, H, d)
+        by_head = np.broadcast_to(heads[None, :, None], rows).reshape(-1)
+        by_width = np.broadcast_to(width[None, None, :], rows).reshape(-1)
+        for label, elem in ((f"{name}:heads", by_head), (f"{name}:head_width", by_width)):
+            p.add_site("rows", node, name, {"out": elem, "label": label, "contracted": True, "tap": False})
+        q, k, v = (p.real(a) for a in args)
+        seq = 1 if m.batch_first else 0
+        p.add_site("attention_module", node, name, {
+            "in": lays[0].elem, "k_in": lays[1].elem, "v_in": lays[2].elem, "out": out.elem, "heads": heads,
+            "width": width, "tokens": int(q.shape[0] * q.shape[1]), "n": int(k.shape[seq]),
+            "kv_tokens": int(k.shape[0] * k.shape[1]), "qkv_bias": int(m.in_proj_bias is not None),
+            "proj_bias": int(m.out_proj.bias is not None)}, rule=self)
+        p.add_site("rows", node, f"{name}.out_proj", {"out": out.elem, "label": f"{name}.out_proj"})
+        weights = p.fresh_like(value[1], f"{what}: attention weights") if value[1] is not None else None
+        return [out, weights]
+
+    def cut(self, m, site, keep):
+        masks = [keep(site.data[k]) for k in ("heads", "width", "in", "k_in", "v_in", "out")]
+        if all(bool(mk.all()) for mk in masks):
+            return None
+        return PrunedMultiheadAttention.from_pruned(m, *masks)
+
+    @staticmethod
+    def macs(site, keep, batch: int, params: bool = False) -> int:
+        """The q, k, v and output projections and the two attention matmuls, per sample (or the parameters)."""
+        inner = int(keep(site.data["heads"]).sum()) * int(keep(site.data["width"]).sum())
+        cq, ck, cv, cout = (int(keep(site.data[k]).sum()) for k in ("in", "k_in", "v_in", "out"))
+        if params:
+            return inner * (cq + ck + cv) + 3 * inner * site.data["qkv_bias"] + inner * cout + \
+                cout * site.data["proj_bias"]
+        tq, tkv, s = site.data["tokens"], site.data["kv_tokens"], site.data["n"]
+        return (tq * inner * (cq + cout) + tkv * inner * (ck + cv) + tq * s * 2 * inner) // batch
+
+
 def _register() -> None:
     register_channel_rule("timm.layers.attention.Attention", PackedQKVAttention())
+    register_channel_rule(torch.nn.MultiheadAttention, MultiheadAttentionRule())
 
 
 _register()

@@ -364,7 +364,8 @@ class ChannelGraph:
 
     def consumer_slices(self, remove: Mapping[str, Sequence[int]]) -> list[tuple[str, int, list[int]]]:
         """(module, weight dim, indices) of the weights that *read* the given channels: the input slices of every
-        dense conv and linear layer. Zeroing them makes the channels dead, which tests use to check the cut."""
+        dense conv and linear layer, and ``"module:q"`` (``:k``, ``:v``) for the q, k, v projections of an attention
+        module cut by its rule. Zeroing them makes the channels dead, which tests use to check the cut."""
         E = self.analysis.elements
         roots = self._roots(remove)
         out = []
@@ -376,6 +377,11 @@ class ChannelGraph:
                 hit = [i for i, r in enumerate(rr.tolist()) if r in roots]
                 if hit:
                     out.append((s.module, s.data.get("in_dim", 1), hit))
+            elif s.kind == "attention_module":  # its q/k/v projections read its inputs: "module:q|k|v"
+                for key, part in (("in", "q"), ("k_in", "k"), ("v_in", "v")):
+                    hit = [i for i, r in enumerate(E.roots(s.data.get(key, [])).tolist()) if r in roots]
+                    if hit:
+                        out.append((f"{s.module}:{part}", 1, hit))
         return out
 
     def contracted_slices(self, remove: Mapping[str, Sequence[int]]) -> list[tuple[str, int, list[int]]]:

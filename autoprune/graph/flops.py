@@ -6,9 +6,10 @@ flop, so its per-operator counts *are* MACs; :func:`count_macs` keeps the operat
 (BatchNorm, pooling, upsampling...), reproducing that convention. ``full=True`` returns fvcore's whole total.
 
 Attention: fvcore counts ``matmul``/``bmm`` (``q @ k.transpose(-2, -1)``, ``attn @ v``) but has no handle for the fused
-``scaled_dot_product_attention`` nor for ``nn.MultiheadAttention``'s inference fast path
-(``_native_multi_head_attention``), which it would count as 0: we add both through its op-handle table
-(``set_op_handle``), counting the same two matmuls (and, for the fast path, its four projections).
+``scaled_dot_product_attention``, for ``nn.MultiheadAttention``'s inference fast path
+(``_native_multi_head_attention``) nor for the ``baddbmm`` of its masked scores, which it would count as 0: we add them
+through its op-handle table (``set_op_handle``), counting the same matmuls (and, for the fast path, its four
+projections).
 """
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ __all__ = ["count_macs", "count_params", "MAC_OPERATORS"]
 
 #: fvcore operator names counted in the paper convention: convolutions and fully-connected layers
 #: (``linear`` or its ``addmm``/``matmul`` lowerings; ``bmm``/``einsum`` appear only in attention-like code).
-MAC_OPERATORS = frozenset({"conv", "linear", "addmm", "matmul", "bmm", "einsum", "scaled_dot_product_attention",
-                           "_native_multi_head_attention"})
+MAC_OPERATORS = frozenset({"conv", "linear", "addmm", "matmul", "bmm", "einsum", "baddbmm",
+                           "scaled_dot_product_attention", "_native_multi_head_attention"})
 
 
 def _sdpa_macs(inputs: list, outputs: list) -> int:
@@ -49,7 +50,14 @@ def _native_mha_macs(inputs: list, outputs: list) -> int:
     return b * ((2 * L + 2 * S) * E * E + 2 * L * S * E)
 
 
-_HANDLES = {"aten::scaled_dot_product_attention": _sdpa_macs,
+def _baddbmm_macs(inputs: list, outputs: list) -> int:
+    """``baddbmm(input, b1, b2)``: ``b1 @ b2`` added to ``input`` (nn.MultiheadAttention's masked scores)."""
+    b1, b2 = get_shape(inputs[1]), get_shape(inputs[2])
+    return math.prod(b1) * b2[-1]
+
+
+_HANDLES = {"aten::baddbmm": _baddbmm_macs,
+            "aten::scaled_dot_product_attention": _sdpa_macs,
             "aten::_native_multi_head_attention": _native_mha_macs}
 
 

@@ -120,8 +120,9 @@ class ChannelRule:
     def analyse(self, p: RuleContext, node: fx.Node, module: nn.Module | None, x: TI | None, value: Any) -> Any:
         raise NotImplementedError
 
-    def cut(self, module: nn.Module, site: Site, keep: Callable[[np.ndarray], np.ndarray]) -> None:
-        """Slice ``module``'s parameters to the kept channels (module rules that record a site)."""
+    def cut(self, module: nn.Module, site: Site, keep: Callable[[np.ndarray], np.ndarray]) -> nn.Module | None:
+        """Slice ``module``'s parameters to the kept channels (module rules that record a site); or return a new
+        module that replaces it (a layer that cannot hold the pruned shapes: ``nn.MultiheadAttention``)."""
 
 
 class Elementwise(ChannelRule):

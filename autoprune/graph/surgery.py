@@ -85,7 +85,10 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
                 continue  # a module called at several places is cut once (the analysis united its call sites)
             done.add(s.module)
             m = gm.get_submodule(s.module)
-            s.rule.cut(m, s, keep)
+            new = s.rule.cut(m, s, keep)
+            if isinstance(new, nn.Module):  # a rule may replace the module (nn.MultiheadAttention)
+                gm.set_submodule(s.module, new)
+                m = new
             _unshare(m, memo)
         elif s.kind == "param":
             m = gm.get_submodule(s.module) if s.module else gm
