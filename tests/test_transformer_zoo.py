@@ -26,6 +26,7 @@ TIMM = [
     ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(1, 1, 1, 1)), 56, 0.15, True),  # windows, rel-pos
     ("maxvit_pico_rw_256", dict(img_size=64), 64, 0.15, True),       # MaxViT: MBConv + block and grid attention
     ("fastvit_sa12", {}, 64, 0.15, True),                            # FastViT: RepMixer + attention stage
+    ("hiera_tiny_224", dict(stages=(1, 1, 1, 1)), 224, 0.15, True),  # Hiera: mask units (forward(mask=None))
     ("caformer_s18", {}, 64, 0.15, True),                            # CAFormer: conv + attention MetaFormer
     # attention locked (the reason names the op), MLP widths prunable
     ("eva02_tiny_patch14_224", _SMALL, 32, 0.15, False),             # EVA-02: F.linear qkv and RoPE; SwiGLU MLP
@@ -36,6 +37,9 @@ TIMM = [
 
 def _check(model: torch.nn.Module, size: int, min_drop: float):
     randomise_norms(model)
+    classifier = model.get_classifier() if hasattr(model, "get_classifier") else None
+    if isinstance(classifier, torch.nn.Linear) and classifier.weight.abs().max() < 1e-2:  # Hiera starts it near 0
+        torch.nn.init.normal_(classifier.weight, std=0.1)
     for batch in (1, 2):
         x = torch.randn(batch, 3, size, size, generator=torch.Generator().manual_seed(batch))
         with warnings.catch_warnings():

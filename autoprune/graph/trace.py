@@ -20,6 +20,7 @@ pruning; the analysis locks the channels feeding them (with the line), and shape
 from __future__ import annotations
 
 import contextlib
+import inspect
 import linecache
 import os
 import sys
@@ -114,12 +115,28 @@ def _user_frame(exc: BaseException) -> str:
     return f" at {f.filename}:{f.lineno} ({(f.line or '').strip()})"
 
 
-def trace(model: nn.Module) -> fx.GraphModule:
-    """Symbolically trace ``model`` into a GraphModule (which shares the model's submodules)."""
+def _optional_args(model: nn.Module, n_inputs: int | None) -> dict[str, Any]:
+    """Arguments of ``forward`` after its first ``n_inputs`` (those the example inputs fill) that default to None or
+    a constant (timm's ``mask=None``, ``attn_mask=None``, ``is_causal=False``): traced as those constants, so
+    ``if mask is not None`` takes the branch the model runs by default instead of failing on a proxy."""
+    if n_inputs is None:
+        return {}
+    try:
+        params = list(inspect.signature(model.forward).parameters.values())[n_inputs:]
+    except (TypeError, ValueError):
+        return {}
+    return {p.name: p.default for p in params
+            if p.kind in (p.POSITIONAL_OR_KEYWORD, p.KEYWORD_ONLY) and p.default is not p.empty
+            and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
+
+
+def trace(model: nn.Module, n_inputs: int | None = None) -> fx.GraphModule:
+    """Symbolically trace ``model`` into a GraphModule (which shares the model's submodules). With ``n_inputs`` (how
+    many leading arguments the inputs fill), the optional arguments after them are traced as their defaults."""
     tracer = _Tracer()
     try:
         with _leaf_autograd_functions():
-            graph = tracer.trace(model)
+            graph = tracer.trace(model, concrete_args=_optional_args(model, n_inputs) or None)
     except Exception as exc:  # fx raises several types (TraceError, TypeError, AttributeError...)
         raise TraceError(
             f"could not trace {type(model).__name__} with torch.fx{_user_frame(exc)}: {exc}. "
