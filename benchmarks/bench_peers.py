@@ -6,6 +6,11 @@
 
 ``--suite timm`` runs the timm architectures of ``tests/test_timm_zoo.py`` (``timm.create_model(name,
 pretrained=False)``, 1x3xSxS inputs with S = --size, default 64 for this suite) and writes its own section.
+``--suite transformers`` runs the vision transformers and hybrids of ``tests/test_transformer_zoo.py`` (same small
+configurations and inputs as the test) and writes its own section; there Torch-Pruning gets what its ViT example
+(``examples/transformers/prune_timm_vit.py``) gives it: ``num_heads={attn.qkv: attn.num_heads}`` for every timm
+``Attention`` (head dims pruned, ``prune_head_dims=True``), and ``num_heads``/``head_dim`` set back on each attention
+after ``step()``.
 
 For every model (randomly initialised, eval mode, seed 0) both tools prune 30% of the channels of every group
 they consider prunable, ranked by L1 norm:
@@ -65,8 +70,20 @@ TIMM = [
     "dla46_c", "hrnet_w18_small", "cs3darknet_s", "darknet17", "ese_vovnet19b_slim_dw", "repvgg_a0", "gernet_s",
     "skresnet18", "resnest14d", "convnext_atto", "edgenext_xx_small",
 ]
+_SMALL = dict(img_size=32, patch_size=4, depth=2)
+# the set of tests/test_transformer_zoo.py: name -> (create_model kwargs, input side)
+TRANSFORMERS = {
+    "vit_tiny_patch16_224": (_SMALL, 32), "deit_tiny_patch16_224": (_SMALL, 32),
+    "deit3_small_patch16_224": (_SMALL, 32), "cait_xxs24_224": (_SMALL, 32), "pit_ti_224": (dict(img_size=32), 32),
+    "xcit_nano_12_p16_224": (dict(img_size=32, depth=2), 32),
+    "swin_tiny_patch4_window7_224": (dict(img_size=56, depths=(1, 1, 1, 1)), 56),
+    "maxvit_pico_rw_256": (dict(img_size=64), 64), "fastvit_sa12": ({}, 64),
+    "hiera_tiny_224": (dict(stages=(1, 1, 1, 1)), 224), "caformer_s18": ({}, 64),
+    "eva02_tiny_patch14_224": (_SMALL, 32), "convit_tiny": (_SMALL, 32), "mobilevitv2_050": ({}, 64),
+}
 MARKERS = {"zoo": ("<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"),
-           "timm": ("<!-- bench_peers:timm:begin -->", "<!-- bench_peers:timm:end -->")}
+           "timm": ("<!-- bench_peers:timm:begin -->", "<!-- bench_peers:timm:end -->"),
+           "transformers": ("<!-- bench_peers:transformers:begin -->", "<!-- bench_peers:transformers:end -->")}
 BEGIN, END = MARKERS["zoo"]
 
 
@@ -107,12 +124,20 @@ def prune_torch_pruning(model: nn.Module, x: torch.Tensor, ratio: float, out_wid
 
     m = copy.deepcopy(model)
     ignored = classifier_linears(m, out_width)
+    attns = [a for a in m.modules() if type(a).__name__ == "Attention" and hasattr(a, "qkv")
+             and hasattr(a, "num_heads")]  # timm's: its ViT example's num_heads mapping
     t0 = time.perf_counter()
     pruner = tp.pruner.MetaPruner(m, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=ratio,
-                                  ignored_layers=ignored)
+                                  ignored_layers=ignored, num_heads={a.qkv: a.num_heads for a in attns})
     pruner.step()
+    for a in attns:
+        a.num_heads = pruner.num_heads.get(a.qkv, a.num_heads)
+        a.head_dim = a.qkv.out_features // (3 * a.num_heads)
+        if hasattr(a, "attn_dim"):
+            a.attn_dim = a.num_heads * a.head_dim
     dt = time.perf_counter() - t0
-    return m, {"time": dt, "note": f"ignored {len(ignored)} Linear" if ignored else "no layer ignored"}
+    note = f"ignored {len(ignored)} Linear" if ignored else "no layer ignored"
+    return m, {"time": dt, "note": note + (f", num_heads of {len(attns)} attentions" if attns else "")}
 
 
 def prune_autoprune(model: nn.Module, x: torch.Tensor, ratio: float, out_width: int) -> tuple[nn.Module, dict]:
@@ -177,15 +202,16 @@ def run_tool(fn, model: nn.Module, x: torch.Tensor, ratio: float, ref_shape: tup
 
 
 def load_model(name: str, suite: str) -> nn.Module:
-    if suite == "timm":
+    if suite in ("timm", "transformers"):
         import timm
 
-        return timm.create_model(name, pretrained=False)
+        kwargs = TRANSFORMERS[name][0] if suite == "transformers" else {}
+        return timm.create_model(name, pretrained=False, **kwargs)
     return ap.models.get_model(name)
 
 
 def bench_model(name: str, size: int, ratio: float, tools: list[str], suite: str = "zoo") -> dict:
-    s = input_size(name, size) if suite == "zoo" else size
+    s = input_size(name, size) if suite == "zoo" else TRANSFORMERS[name][1] if suite == "transformers" else size
     row = {"model": name, "input": f"{s}x{s}", "macs0": None, "error": "", "tools": {}}
     try:
         torch.manual_seed(0)
@@ -289,7 +315,8 @@ def report(rows: list[dict], tools: list[str], args, cmd: str, total: float) -> 
                " (runs on CPU)")
     sizes = (f"1x3x{args.size}x{args.size} for torchvision models (inception_v3: "
              f"{input_size('inception_v3', args.size)}), 1x3x32x32 for CIFAR models") if args.suite == "zoo" else (
-        f"1x3x{args.size}x{args.size}, timm.create_model(name, pretrained=False)")
+        f"1x3x{args.size}x{args.size}, timm.create_model(name, pretrained=False)") if args.suite == "timm" else (
+        "1x3xSxS with S and the create_model keywords of tests/test_transformer_zoo.py (small depths)")
     return "\n".join([
         f"- date: {datetime.date.today().isoformat()}",
         f"- machine: {machine}",
@@ -332,7 +359,8 @@ def write_doc(path: str, body: str, suite: str = "zoo") -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--suite", choices=sorted(MARKERS), default="zoo",
-                   help="zoo: torchvision + CIFAR models; timm: the timm set of tests/test_timm_zoo.py")
+                   help="zoo: torchvision + CIFAR models; timm: the timm set of tests/test_timm_zoo.py; "
+                        "transformers: the set of tests/test_transformer_zoo.py")
     p.add_argument("--models", default=None, help="comma-separated names (default: the whole suite)")
     p.add_argument("--size", type=int, default=None,
                    help="input side (zoo: torchvision models, default 224, CIFAR always 32; timm: default 64)")
@@ -349,7 +377,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if args.size is None:
         args.size = 224 if args.suite == "zoo" else 64
-    default = ZOO if args.suite == "zoo" else TIMM
+    default = {"zoo": ZOO, "timm": TIMM, "transformers": list(TRANSFORMERS)}[args.suite]
     models = [m.strip() for m in (args.models or ",".join(default)).split(",") if m.strip()]
     tools = [t.strip() for t in args.tools.split(",") if t.strip()]
     for t in tools:
