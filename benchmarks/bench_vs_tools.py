@@ -12,7 +12,10 @@ table (and printed when the run starts), never silently left out.
 Models (CIFAR-10-JPEG, ../shared/data, extracted to ``--data`` when missing): the shared ResNet-20 and ResNet-56
 checkpoints (option-A shortcuts, ../shared/models) and torchvision's ``resnet18`` adapted to 32x32 inputs (3x3 stem
 conv, stride 1, no max-pool), trained briefly here (``--r18-epochs``; cached in ``--cache``, default
-``~/.cache/autoprune-bench``, outside the repository). Budgets (``--budgets``): fractions of the unpruned MACs
+``~/.cache/autoprune-bench``, outside the repository); ``vit`` (``--models vit``, not in the default set): timm's
+``vit_tiny`` with patch 4 on 32x32 and 6 blocks, trained here the same way (``--vit-epochs``), where autoprune prunes
+heads, head widths and MLP widths exactly and Torch-Pruning follows its ViT example (``num_heads`` per qkv; it also
+prunes the residual stream through LayerNorm). Budgets (``--budgets``): fractions of the unpruned MACs
 (conv + linear) to keep. Methods, each producing a pruned model at or under the budget:
 
 (a) ``autoprune``: ``ap.prune_to_budget(model, data, macs=b, criterion="l1")`` as in the README (sensitivity
@@ -112,6 +115,19 @@ def resnet18_cifar(num_classes: int = 10) -> nn.Module:
     return m
 
 
+def vit_cifar(num_classes: int = 10) -> nn.Module:
+    """timm's ``vit_tiny_patch16_224`` for 32x32 inputs: patch 4 (64 tokens), 6 blocks of width 192, 3 heads."""
+    import timm
+
+    return timm.create_model("vit_tiny_patch16_224", pretrained=False, num_classes=num_classes, img_size=32,
+                             patch_size=4, depth=6)
+
+
+#: models trained here from scratch (cached): name -> builder importable by the search as ``bench_vs_tools:NAME``
+SCRATCH = {"resnet18": resnet18_cifar, "vit": vit_cifar}
+MODELS = ("resnet20", "resnet56", "resnet18", "vit")
+
+
 def ensure_data(root: Path) -> None:
     if (root / "train").is_dir() and (root / "test").is_dir():
         return
@@ -147,33 +163,35 @@ class TrainBatches:
         return len(self.data.train) // self.batch_size
 
 
-def train_resnet18(data, args, log) -> tuple[Path, dict]:
-    """Train (or load from the cache) the 32x32 ResNet-18; returns (weights path, info)."""
-    key = json.dumps({"v": 1, "epochs": args.r18_epochs, "batches": args.r18_batches, "lr": args.r18_lr,
+def train_scratch(name: str, data, args, log) -> tuple[Path, dict]:
+    """Train (or load from the cache) a model of :data:`SCRATCH` (``--r18-*`` for the ResNet-18, ``--vit-*`` for the
+    ViT); returns (weights path, info)."""
+    epochs, batches, lr = ((args.r18_epochs, args.r18_batches, args.r18_lr) if name == "resnet18" else
+                           (args.vit_epochs, args.vit_batches, args.vit_lr))
+    key = json.dumps({"v": 1, "epochs": epochs, "batches": batches, "lr": lr,
                       "bs": args.batch_size, "data": str(getattr(data, "cache_path", "")), "n": len(data.train)},
                      sort_keys=True)
     digest = hashlib.sha1(key.encode()).hexdigest()[:10]
-    path = Path(args.cache) / f"resnet18_cifar-{digest}.pt"
+    path = Path(args.cache) / f"{SCRATCH[name].__name__}-{digest}.pt"
     meta = path.with_suffix(".json")
     if path.exists() and meta.exists():
         info = json.loads(meta.read_text())
-        log(f"resnet18: cached weights {path} (trained {info['epochs']} epoch(s), {info['seconds']:.0f} s)")
+        log(f"{name}: cached weights {path} (trained {info['epochs']} epoch(s), {info['seconds']:.0f} s)")
         return path, info
     torch.manual_seed(0)
-    model = resnet18_cifar()
-    log(f"resnet18: training from scratch, {args.r18_epochs} epoch(s) x {args.r18_batches or 'all'} batches of "
-        f"{args.batch_size}, one-cycle lr {args.r18_lr} (cached in {path}) ...")
+    model = SCRATCH[name]()
+    log(f"{name}: training from scratch, {epochs} epoch(s) x {batches or 'all'} batches of "
+        f"{args.batch_size}, one-cycle lr {lr} (cached in {path}) ...")
     t = time.perf_counter()
-    ap.finetune(model, data, epochs=args.r18_epochs, lr=args.r18_lr, schedule="onecycle", batch_size=args.batch_size,
-                max_batches=args.r18_batches, seed=0, progress=False)
-    info = {"epochs": args.r18_epochs, "batches": args.r18_batches, "lr": args.r18_lr, "seconds": time.perf_counter() - t,
-            "key": key}
+    ap.finetune(model, data, epochs=epochs, lr=lr, schedule="onecycle", batch_size=args.batch_size,
+                max_batches=batches, seed=0, progress=False)
+    info = {"epochs": epochs, "batches": batches, "lr": lr, "seconds": time.perf_counter() - t, "key": key}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     torch.save(model.cpu().state_dict(), tmp)
     os.replace(tmp, path)
     meta.write_text(json.dumps(info, indent=1))
-    log(f"resnet18: trained in {info['seconds']:.0f} s")
+    log(f"{name}: trained in {info['seconds']:.0f} s")
     return path, info
 
 
@@ -181,15 +199,16 @@ def base_model(name: str, data, args, log) -> tuple[nn.Module, dict]:
     """(unpruned model on the CPU in eval mode, its config `model` section for the search)."""
     if args.smoke:  # random initialisation, saved so that the search starts from the very same weights
         torch.manual_seed(0)
-        m = ap.get_model(name).eval()
+        m = (SCRATCH[name]() if name in SCRATCH else ap.get_model(name)).eval()
         path = Path(args.cache_run) / f"base-{name}.pt"
         torch.save(m.state_dict(), path)
-        return m, {"name": name, "weights": str(path)}
-    if name == "resnet18":
-        path, info = train_resnet18(data, args, log)
-        m = resnet18_cifar()
+        spec = f"bench_vs_tools:{SCRATCH[name].__name__}" if name in SCRATCH else name
+        return m, {"name": spec, "weights": str(path)}
+    if name in SCRATCH:
+        path, info = train_scratch(name, data, args, log)
+        m = SCRATCH[name]()
         m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        return m.eval(), {"name": "bench_vs_tools:resnet18_cifar", "weights": str(path)}
+        return m.eval(), {"name": f"bench_vs_tools:{SCRATCH[name].__name__}", "weights": str(path)}
     path = Path(args.weights_dir).expanduser() / WEIGHT_FILES[name]
     m = ap.get_model(name)
     m.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
@@ -214,8 +233,17 @@ def _on(x: torch.Tensor, model: nn.Module) -> torch.Tensor:
     return x.to(p.device) if p is not None else x
 
 
+def _sdpa(inputs, outputs) -> int:
+    """fvcore has no handle for the fused attention: its two matmuls, q [.., L, E] k^T and attn [.., L, S] v."""
+    from fvcore.nn.jit_handles import get_shape
+
+    q, k, v = (get_shape(t) for t in inputs[:3])
+    return math.prod(q[:-1]) * k[-2] * (q[-1] + v[-1])
+
+
 def fvcore_macs(model: nn.Module, x: torch.Tensor) -> int:
-    """Conv + linear MACs of one sample counted by fvcore directly (independent of ap.count_macs's wrapping)."""
+    """Conv + linear (+ attention matmul) MACs of one sample counted by fvcore directly (independent of
+    ap.count_macs's wrapping; the fused attention's handle is written here again)."""
     from fvcore.nn import FlopCountAnalysis
 
     was = model.training
@@ -223,13 +251,15 @@ def fvcore_macs(model: nn.Module, x: torch.Tensor) -> int:
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            fca = FlopCountAnalysis(model, _on(x[:1], model))
+            fca = FlopCountAnalysis(model, _on(x[:1], model)).set_op_handle(
+                "aten::scaled_dot_product_attention", _sdpa)
             fca.unsupported_ops_warnings(False)
             fca.uncalled_modules_warnings(False)
             by_op = fca.by_operator()
     finally:
         model.train(was)
-    return int(sum(v for k, v in by_op.items() if k in ("conv", "linear", "addmm", "matmul")))
+    return int(sum(v for k, v in by_op.items()
+                   if k in ("conv", "linear", "addmm", "matmul", "bmm", "scaled_dot_product_attention")))
 
 
 def bn_reestimate(model: nn.Module, data, args) -> nn.Module:
@@ -298,12 +328,20 @@ def run_torch_pruning(ctx, budget):
 
     def prune(r: float) -> nn.Module:
         m = copy.deepcopy(base)
+        # a ViT: its timm example's recipe (examples/transformers/prune_timm_vit.py): num_heads per qkv, head dims and
+        # hidden dims pruned, each attention's num_heads/head_dim set back after the step
+        attns = [a for a in m.modules() if type(a).__name__ == "Attention" and hasattr(a, "qkv")]
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             pruner = tp.pruner.BasePruner(m, x, importance=tp.importance.GroupMagnitudeImportance(p=2),
                                           global_pruning=True, pruning_ratio=r,
-                                          ignored_layers=tp_ignored_layers(name, m))
+                                          ignored_layers=tp_ignored_layers(name, m),
+                                          num_heads={a.qkv: a.num_heads for a in attns})
             pruner.step()
+        for a in attns:
+            a.num_heads = pruner.num_heads.get(a.qkv, a.num_heads)
+            a.head_dim = a.qkv.out_features // (3 * a.num_heads)
+            a.attn_dim = a.num_heads * a.head_dim
         return m
 
     def macs_at(r: float) -> int:
@@ -647,7 +685,8 @@ def parse(argv):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--smoke", action="store_true",
                    help="tiny run: random ResNet-20 on 16x16 synthetic images, one budget, a few batches (< 30 s)")
-    p.add_argument("--models", default=None, help="comma-separated: resnet20,resnet56,resnet18 (default all three)")
+    p.add_argument("--models", default=None,
+                   help="comma-separated: resnet20,resnet56,resnet18,vit (default the first three)")
     p.add_argument("--budgets", default=None, help="fractions of the MACs to keep (default 0.3,0.5,0.7)")
     p.add_argument("--methods", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}")
     p.add_argument("--weights-dir", default=str(SHARED / "models"),
@@ -678,6 +717,9 @@ def parse(argv):
     p.add_argument("--r18-epochs", type=int, default=1, help="ResNet-18 training epochs (cached)")
     p.add_argument("--r18-batches", type=int, default=None, help="cap on its batches per epoch")
     p.add_argument("--r18-lr", type=float, default=0.1, help="its one-cycle peak lr")
+    p.add_argument("--vit-epochs", type=int, default=1, help="ViT training epochs (cached)")
+    p.add_argument("--vit-batches", type=int, default=None, help="cap on its batches per epoch")
+    p.add_argument("--vit-lr", type=float, default=0.05, help="its one-cycle peak lr (SGD)")
     p.add_argument("--out", default=str(ROOT / "docs" / "vs_tools.md"), help="markdown; the JSON goes beside it")
     p.add_argument("--keep-tmp", action="store_true", help="keep the per-run analysis caches and search journals")
     args = p.parse_args(argv)
@@ -703,8 +745,8 @@ def parse(argv):
         if mth not in METHODS:
             p.error(f"unknown method {mth!r}; choose from {', '.join(METHODS)}")
     for name in args.models:
-        if name not in ("resnet20", "resnet56", "resnet18"):
-            p.error(f"unknown model {name!r}; choose from resnet20, resnet56, resnet18")
+        if name not in MODELS:
+            p.error(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
     if any(not 0 < b <= 1 for b in args.budgets):
         p.error("--budgets are fractions in (0, 1]")
     return args
@@ -729,11 +771,12 @@ def main(argv=None) -> int:
     data_cache = str(Path(args.cache) / "data")
     if args.smoke:
         opts = {"train_per_class": 16, "test_per_class": 8}
-        data = ap.load_data("synthetic", val_from="test", val_fraction=0.5, seed=0, image_size=16, device=dev,
+        side = 32 if "vit" in args.models else 16  # the ViT's patch grid is fixed at 32x32
+        data = ap.load_data("synthetic", val_from="test", val_fraction=0.5, seed=0, image_size=side, device=dev,
                             cache_dir=data_cache, **opts)
-        data_spec = {"dataset": "synthetic", "image_size": 16, "val_from": "test", "val_fraction": 0.5,
+        data_spec = {"dataset": "synthetic", "image_size": side, "val_from": "test", "val_fraction": 0.5,
                      "cache_dir": data_cache, "options": opts}
-        data_desc = f"synthetic 16x16 (train {len(data.train)}, val {len(data.val)}, test {len(data.test)})"
+        data_desc = f"synthetic {side}x{side} (train {len(data.train)}, val {len(data.val)}, test {len(data.test)})"
     else:
         root = Path(args.data).expanduser()
         ensure_data(root)
@@ -774,9 +817,9 @@ def main(argv=None) -> int:
                    "graph": ap.ChannelGraph(base, x), "missing": missing}
             mres["base"] = {"macs": base_macs, "macs_fvcore": fvcore_macs(base, x), "params": ap.count_params(base),
                             "val": ap.evaluate(base, val).accuracy, "test": ap.evaluate(base, test).accuracy}
-            if name == "resnet18" and not args.smoke:
-                mres["base_note"] = (f"Trained here from scratch: {args.r18_epochs} epoch(s), one-cycle lr "
-                                     f"{args.r18_lr} (cached).")
+            if name in SCRATCH and not args.smoke:
+                epochs, lr = (args.r18_epochs, args.r18_lr) if name == "resnet18" else (args.vit_epochs, args.vit_lr)
+                mres["base_note"] = f"Trained here from scratch: {epochs} epoch(s), one-cycle lr {lr} (cached)."
             log(f"{name}: {base_macs / 1e6:.2f}M MACs, val {mres['base']['val']:.2%}, "
                 f"test {mres['base']['test']:.2%}")
             if "autoprune-search" in args.methods:

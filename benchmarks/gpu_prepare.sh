@@ -33,7 +33,7 @@ except m.PackageNotFoundError:
     print(sys.argv[1])
 EOF
 }
-PURE=(optuna alembic colorlog mako yacs termcolor torch-pruning)   # torch-pruning: part 8 (issue 20)
+PURE=(optuna alembic colorlog mako yacs termcolor torch-pruning timm)   # torch-pruning: parts 8, 9; timm: part 9
 SDIST=(fvcore iopath)                                   # published as sources only: built into wheels here
 BINARY=(sqlalchemy)                                     # has compiled wheels: take the device's (CPython 3.12)
 $PY -m pip download -q --no-deps --only-binary=:all: -d .gpu/wheels $(for p in "${PURE[@]}"; do pin "$p"; done)

@@ -35,7 +35,10 @@ caps of parts 1-6 add up to under 8 minutes, part 7's to 5):
    with a longer fine-tuning (8 epochs of the bundle's training images, two seeds, every val and test image):
    autoprune's budget call and search vs Torch-Pruning (its wheel in the bundle) vs uniform L1; ModelOpt FastNAS
    is left out on the device (its wheels, scipy among them, do not fit the 64 MiB bundle) and recorded as skipped;
-   on the CPU its search space cannot reach 50% of the MACs on the option-A ResNets (docs/vs_tools.md).
+   on the CPU its search space cannot reach 50% of the MACs on the option-A ResNets (docs/vs_tools.md);
+9. (a fourth call, ``--parts vs_tools_vit``: issue 22) the same comparison on a ViT (timm ``vit_tiny``, patch 4, 6
+   blocks) trained here for 15 epochs: autoprune's budget call (heads, head widths, MLP widths) vs Torch-Pruning's
+   ViT recipe vs uniform L1 at 50% of the MACs, 3 epochs of fine-tuning, two seeds (timm's wheel in the bundle).
 
 The data are decoded once (the pack is written out as an ImageFolder tree, then ``ap.load_data`` builds its uint8
 cache); every part and every search process reads that cache. ``--smoke`` runs the same code paths on the CPU with
@@ -83,10 +86,12 @@ PARTS = [
     ("fronts", "7. issue 13 at ~50% MACs: 1 epoch with labels vs distillation, a 30-epoch polish", 300, 90),
     ("vs_tools", "8. issue 20: autoprune vs Torch-Pruning (and FastNAS where installed), ResNet-56 at 50%, 8 epochs",
      420, 240),
+    ("vs_tools_vit", "9. issue 22: a ViT trained here, autoprune (heads, widths) vs Torch-Pruning's ViT recipe at 50%",
+     450, 240),
 ]
 #: What one call runs unless --parts says otherwise: everything but parts 7 and 8, so that a call stays under 8
 #: minutes; part 7 is a second call (``--parts fronts``, under 5 minutes), part 8 a third (``--parts vs_tools``, 7).
-DEFAULT_PARTS = [k for k, *_ in PARTS if k not in ("fronts", "vs_tools")]
+DEFAULT_PARTS = [k for k, *_ in PARTS if k not in ("fronts", "vs_tools", "vs_tools_vit")]
 VS_TOOLS = ROOT / "benchmarks" / "bench_vs_tools.py"
 #: Part 7's pruned model: a front member of the CPU early-stopping search (its per-group ratios, criterion l1).
 FRONT_MEMBER = ROOT / "benchmarks" / "configs" / "resnet56_front_member.json"
@@ -101,13 +106,18 @@ SIZES: dict[str, dict[str, Any]] = {
                 search_trials=16, search_ft_batches=50, search_population=None, val_fraction=0.5,
                 fronts_max_batches=None, polish_epochs=30,
                 vs_tools=["--models", "resnet56", "--budgets", "0.5", "--finetune-epochs", "8", "--finetune-batches",
-                          "0", "--val-size", "5000", "--test-size", "5000", "--search-batches", "50", "--seeds", "0,1"]),
+                          "0", "--val-size", "5000", "--test-size", "5000", "--search-batches", "50", "--seeds", "0,1"],
+                vs_tools_vit=["--models", "vit", "--budgets", "0.5", "--vit-epochs", "15", "--finetune-epochs", "3",
+                              "--finetune-batches", "0", "--val-size", "5000", "--test-size", "5000", "--seeds", "0,1",
+                              "--methods", "autoprune,torch-pruning,uniform-l1"]),
     "smoke": dict(model="resnet20", images=64, batch=32, forward_repeat=2, score_repeat=1,
                   ref_maps=20, ft_batches={16: 3, 32: 2}, ft_repeat=1, workers=2, sens_ratios=[0.5],
                   sens_groups=None, pack_levels=(2,), pack_trials={"quickstart": 1, "resnet56": 1}, pack_ft_batches=1,
                   search_trials=2, search_population=4, search_ft_batches=1, val_fraction=0.5,
                   fronts_max_batches=2, polish_epochs=2, vs_tools=["--smoke", "--seeds", "0", "--methods",
-                                                                   "autoprune,torch-pruning,uniform-l1"]),
+                                                                   "autoprune,torch-pruning,uniform-l1"],
+                  vs_tools_vit=["--smoke", "--models", "vit", "--seeds", "0", "--methods",
+                                "autoprune,torch-pruning,uniform-l1"]),
 }
 
 
@@ -754,19 +764,24 @@ def part_fronts(state: dict[str, Any], rec: Recorder) -> None:
 # part 8: issue 20 on the GPU (docs/vs_tools.md)
 
 
-def vs_tools_command(state: dict[str, Any]) -> list[str]:
-    """The command line of part 8: bench_vs_tools.py on the suite's data, weights and device (the GPU run: ResNet-56
-    at 50% of the MACs, 8 epochs of fine-tuning, two seeds; --smoke: the bench's own smoke size)."""
-    out = Path(state["work"]) / "vs_tools" / "vs_tools.md"
-    cmd = [sys.executable, str(VS_TOOLS), *state["sizes"]["vs_tools"], "--device", state["device"],
-           "--cache", str(Path(state["work"]) / "vs_tools" / "cache"), "--out", str(out)]
+def vs_tools_command(state: dict[str, Any], part: str = "vs_tools") -> list[str]:
+    """The command line of part 8 (or 9, ``part="vs_tools_vit"``): bench_vs_tools.py on the suite's data, weights
+    and device (part 8's GPU run: ResNet-56 at 50% of the MACs, 8 epochs of fine-tuning, two seeds; part 9's: the ViT
+    trained 15 epochs here, then 3 epochs of fine-tuning; --smoke: the bench's own smoke size)."""
+    out = Path(state["work"]) / part / "vs_tools.md"
+    cmd = [sys.executable, str(VS_TOOLS), *state["sizes"][part], "--device", state["device"],
+           "--cache", str(Path(state["work"]) / part / "cache"), "--out", str(out)]
     if state["mode"] != "smoke":
         cmd += ["--data", state["root"], "--weights-dir", str(Path(state["weights"]).parent)]
     return cmd
 
 
-def part_vs_tools(state: dict[str, Any], rec: Recorder) -> None:
-    cmd = vs_tools_command(state)
+def part_vs_tools_vit(state: dict[str, Any], rec: Recorder) -> None:
+    part_vs_tools(state, rec, "vs_tools_vit")
+
+
+def part_vs_tools(state: dict[str, Any], rec: Recorder, part: str = "vs_tools") -> None:
+    cmd = vs_tools_command(state, part)
     out = Path(cmd[cmd.index("--out") + 1])
     out.parent.mkdir(parents=True, exist_ok=True)
     rec.set(command=" ".join(cmd[1:]))
@@ -791,7 +806,7 @@ def part_vs_tools(state: dict[str, Any], rec: Recorder) -> None:
 PART_FUNCS: dict[str, Callable[[dict[str, Any], Recorder], None]] = {
     "criteria": part_criteria, "finetune": part_finetune, "sensitivity": part_sensitivity,
     "packing": part_packing, "search": part_search, "cuda_tests": part_cuda_tests, "fronts": part_fronts,
-    "vs_tools": part_vs_tools,
+    "vs_tools": part_vs_tools, "vs_tools_vit": part_vs_tools_vit,
 }
 
 

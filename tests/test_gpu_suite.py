@@ -252,3 +252,29 @@ def test_vs_tools_part_runs_the_comparison_with_the_suites_data_weights_and_devi
     smoke = bench.parse(suite.vs_tools_command({**state, "mode": "smoke", "device": "cpu",
                                                 "sizes": suite.SIZES["smoke"]})[2:])
     assert smoke.smoke and smoke.device == "cpu" and smoke.seeds == [0]
+
+
+def test_vs_tools_vit_part_trains_and_compares_a_vit(tmp_path: Path) -> None:
+    """Part 9 (a call of its own, --parts vs_tools_vit): bench_vs_tools.py on the ViT, trained on the suite's images
+    and compared at 50% of the MACs by autoprune, Torch-Pruning's ViT recipe and uniform L1, two seeds; its smoke
+    size is one the bench accepts too. Left out of the default call."""
+    import importlib.util
+
+    def load(name: str, path: Path):
+        spec = importlib.util.spec_from_file_location(name, path)
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+        return mod
+
+    suite = load("gpu_suite_mod9", SUITE)
+    bench = load("bench_vs_tools_mod9", ROOT / "benchmarks" / "bench_vs_tools.py")
+    assert "vs_tools_vit" in suite.PART_FUNCS and "vs_tools_vit" not in suite.DEFAULT_PARTS
+    state = {"mode": "gpu", "device": "cuda", "sizes": suite.SIZES["gpu"], "work": str(tmp_path),
+             "root": str(tmp_path / "cifar10-jpeg"), "weights": str(tmp_path / "w" / "resnet56-cifar10jpeg.pt")}
+    args = bench.parse(suite.vs_tools_command(state, "vs_tools_vit")[2:])
+    assert args.models == ["vit"] and args.budgets == [0.5] and args.seeds == [0, 1] and args.vit_epochs == 15
+    assert args.methods == ["autoprune", "torch-pruning", "uniform-l1"] and args.data == state["root"]
+    assert Path(args.out).parent == tmp_path / "vs_tools_vit"
+    smoke = bench.parse(suite.vs_tools_command({**state, "mode": "smoke", "device": "cpu",
+                                                "sizes": suite.SIZES["smoke"]}, "vs_tools_vit")[2:])
+    assert smoke.smoke and smoke.models == ["vit"]
