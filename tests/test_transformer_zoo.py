@@ -291,3 +291,22 @@ def test_multihead_attention_locks_heads_whose_average_weights_are_used():
     heads = graph.group("attn:heads")
     assert not heads.prunable and "attention weights (an average over the heads) are used" in heads.reason
     assert graph.group("attn:head_width").prunable
+
+
+def test_multihead_attention_heads_are_scored_by_weight_criteria():
+    """Weight criteria score nn.MultiheadAttention's heads and head width from its q, k, v rows (a head: the mean of
+    its rows); activation criteria cannot read those rows and refuse, naming the group."""
+    from autoprune.criteria.scoring import score_groups
+
+    torch.manual_seed(0)
+    model = _CrossAndSelf(batch_first=True).eval()
+    graph = ap.ChannelGraph(model, torch.randn(2, 3, 8, 8))
+    scores = score_groups(graph, "l1", groups=["cross:heads", "self_attn:head_width"])
+    assert scores["cross:heads"].shape == (4,) and scores["self_attn:head_width"].shape == (8,)
+    rows = model.cross.q_proj_weight.detach().abs().sum(1).view(4, 8)  # q rows of each head, then k's and v's
+    k = torch.nn.functional.pad(model.cross.k_proj_weight.detach(), (0, 8)).abs().sum(1).view(4, 8)
+    v = torch.nn.functional.pad(model.cross.v_proj_weight.detach(), (0, 8)).abs().sum(1).view(4, 8)
+    expected = torch.cat([rows, k, v], 1).mean(1).double()
+    torch.testing.assert_close(scores["cross:heads"], expected)
+    with pytest.raises(ValueError, match="criterion 'tt': group 'cross:heads' has no activation it can read"):
+        score_groups(graph, "tt", data=[(torch.randn(8, 3, 8, 8), torch.arange(8) % 2)], groups=["cross:heads"])

@@ -124,6 +124,9 @@ def attention(p: RuleContext, n: fx.Node, x: TI | None, value: Any) -> Any:
     except _Locked as e:
         return p.lock_all(n, value, str(e))
     (Q, q_dims, nq), (K, k_dims, nk), (V, v_dims, nv) = ops
+    others = [a for i, a in enumerate(n.args) if i >= 3] + [a for k, a in n.kwargs.items() if k not in names]
+    for ti in p.arg_layouts(others):  # a mask or bias: read whole, so never cut
+        p.lock(ti.elem, f"{p.where(n)}: its attention mask or bias")
     if any(T is not None and d != [nd - 1] for T, d, nd in ops):
         return p.lock_all(n, value, f"{p.where(n)}: channels on the token dim of its query, key or value")
     if (Q is None) != (K is None):
