@@ -407,3 +407,40 @@ def test_pruned_model_shares_no_tensor_with_the_graph():
     p = g.prune({"b.0.0": 0.5})  # the stream (and gamma) is not cut
     ours = {id(t) for t in list(g.gm.parameters()) + list(g.gm.buffers())}
     assert not any(id(t) in ours for t in list(p.parameters()) + list(p.buffers()))
+
+
+def test_reshape_as_ties_the_tensor_it_takes_its_shape_from():
+    """LeViT's LinearNorm: ``bn(linear(x).flatten(0, 1)).reshape_as(linear(x))``: prunable, exact; a reshape_as whose
+    shape tensor holds other channels ties them to the output's (the size then follows: both lose the same ones)."""
+    class LinearNorm(nn.Module):
+        def __init__(self, a, b):
+            super().__init__()
+            self.linear, self.bn = nn.Linear(a, b), nn.BatchNorm1d(b)
+
+        def forward(self, x):
+            y = self.linear(x)
+            return self.bn(y.flatten(0, 1)).reshape_as(y)
+
+    class Tokens(nn.Module):
+        def __init__(self, mismatch=False):
+            super().__init__()
+            self.embed, self.mismatch = nn.Conv2d(3, 8, 2, 2), mismatch
+            self.a, self.b, self.head = LinearNorm(8, 16), LinearNorm(16, 8), nn.Linear(8, 2)
+            self.c = nn.Linear(8, 16)
+
+        def forward(self, x):
+            t = self.embed(x).flatten(2).transpose(1, 2)
+            h = torch.relu(self.a(t))
+            if self.mismatch:
+                h = h.reshape_as(self.c(t))
+            return self.head((t + self.b(h)).mean(1))
+
+    x = _x(2, 3, 6, 6)
+    model = Tokens().eval()
+    randomise_norms(model)
+    graph, _ = check_model(model, x)
+    assert graph.group("a.linear").prunable
+    other = Tokens(mismatch=True).eval()
+    randomise_norms(other)
+    graph, _ = check_model(other, x)
+    assert "c" in graph.group("a.linear").modules

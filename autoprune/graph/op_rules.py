@@ -112,6 +112,22 @@ def size_source(p: RuleContext, v: fx.Node) -> tuple | None:
     return (ti, i % len(ti.shape)) if isinstance(ti, TI) and isinstance(i, int) else None
 
 
+def reshape_as_op(p: RuleContext, n: fx.Node, x: TI | None, value: Any) -> Any:
+    """``x.reshape_as(y)`` / ``x.view_as(y)``: the size comes from ``y`` at run time, so its channels are tied to the
+    output's (both then lose the same ones and the sizes agree after pruning); a ``y`` without those channels locks."""
+    if x is None:
+        return p.lock_all(n, value, f"{p.where(n)}: no channel input")
+    other = n.args[1] if len(n.args) > 1 else n.kwargs.get("other")
+    out = move(p, n, value, lambda ids: ids.reshape(tuple(value.shape)), x)
+    o = p.layout(other) if isinstance(other, fx.Node) else None
+    if not isinstance(out, TI) or not out.cdims:
+        return out
+    if not isinstance(o, TI) or o.cdims != out.cdims or o.elem.shape != out.elem.shape:
+        return p.lock_all(n, value, f"{p.where(n)}: the tensor whose shape it takes has other channels")
+    p.union(out.elem, o.elem)
+    return out
+
+
 def shape_args(n: fx.Node) -> list | None:
     """The shape a ``view``/``reshape``/``expand`` call gives, as a list (ints and nodes), whichever way it is
     written (``x.view(a, b)``, ``x.view((a, b))``, ``torch.reshape(x, shape)``, ``shape=``/``size=``)."""
@@ -456,6 +472,7 @@ def _register() -> None:
         move_op: {"view", "reshape", "flatten", "permute", "transpose", "squeeze", "unsqueeze", "expand",
                   "expand_as"},
         getitem_op: {"__getitem__"},
+        reshape_as_op: {"reshape_as", "view_as"},
         reduce: {"mean", "sum", "amax", "amin"},
         split: {"split", "chunk"},
         softmax_op: {"softmax"},
