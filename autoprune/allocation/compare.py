@@ -111,9 +111,10 @@ def compare_criteria(model: nn.Module, data: DataLike, criteria: Sequence[str] |
                                          data.num_classes, None))
         out.score_seconds["activation criteria (one pass)"] = time.time() - t
     for c, k in crits.items():
-        if k.kind == "weight":
+        if k.kind in ("weight", "gradient"):
             t = time.time()
-            scores[c] = score_groups(graph, c, groups=names, seed=seed)
+            scores[c] = score_groups(graph, c, groups=names, seed=seed, data=data if k.kind == "gradient" else None,
+                                     num_batches=score_batches)
             out.score_seconds[c] = time.time() - t
     jobs = [(c, r) for c in criteria for r in ratios]
     for c, r in tqdm(jobs, desc="criteria x ratios", disable=not progress):

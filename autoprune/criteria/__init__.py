@@ -7,7 +7,10 @@ Activation criteria (``kind == "activation"``, streaming, bounded memory): ``hra
 ``fdr``, ``sd``, ``di`` — ``state = crit.init(channels=C, num_classes=K, device=dev)``,
 ``crit.update(state, fmap, labels)`` per batch, ``crit.finalize(state)``. Several criteria of one hook point share
 their statistics through :class:`ActivationStats`; :class:`ActivationRecorder` / :func:`collect_activation_scores`
-feed them from forward hooks. See docs/criteria.md.
+feed them from forward hooks.
+
+Gradient criteria (``kind == "gradient"``): ``taylor`` (first-order Taylor importance of a filter), from the
+weights and the loss's gradients on labelled mini-batches. See docs/criteria.md.
 """
 from __future__ import annotations
 
@@ -16,6 +19,7 @@ from .accumulators import (ActivationStats, EZCropAccumulator, PooledClassStats,
 from .activation import (DICriterion, DiscriminationCriterion, EZCropCriterion, FDRCriterion, HRankCriterion,
                          SDCriterion, SNRCriterion, TTCriterion)
 from .base import Accumulator, ActivationCriterion, Criterion, WeightCriterion, filter_weight
+from .gradient import GradientCriterion, TaylorCriterion
 from .hooks import ActivationRecorder, collect_activation_scores
 from .kernels import batched_rank, ezcrop_ratio, ezcrop_zone, pool_features
 from .registry import available_criteria, get_criterion, register_criterion, unregister_criterion
@@ -27,7 +31,7 @@ __all__ = [
     "get_criterion", "register_criterion", "unregister_criterion", "available_criteria",
     "L1Criterion", "L2Criterion", "EigenCriterion", "RandomCriterion", "filter_weight",
     "HRankCriterion", "EZCropCriterion", "DiscriminationCriterion", "TTCriterion", "SNRCriterion",
-    "FDRCriterion", "SDCriterion", "DICriterion",
+    "FDRCriterion", "SDCriterion", "DICriterion", "GradientCriterion", "TaylorCriterion",
     "RankAccumulator", "EZCropAccumulator", "PooledClassStats", "PooledScatterStats",
     "ActivationStats", "run_accumulators", "ActivationRecorder", "collect_activation_scores",
     "batched_rank", "ezcrop_zone", "ezcrop_ratio", "pool_features",

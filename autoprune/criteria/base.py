@@ -7,6 +7,8 @@ Two kinds exist:
 
 * :class:`WeightCriterion` (``kind == "weight"``) scores the output channels of a weight tensor with
   :meth:`WeightCriterion.score_weight`.
+* :class:`~autoprune.criteria.gradient.GradientCriterion` (``kind == "gradient"``, ``taylor``) scores the output
+  channels of a layer from its weight and the loss's gradient on labelled mini-batches;
 * :class:`ActivationCriterion` (``kind == "activation"``) scores the channels of a feature map from streamed
   batches: ``state = crit.init(...)``, ``crit.update(state, fmap, labels)`` for every batch,
   ``crit.finalize(state)``. The state is an :class:`Accumulator` of bounded size (independent of the number of
@@ -36,20 +38,21 @@ def as_nchw(fmap: Tensor) -> Tensor:
     return fmap.detach()
 
 
-def filter_weight(module_or_weight: nn.Module | Tensor) -> Tensor:
+def filter_weight(module_or_weight: nn.Module | Tensor, grad: bool = False) -> Tensor:
     """The weight of a module laid out with output channels first: ``[out, in/groups, *kernel]``.
 
     ConvTranspose weights (stored ``[in, out/groups, *k]``) are regrouped; Linear gives ``[out, in]``; a 1-D weight
-    (e.g. a norm layer's scale) gives ``[C]``. A tensor is returned detached and unchanged.
+    (e.g. a norm layer's scale) gives ``[C]``; ``nn.MultiheadAttention`` its q, k, v rows. A tensor is returned
+    detached and unchanged. ``grad=True``: the gradient of that weight, laid out the same way (zeros if none).
     """
     if isinstance(module_or_weight, Tensor):
         return module_or_weight.detach()
     if isinstance(module_or_weight, nn.MultiheadAttention):  # its q, k, v rows (zero-padded to one input width)
-        return _qkv_rows(module_or_weight)
+        return _qkv_rows(module_or_weight, grad)
     weight = getattr(module_or_weight, "weight", None)
     if not isinstance(weight, Tensor):
         raise TypeError(f"{type(module_or_weight).__name__} has no weight tensor to score")
-    w = weight.detach()
+    w = _value(weight, grad)
     if isinstance(module_or_weight, nn.modules.conv._ConvTransposeNd):
         g = module_or_weight.groups
         cin, cout_g = w.shape[:2]
@@ -58,10 +61,17 @@ def filter_weight(module_or_weight: nn.Module | Tensor) -> Tensor:
     return w
 
 
-def _qkv_rows(m: nn.MultiheadAttention) -> Tensor:
+def _value(t: Tensor, grad: bool) -> Tensor:
+    """``t`` detached, or its gradient (zeros when it has none)."""
+    if not grad:
+        return t.detach()
+    return t.grad.detach() if t.grad is not None else torch.zeros_like(t, requires_grad=False)
+
+
+def _qkv_rows(m: nn.MultiheadAttention, grad: bool = False) -> Tensor:
     if m.in_proj_weight is not None:
-        return m.in_proj_weight.detach()
-    ws = [w.detach() for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)]
+        return _value(m.in_proj_weight, grad)
+    ws = [_value(w, grad) for w in (m.q_proj_weight, m.k_proj_weight, m.v_proj_weight)]
     width = max(w.shape[1] for w in ws)
     return torch.cat([torch.nn.functional.pad(w, (0, width - w.shape[1])) for w in ws])
 

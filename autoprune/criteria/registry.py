@@ -1,7 +1,8 @@
 """Criterion registry: look criteria up by name with parameters, and let users add their own.
 
 This module holds the table only and imports no criterion: the built-in criteria register themselves when their
-modules (:mod:`~autoprune.criteria.weight`, :mod:`~autoprune.criteria.activation`) are imported, which importing
+modules (:mod:`~autoprune.criteria.weight`, :mod:`~autoprune.criteria.activation`,
+:mod:`~autoprune.criteria.gradient`) are imported, which importing
 :mod:`autoprune.criteria` does.
 
 >>> crit = get_criterion("ezcrop", alpha=0.25)
@@ -75,7 +76,7 @@ def get_criterion(name: str | Criterion, **params: Any) -> Criterion:
         crit = _REGISTRY[key](**params)
     except TypeError as e:
         raise ValueError(f"bad parameters for criterion {key!r}: {e}") from e
-    if getattr(crit, "kind", None) not in ("weight", "activation"):
+    if getattr(crit, "kind", None) not in ("weight", "activation", "gradient"):
         raise TypeError(f"factory for {key!r} returned {type(crit).__name__}, which has no kind "
-                        "'weight' or 'activation'")
+                        "'weight', 'activation' or 'gradient'")
     return crit

@@ -28,6 +28,7 @@ from ..data.adapter import DataLike, as_bundle
 from ..graph.analysis import TI
 from ..graph.core import ChannelGraph, NonFiniteError, check_scores, set_group_scorer
 from .accumulators import ActivationStats, compute_label_range
+from .gradient import gradient_module_scores
 from .registry import get_criterion
 
 __all__ = ["score_groups", "score", "DEFAULT_HOOKS"]
@@ -165,10 +166,28 @@ def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] |
         check_scores(out, f"criterion {criterion if isinstance(criterion, str) else crit.name or crit!r}")
         return out
     if data is None:
-        raise ValueError(f"criterion {criterion!r} is activation-based and needs data: a DataLoader, a Dataset of "
+        raise ValueError(f"criterion {criterion!r} is {crit.kind}-based and needs data: a DataLoader, a Dataset of "
                          "(image, label), batches of (x, y) or a DataBundle from autoprune.load_data")
+    if crit.kind == "gradient":
+        return gradient_scores(graph, crit, names, data, num_batches, batch_size, seed, device)
     return activation_scores(graph, {criterion: crit}, names, data, hook, num_batches, batch_size, seed,
                               num_classes, device)[criterion]
+
+
+def gradient_scores(graph, crit: Any, names: list[str], data: Any, num_batches: int | None, batch_size: int,
+                    seed: int, device: Any) -> dict[str, torch.Tensor]:
+    """Scores of a gradient criterion (``taylor``): the group's producing layers' rows, on a copy of the graph."""
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    gm = copy.deepcopy(graph.gm).to(device).eval()
+    members = {name: [m for m in graph.group(name).members if m.module] for name in names}
+    modules = sorted({m.module for ms in members.values() for m in ms})
+    source = as_bundle(data).train.name
+    rows = gradient_module_scores(gm, modules, crit, _batches(data, num_batches, batch_size, seed), device, source)
+    out = {name: _combine(graph.group(name).channels,
+                          [(m.index, rows[m.module][torch.as_tensor(m.channels)]) for m in ms])
+           for name, ms in members.items()}
+    check_scores(out, f"criterion {crit.name!r}")
+    return out
 
 
 _TAPS: dict[str, Any] = {}
