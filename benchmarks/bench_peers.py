@@ -76,7 +76,7 @@ TRANSFORMERS = {
     "vit_tiny_patch16_224": (_SMALL, 32), "deit_tiny_patch16_224": (_SMALL, 32),
     "deit3_small_patch16_224": (_SMALL, 32), "cait_xxs24_224": (_SMALL, 32), "pit_ti_224": (dict(img_size=32), 32),
     "xcit_nano_12_p16_224": (dict(img_size=32, depth=2), 32),
-    "swin_tiny_patch4_window7_224": (dict(img_size=56, depths=(1, 1, 1, 1)), 56),
+    "swin_tiny_patch4_window7_224": (dict(img_size=56, depths=(2, 1, 1, 1)), 56),
     "maxvit_pico_rw_256": (dict(img_size=64), 64), "fastvit_sa12": ({}, 64),
     "hiera_tiny_224": (dict(stages=(1, 1, 1, 1)), 224), "caformer_s18": ({}, 64),
     "eva02_tiny_patch14_224": (_SMALL, 32), "convit_tiny": (_SMALL, 32), "mobilevitv2_050": ({}, 64),

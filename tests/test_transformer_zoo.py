@@ -23,7 +23,7 @@ TIMM = [
     ("cait_xxs24_224", _SMALL, 32, 0.25, True),                      # CaiT: talking heads, class attention
     ("pit_ti_224", dict(img_size=32), 32, 0.25, True),               # PiT: pooling ViT
     ("xcit_nano_12_p16_224", dict(img_size=32, depth=2), 32, 0.15, True),  # XCiT: cross-covariance attention
-    ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(1, 1, 1, 1)), 56, 0.15, True),  # windows, rel-pos
+    ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(2, 1, 1, 1)), 56, 0.15, True),  # shifted windows
     ("maxvit_pico_rw_256", dict(img_size=64), 64, 0.15, True),       # MaxViT: MBConv + block and grid attention
     ("fastvit_sa12", {}, 64, 0.15, True),                            # FastViT: RepMixer + attention stage
     ("hiera_tiny_224", dict(stages=(1, 1, 1, 1)), 224, 0.15, True),  # Hiera: mask units (forward(mask=None))

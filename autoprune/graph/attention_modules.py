@@ -13,14 +13,17 @@ Weight criteria score both groups through the packed ``qkv`` Linear (a head unit
 ``3 * head_dim`` rows, a width unit those of its ``3 * heads`` rows); the module is a leaf, so activation criteria
 have no tensor of these groups to read, and refuse them.
 
-Built in: timm's ``Attention`` (``timm.layers.attention``: ViT, DeiT, DeiT-3, and every model built on it) and
+Built in: timm's ``Attention`` (``timm.layers.attention``: ViT, DeiT, DeiT-3, and every model built on it), Swin's
+``WindowAttention`` (its relative-position bias table sliced with the heads) and
 ``torch.nn.MultiheadAttention`` (torchvision's ViT), which pruned becomes a
 :class:`~autoprune.graph.pruned_mha.PrunedMultiheadAttention`.
 """
 from __future__ import annotations
 
+import inspect
 import math
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -33,27 +36,37 @@ from .rules import ChannelRule, register_channel_rule, set_param, take
 __all__ = ["PackedQKVAttention", "MultiheadAttentionRule"]
 
 
+@dataclass
 class PackedQKVAttention(ChannelRule):
     """An attention module with a packed ``qkv`` Linear (rows ``[3, heads, head_dim]``), an output ``proj`` Linear
-    reading ``[heads, head_dim]``, and ``num_heads``/``head_dim``/``attn_dim`` attributes its forward reads (timm's
-    ``Attention``). Locks: a gate Linear (``gated``), a norm over the whole attention width (``scale_norm``); a norm
-    over the head width (``qk_norm``) locks the width group but not the heads (it is shared by every head)."""
+    reading ``[heads, head_dim]``, and the ``num_heads`` (and, where it has them, ``head_dim``/``attn_dim``)
+    attributes its forward reads (timm's ``Attention``, Swin's ``WindowAttention``). ``per_head``: its parameters
+    indexed by head, ``(name, dim)`` (Swin's relative-position bias table, heads on dim 1), sliced with the heads;
+    ``masks``: call arguments that may hold a mask shared by every head (Swin's shifted-window mask).
+    Locks: a gate Linear (``gated``), a norm over the whole attention width (``scale_norm``); a norm over the head
+    width (``qk_norm``) locks the width group but not the heads (it is shared by every head)."""
+    per_head: tuple = ()
+    masks: tuple = ()
 
     def analyse(self, p, node, m, x, value):
         name = str(node.target)
         what = f"{type(m).__name__} '{name}'"
         if x is None or not isinstance(value, torch.Tensor) or value.dim() != 3 or x.cdims != (2,):
             return p.lock_all(node, value, f"{what}: input is not [B, N, C] tokens with channels last")
-        extra = list(p.real(tuple(node.args[1:]))) + list(p.real(dict(node.kwargs)).values())
-        if any(v is not None and v is not False for v in extra):
+        names = list(inspect.signature(m.forward).parameters)[1:]
+        extra = dict(zip(names, p.real(tuple(node.args[1:]))))
+        extra.update(p.real(dict(node.kwargs)))
+        if any(v is not None and v is not False for k, v in extra.items() if k not in self.masks):
             return p.lock_all(node, value, f"{what}: called with a mask or is_causal (no rule for them)")
-        if getattr(m, "gate", None) is not None or not isinstance(getattr(m, "norm", None), torch.nn.Identity):
+        if getattr(m, "gate", None) is not None or not isinstance(getattr(m, "norm", torch.nn.Identity()),
+                                                                  torch.nn.Identity):
             return p.lock_all(node, value, f"{what}: gated attention or a norm over the attention width")
-        H, d = int(m.num_heads), int(m.head_dim)
+        H = int(m.num_heads)
+        d = int(getattr(m, "head_dim", 0) or m.qkv.out_features // (3 * H))
         if m.qkv.out_features != 3 * H * d or m.proj.in_features != H * d:
             return p.lock_all(node, value, f"{what}: qkv/proj sizes do not match num_heads x head_dim")
         heads, width = p.fresh((H,), 0).elem, p.fresh((d,), 0).elem
-        if not all(isinstance(getattr(m, n), torch.nn.Identity) for n in ("q_norm", "k_norm")):
+        if not all(isinstance(getattr(m, n, torch.nn.Identity()), torch.nn.Identity) for n in ("q_norm", "k_norm")):
             p.lock(width, f"{what}: q_norm/k_norm normalise over the head width (its heads stay prunable)")
         if H == 1:
             p.lock(heads, f"{what}: a single head")
@@ -94,7 +107,12 @@ class PackedQKVAttention(ChannelRule):
         if m.proj.bias is not None:
             set_param(m.proj, "bias", take(m.proj.bias.data, 0, cout))
         m.proj.in_features, m.proj.out_features = int(inner.sum()), int(cout.sum())
-        m.num_heads, m.head_dim, m.attn_dim = int(h.sum()), d_new, int(inner.sum())
+        m.num_heads = int(h.sum())
+        for attr, v in (("head_dim", d_new), ("attn_dim", int(inner.sum()))):
+            if hasattr(m, attr):
+                setattr(m, attr, v)
+        for name, dim in self.per_head:
+            set_param(m, name, take(getattr(m, name).data, dim, h))
 
     @staticmethod
     def macs(site, keep, batch: int, params: bool = False) -> int:
@@ -174,6 +192,8 @@ class MultiheadAttentionRule(ChannelRule):
 
 def _register() -> None:
     register_channel_rule("timm.layers.attention.Attention", PackedQKVAttention())
+    register_channel_rule("timm.models.swin_transformer.WindowAttention",
+                          PackedQKVAttention(per_head=(("relative_position_bias_table", 1),), masks=("mask",)))
     register_channel_rule(torch.nn.MultiheadAttention, MultiheadAttentionRule())
 
 
