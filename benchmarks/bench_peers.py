@@ -6,8 +6,8 @@
 
 ``--suite timm`` runs the timm architectures of ``tests/test_timm_zoo.py`` (``timm.create_model(name,
 pretrained=False)``, 1x3xSxS inputs with S = --size, default 64 for this suite) and writes its own section.
-``--suite transformers`` runs the vision transformers and hybrids of ``tests/test_transformer_zoo.py`` (same small
-configurations and inputs as the test) and writes its own section; there Torch-Pruning gets what its ViT example
+``--suite transformers`` runs the vision transformers and hybrids of ``tests/test_transformer_zoo.py`` (the same
+small configurations and inputs, Swin with one block per stage) and writes its own section; there Torch-Pruning gets what its ViT example
 (``examples/transformers/prune_timm_vit.py``) gives it: ``num_heads={attn.qkv: attn.num_heads}`` for every timm
 ``Attention`` (head dims pruned, ``prune_head_dims=True``), and ``num_heads``/``head_dim`` set back on each attention
 after ``step()``.
@@ -76,7 +76,7 @@ TRANSFORMERS = {
     "vit_tiny_patch16_224": (_SMALL, 32), "deit_tiny_patch16_224": (_SMALL, 32),
     "deit3_small_patch16_224": (_SMALL, 32), "cait_xxs24_224": (_SMALL, 32), "pit_ti_224": (dict(img_size=32), 32),
     "xcit_nano_12_p16_224": (dict(img_size=32, depth=2), 32),
-    "swin_tiny_patch4_window7_224": (dict(img_size=56, depths=(2, 1, 1, 1)), 56),
+    "swin_tiny_patch4_window7_224": (dict(img_size=56, depths=(1, 1, 1, 1)), 56),
     "maxvit_pico_rw_256": (dict(img_size=64), 64), "fastvit_sa12": ({}, 64),
     "hiera_tiny_224": (dict(stages=(1, 1, 1, 1)), 224), "caformer_s18": ({}, 64),
     "eva02_tiny_patch14_224": (_SMALL, 32), "convit_tiny": (_SMALL, 32), "mobilevitv2_050": ({}, 64),
