@@ -50,8 +50,9 @@ re-estimation (``ap.recalibrate_bn``, ``--bn-batches`` augmented train batches),
 (``ap.finetune``: SGD nesterov, cosine, ``--finetune-epochs`` x ``--finetune-batches`` batches of
 ``--batch-size``, lr ``--lr``) once per seed of ``--seeds``, each fine-tuned model evaluated once on the test
 images. Splits: ``ap.load_data(..., val_from="test", val_fraction=0.5, seed=0)``: val = half of the test split,
-test = the other half (the checkpoints saw every training image); the tables use the first ``--val-size`` /
-``--test-size`` images of each half (the search selects on its whole val half; test is never seen before the end).
+test = the other half (the checkpoints saw every training image); the tables use ``--val-size`` /
+``--test-size`` images of each half in a fixed seeded random order (class-balanced in expectation; the search
+selects on its whole val half; test is never seen before the end).
 
 Output: markdown (``--out``, default docs/vs_tools.md) and JSON beside it, with machine, versions, date, command.
 
@@ -136,9 +137,11 @@ def ensure_data(root: Path) -> None:
 
 
 def first_batches(split, n: int, batch_size: int) -> list:
-    """The first ``n`` images of a split (its fixed order), as a list of (x, y) batches."""
+    """``n`` images of a split in a fixed seeded random order (the same for every method), as (x, y) batches. The
+    split itself is stored in class order, so its first images would hold two or three classes only: the runs of
+    2026-12-06/07 recorded in docs/vs_tools/ measured on such subsets (see docs/vs_tools.md)."""
     out, seen = [], 0
-    for x, y in split.batches(batch_size):
+    for x, y in split.batches(batch_size, shuffle=True, seed=0):
         if seen >= n:
             break
         k = min(len(x), n - seen)
@@ -622,8 +625,8 @@ def markdown(result: dict) -> str:
         f"- machine: {m['platform']}, {m['cpu']}, {m['cores']} cores, torch threads {m['torch_threads']}, "
         f"{m['gpu']}; device {result['device']}",
         "- versions: " + ", ".join(f"{k} {v}" for k, v in result["versions"].items()),
-        f"- data: {result['data']}; val = the first {a['val_size']} images of the val half, test = the first "
-        f"{a['test_size']} of the test half (touched once per fine-tuned model)",
+        f"- data: {result['data']}; val = {a['val_size']} images of the val half, test = {a['test_size']} of the "
+        "test half, each in a fixed seeded random order (touched once per fine-tuned model)",
         f"- common recipe: BN re-estimation on {a['bn_batches']} x {a['bn_batch_size']} augmented train images "
         f"(`ap.recalibrate_bn`), then `ap.finetune` {a['finetune_epochs']} epoch(s) x "
         f"{a['finetune_batches'] or 'all'} batches of {a['batch_size']}, lr {a['lr']}, cosine, seeds "
