@@ -3,6 +3,7 @@ part with numbers; bad input is refused. Plus the GPU checks that the suite's pa
 from __future__ import annotations
 
 import copy
+import importlib.util
 import json
 import math
 import os
@@ -224,20 +225,20 @@ def test_smoke_fronts_part_and_its_front_member(tmp_path: Path) -> None:
     assert graph.macs(removal) / graph.macs() == pytest.approx(member["macs_fraction"], abs=1e-9)
 
 
+def _load(name: str, path: Path):
+    """A benchmark script as a module (they are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
 def test_vs_tools_part_runs_the_comparison_with_the_suites_data_weights_and_device(tmp_path: Path) -> None:
     """Part 8 (a call of its own, --parts vs_tools): the GPU run's command line is one bench_vs_tools.py accepts, on
     the suite's extracted images, the bundle's checkpoint folder and the device, at ResNet-56 / 50% / two seeds; it
     is left out of the default call (which stays under 8 minutes)."""
-    import importlib.util
-
-    def load(name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    suite = load("gpu_suite_mod", SUITE)
-    bench = load("bench_vs_tools_mod", ROOT / "benchmarks" / "bench_vs_tools.py")
+    suite = _load("gpu_suite_mod", SUITE)
+    bench = _load("bench_vs_tools_mod", ROOT / "benchmarks" / "bench_vs_tools.py")
     assert "vs_tools" in suite.PART_FUNCS and "vs_tools" not in suite.DEFAULT_PARTS
     state = {"mode": "gpu", "device": "cuda", "sizes": suite.SIZES["gpu"], "work": str(tmp_path),
              "root": str(tmp_path / "cifar10-jpeg"), "weights": str(tmp_path / "w" / "resnet56-cifar10jpeg.pt")}
@@ -258,16 +259,8 @@ def test_vs_tools_vit_part_trains_and_compares_a_vit(tmp_path: Path) -> None:
     """Part 9 (a call of its own, --parts vs_tools_vit): bench_vs_tools.py on the ViT, trained on the suite's images
     and compared at 50% of the MACs by autoprune, Torch-Pruning's ViT recipe and uniform L1, two seeds; its smoke
     size is one the bench accepts too. Left out of the default call."""
-    import importlib.util
-
-    def load(name: str, path: Path):
-        spec = importlib.util.spec_from_file_location(name, path)
-        mod = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(mod)
-        return mod
-
-    suite = load("gpu_suite_mod9", SUITE)
-    bench = load("bench_vs_tools_mod9", ROOT / "benchmarks" / "bench_vs_tools.py")
+    suite = _load("gpu_suite_mod9", SUITE)
+    bench = _load("bench_vs_tools_mod9", ROOT / "benchmarks" / "bench_vs_tools.py")
     assert "vs_tools_vit" in suite.PART_FUNCS and "vs_tools_vit" not in suite.DEFAULT_PARTS
     state = {"mode": "gpu", "device": "cuda", "sizes": suite.SIZES["gpu"], "work": str(tmp_path),
              "root": str(tmp_path / "cifar10-jpeg"), "weights": str(tmp_path / "w" / "resnet56-cifar10jpeg.pt")}

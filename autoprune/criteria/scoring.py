@@ -83,9 +83,9 @@ def _tap_points(graph, names: list[str], hook: str) -> dict[str, list[tuple[str,
                 chans = np.nonzero(sel)[0]
                 units = np.array([pos[int(r)] for r in roots[sel]], dtype=np.int64)
                 out[name][kind].append((nname, chans, units))
+    taps = {(s.node, s.module): s.data.get("tap", True) for s in a.sites if s.kind == "rows"}
     for name in names:  # a module rule's layer (an attention's packed qkv): its output, read by a forward hook
         if not any(out[name].values()):
-            taps = {(s.node, s.module): s.data.get("tap", True) for s in a.sites if s.kind == "rows"}
             out[name]["conv"] = [(MODULE_TAP + m.module, m.channels, m.index) for m in graph.group(name).members
                                  if m.kind == "rows" and m.module and taps.get((m.node, m.module))]
     return {name: (k[hook] or k["conv"]) for name, k in out.items()}
@@ -101,16 +101,25 @@ def _tokens(ti: TI) -> bool:
     return len(ti.shape) == 3 and ti.cdims == (2,)
 
 
+def _token_tap(graph, tap: str) -> bool:
+    """Does tap point ``tap`` (a node, or a module rule's layer) read token widths ``[B, N, C]``?"""
+    return tap.startswith(MODULE_TAP) or _tokens(graph.analysis.info[tap])
+
+
+def _device(device: Any) -> torch.device:
+    """``device``, or the GPU when there is one."""
+    return torch.device(device if device is not None else "cuda" if torch.cuda.is_available() else "cpu")
+
+
 def _check_taps(graph, crit: Any, c: str, plan: dict) -> None:
     """Refuse, naming the group, what the criterion cannot score: a group with no activation of the hook kind, or
     token widths for a criterion that needs 2-D maps."""
-    info = graph.analysis.info
     for name, pts in plan.items():
         if not pts:
             raise ValueError(f"criterion {c!r}: group {name!r} has no activation it can read (its channels reach no "
                              "conv, linear, BatchNorm or activation output laid out [B, C, ...] or [B, N, C]); use a "
                              "weight criterion (l1, l2) for it")
-        if getattr(crit, "needs_maps", False) and any(n.startswith(MODULE_TAP) or _tokens(info[n]) for n, _, _ in pts):
+        if getattr(crit, "needs_maps", False) and any(_token_tap(graph, n) for n, _, _ in pts):
             raise ValueError(f"criterion {c!r} needs a 2-D feature map per channel, but group {name!r} holds token "
                              "widths ([B, N, C]: an MLP or attention width); use a criterion that applies to tokens "
                              "(l1, l2, tt, snr, fdr, sd, di: docs/criteria.md)")
@@ -177,7 +186,7 @@ def score_groups(graph, criterion: str, *, data: Any = None, groups: list[str] |
 def gradient_scores(graph, crit: Any, names: list[str], data: Any, num_batches: int | None, batch_size: int,
                     seed: int, device: Any) -> dict[str, torch.Tensor]:
     """Scores of a gradient criterion (``taylor``): the group's producing layers' rows, on a copy of the graph."""
-    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = _device(device)
     gm = copy.deepcopy(graph.gm).to(device).eval()
     members = {name: [m for m in graph.group(name).members if m.module] for name in names}
     modules = sorted({m.module for ms in members.values() for m in ms})
@@ -201,16 +210,14 @@ def activation_scores(graph, crits: Mapping[str, Any], names: list[str], data: A
                        num_batches: int | None, batch_size: int, seed: int, num_classes: int | None,
                        device: Any) -> dict[str, dict[str, torch.Tensor]]:
 
-    if device is None:
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
+    device = _device(device)
     gm = copy.deepcopy(graph.gm).to(device).eval()
     plans = {c: _tap_points(graph, names, hook or getattr(crit, "default_hook", None) or DEFAULT_HOOKS.get(c, "act"))
              for c, crit in crits.items()}
     for c, crit in crits.items():
         _check_taps(graph, crit, c, plans[c])
     node_names = sorted({p[0] for plan in plans.values() for pts in plan.values() for p in pts})
-    token_nodes = {n for n in node_names if n.startswith(MODULE_TAP) or _tokens(graph.analysis.info[n])}
+    token_nodes = {n for n in node_names if _token_tap(graph, n)}
     states: dict[str, Any] = {}
     labels_box: dict[str, Any] = {}
     nodes = {n.name: n for n in gm.graph.nodes}

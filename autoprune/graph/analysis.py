@@ -287,26 +287,24 @@ class _Propagator(fx.Interpreter):
                                      "non-rectangular layout there, so the channels feeding it cannot be pruned")
         for n, ti, dims, shape in self.const_shapes:
             for d in dims:
-                k = ti.cdims.index(d)
-                arr = np.moveaxis(ti.elem, k, 0).reshape(ti.elem.shape[k], -1)
-                roots = np.vectorize(self.E.find, otypes=[np.int64])(arr) if arr.size else arr
-                sets = {frozenset(r.tolist()) for r in roots}
-                if len(sets) > 1:
+                if len(set(_slice_sets(find, ti, d))) > 1:
                     shown = ", ".join(str(v) if isinstance(v, int) else v.name for v in shape)
                     self.E.lock(ti.elem, f"constant shape ({shown}) at node '{n.name}'{source_line(n)}: the channels "
                                          "feeding it cannot be pruned (compute the size from x.shape instead)")
                     break
 
 
+def _slice_sets(find: Any, ti: TI, d: int) -> list[frozenset]:
+    """The channel sets (union-find roots) of each slice of layout ``ti`` along its channel dim ``d``."""
+    arr = np.moveaxis(ti.elem, ti.cdims.index(d), 0).reshape(ti.shape[d], -1)
+    return [frozenset(r.tolist()) for r in (find(arr) if arr.size else arr)]
+
+
 def _same_sets(find: Any, a: TI, da: int, b: TI, db: int) -> bool:
     """Do dim ``da`` of layout ``a`` and dim ``db`` of ``b`` hold the same channel sets, position by position (so a
     size read off ``b`` follows pruning at ``a``)?"""
-    def sets(ti: TI, d: int) -> list | None:
-        if d not in ti.cdims:
-            return None
-        arr = np.moveaxis(find(ti.elem), ti.cdims.index(d), 0).reshape(ti.shape[d], -1)
-        return [frozenset(r.tolist()) for r in arr]
-    return a.shape[da] == b.shape[db] and sets(a, da) == sets(b, db)
+    return (a.shape[da] == b.shape[db] and da in a.cdims and db in b.cdims
+            and _slice_sets(find, a, da) == _slice_sets(find, b, db))
 
 
 def slab_layout(roots: np.ndarray) -> bool:

@@ -30,6 +30,7 @@ import torch
 import torch.fx as fx
 
 from .layout import TI
+from .layer_rules import slice_linear
 from .pruned_mha import PrunedMultiheadAttention
 from .rules import ChannelRule, register_channel_rule, set_param, take
 
@@ -72,9 +73,9 @@ class PackedQKVAttention(ChannelRule):
             p.lock(heads, f"{what}: a single head")
         out = p.fresh(tuple(value.shape), 2)
         # the packed qkv rows seen as the heads, then as the width, for grouping and weight criteria
-        rows = np.broadcast_to(np.arange(3)[:, None, None], (3, H, d))
-        by_head = np.broadcast_to(heads[None, :, None], rows.shape).reshape(-1)
-        by_width = np.broadcast_to(width[None, None, :], rows.shape).reshape(-1)
+        rows = (3, H, d)
+        by_head = np.broadcast_to(heads[None, :, None], rows).reshape(-1)
+        by_width = np.broadcast_to(width[None, None, :], rows).reshape(-1)
         qkv, proj = f"{name}.qkv", f"{name}.proj"
         p.add_site("rows", node, qkv, {"out": by_head, "label": f"{name}:heads", "contracted": True})
         p.add_site("rows", node, qkv, {"out": by_width, "label": f"{name}:head_width", "contracted": True})
@@ -91,22 +92,14 @@ class PackedQKVAttention(ChannelRule):
         inner = np.logical_and.outer(h, w).reshape(-1)                       # [heads * head_dim]
         rows = np.tile(inner, 3)                                             # [3 * heads * head_dim]
         d, d_new = len(w), int(w.sum())
-        qkv_w = take(take(m.qkv.weight.data, 0, rows), 1, cin)
-        qkv_b = take(m.qkv.bias.data, 0, rows) if m.qkv.bias is not None else None
+        slice_linear(m.qkv, rows, cin)  # copies: scaling them below leaves the original model alone
         if d_new != d and getattr(m, "fused_attn", False):  # sdpa scales by 1/sqrt(width): keep 1/sqrt(original)
             q = int(inner.sum())
-            qkv_w = qkv_w.clone()
-            qkv_w[:q] *= math.sqrt(d_new / d)
-            if qkv_b is not None:
-                qkv_b = qkv_b.clone()
-                qkv_b[:q] *= math.sqrt(d_new / d)
-        set_param(m.qkv, "weight", qkv_w)
-        set_param(m.qkv, "bias", qkv_b)
-        m.qkv.in_features, m.qkv.out_features = int(cin.sum()), int(rows.sum())
-        set_param(m.proj, "weight", take(take(m.proj.weight.data, 0, cout), 1, inner))
-        if m.proj.bias is not None:
-            set_param(m.proj, "bias", take(m.proj.bias.data, 0, cout))
-        m.proj.in_features, m.proj.out_features = int(inner.sum()), int(cout.sum())
+            with torch.no_grad():
+                for t in (m.qkv.weight, m.qkv.bias):
+                    if t is not None:
+                        t[:q] *= math.sqrt(d_new / d)
+        slice_linear(m.proj, cout, inner)
         m.num_heads = int(h.sum())
         for attr, v in (("head_dim", d_new), ("attn_dim", int(inner.sum()))):
             if hasattr(m, attr):

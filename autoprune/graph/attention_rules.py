@@ -158,8 +158,8 @@ def unbind(p: RuleContext, n: fx.Node, x: TI, value: Any) -> Any:
         return [TI(tuple(v.shape), shift(x.cdims), x.elem) for v in parts]
     if len(x.cdims) == 1:
         return p.lock_all(n, value, f"{p.where(n)}: unbinding the channel dim (each part is one channel)")
+    fibres(p, x, {dim})
     k = x.cdims.index(dim)
-    p.union(np.broadcast_to(np.take(x.elem, [0], axis=k), x.elem.shape), x.elem)
     return [TI(tuple(v.shape), shift(x.cdims), np.take(x.elem, i, axis=k)) for i, v in enumerate(parts)]
 
 

@@ -373,13 +373,12 @@ class ChannelGraph:
         for s in self.analysis.sites:
             if s.kind in ("conv", "linear") and s.data.get("groups", 1) == 1 and s.module not in done:
                 done.add(s.module)
-                rr = E.roots(s.data["in"])
-                hit = [i for i, r in enumerate(rr.tolist()) if r in roots]
+                hit = _hits(E, s.data["in"], roots)
                 if hit:
                     out.append((s.module, s.data.get("in_dim", 1), hit))
             elif s.kind == "attention_module":  # its q/k/v projections read its inputs: "module:q|k|v"
                 for key, part in (("in", "q"), ("k_in", "k"), ("v_in", "v")):
-                    hit = [i for i, r in enumerate(E.roots(s.data.get(key, [])).tolist()) if r in roots]
+                    hit = _hits(E, s.data.get(key, []), roots)
                     if hit:
                         out.append((f"{s.module}:{part}", 1, hit))
         return out
@@ -392,21 +391,27 @@ class ChannelGraph:
         roots = self._roots(remove)
         contracted: set[int] = set()
         for s in self.analysis.sites:
-            for key in ("k", "q"):
-                if s.kind in ("matmul", "attention") and s.data.get(key) is not None:
-                    contracted.update(int(r) for r in np.ravel(E.roots(s.data[key])) if int(r) in roots)
+            if s.kind in ("matmul", "attention"):
+                for key in ("k", "q"):
+                    if s.data.get(key) is not None:
+                        contracted.update(int(r) for r in np.ravel(E.roots(s.data[key])) if int(r) in roots)
         out, done = [], set()
         for s in self.analysis.sites:
             if s.kind == "rows" and s.data.get("contracted"):  # a module rule's q/k/v rows (heads, head width)
-                hit = [i for i, r in enumerate(E.roots(s.data["out"]).tolist()) if r in roots]
+                hit = _hits(E, s.data["out"], roots)
                 if hit:
                     out.append((s.module, 0, hit))
             if contracted and s.kind in ("conv", "linear") and s.module not in done:
                 done.add(s.module)
-                hit = [i for i, r in enumerate(E.roots(s.data["out"]).tolist()) if r in contracted]
+                hit = _hits(E, s.data["out"], contracted)
                 if hit:
                     out.append((s.module, getattr(s.rule, "out_dim", 0), hit))
         return out
+
+
+def _hits(E: Any, elem: Any, roots: set[int]) -> list[int]:
+    """Positions of ``elem`` whose channel set (union-find root) is one of ``roots``."""
+    return [i for i, r in enumerate(E.roots(elem).tolist()) if r in roots]
 
 
 def _check_ratio(what: str, r: Any) -> None:

@@ -17,8 +17,8 @@ from .op_rules import Op, move, softmax, spatial
 from .rules import (ChannelRule, Elementwise, Lock, PerChannel, idx, register_channel_rule, set_param,
                     tail_without_rule, take)
 
-__all__ = ["Conv", "Linear", "PReLU", "GroupNorm", "LayerNorm", "Embedding", "PixelShuffle", "PixelUnshuffle",
-           "ModuleMove", "ModuleSoftmax", "POOLS"]
+__all__ = ["slice_linear", "Conv", "Linear", "PReLU", "GroupNorm", "LayerNorm", "Embedding", "PixelShuffle",
+           "PixelUnshuffle", "ModuleMove", "ModuleSoftmax", "POOLS"]
 
 
 def _shape(value: Any) -> tuple | None:
@@ -99,12 +99,16 @@ class Linear(ChannelRule):
         return out
 
     def cut(self, m, site, keep):
-        out_k, in_k = keep(site.data["out"]), keep(site.data["in"])
-        m.weight = nn.Parameter(take(take(m.weight.data, 0, out_k), 1, in_k).clone(),
-                                requires_grad=m.weight.requires_grad)
-        if m.bias is not None:
-            set_param(m, "bias", take(m.bias.data, 0, out_k))
-        m.in_features, m.out_features = int(in_k.sum()), int(out_k.sum())
+        slice_linear(m, keep(site.data["out"]), keep(site.data["in"]))
+
+
+def slice_linear(m: nn.Linear, out_k: np.ndarray, in_k: np.ndarray) -> None:
+    """Keep the output rows ``out_k`` and input columns ``in_k`` (boolean masks) of an ``nn.Linear``: weight, bias
+    and feature counts (the tensors are copies, never the original's)."""
+    set_param(m, "weight", take(take(m.weight.data, 0, out_k), 1, in_k))
+    if m.bias is not None:
+        set_param(m, "bias", take(m.bias.data, 0, out_k))
+    m.in_features, m.out_features = int(in_k.sum()), int(out_k.sum())
 
 
 class PReLU(ChannelRule):

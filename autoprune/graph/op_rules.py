@@ -347,8 +347,7 @@ def getitem(p: RuleContext, n: fx.Node, x: TI, value: Any) -> Any:
         if d in x.cdims and isinstance(i, int) and len(x.cdims) > 1:
             # one slice of a dim of several ([3, heads, head_dim] of a qkv tensor, qkv[0]): every slice must lose
             # the same channels for the slice taken to be the same one after pruning, so they are tied
-            k = x.cdims.index(d)
-            p.union(np.broadcast_to(np.take(x.elem, [0], axis=k), x.elem.shape), x.elem)
+            fibres(p, x, {d})
             continue
         if d in x.cdims:
             if isinstance(i, slice) and i.step in (None, 1) and len(x.cdims) == 1:

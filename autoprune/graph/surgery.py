@@ -166,12 +166,11 @@ def _rewrite_shape(n: fx.Node, sizes: dict) -> None:
         if kw in n.kwargs:
             n.kwargs = {**n.kwargs, kw: fix(n.kwargs[kw])}
             return
-    first = 1
-    rest = list(n.args[first:])
+    rest = list(n.args[1:])  # after the tensor (x.view(...) and torch.reshape(x, ...) alike)
     if len(rest) == 1 and isinstance(rest[0], (tuple, list)):
-        n.args = tuple(n.args[:first]) + (fix(rest[0]),)
+        n.args = (n.args[0], fix(rest[0]))
     else:
-        n.args = tuple(n.args[:first]) + fix(rest)
+        n.args = (n.args[0], *fix(rest))
 
 
 def _unshare(m: nn.Module, memo: dict) -> None:
