@@ -25,6 +25,7 @@ TIMM = [
     ("xcit_nano_12_p16_224", dict(img_size=32, depth=2), 32, 0.15, True),  # XCiT: cross-covariance attention
     ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(2, 1, 1, 1)), 56, 0.15, True),  # shifted windows
     ("maxvit_pico_rw_256", dict(img_size=64), 64, 0.15, True),       # MaxViT: MBConv + block and grid attention
+    ("coatnet_nano_rw_224", dict(img_size=64), 64, 0.15, True),      # CoAtNet: Attention2d (1x1 conv qkv)
     ("fastvit_sa12", {}, 64, 0.15, True),                            # FastViT: RepMixer + attention stage
     ("hiera_tiny_224", dict(stages=(1, 1, 1, 1)), 224, 0.15, True),  # Hiera: mask units (forward(mask=None))
     ("caformer_s18", {}, 64, 0.15, True),                            # CAFormer: conv + attention MetaFormer
@@ -310,3 +311,56 @@ def test_multihead_attention_heads_are_scored_by_weight_criteria():
     torch.testing.assert_close(scores["cross:heads"], expected)
     with pytest.raises(ValueError, match="criterion 'tt': group 'cross:heads' has no activation it can read"):
         score_groups(graph, "tt", data=[(torch.randn(8, 3, 8, 8), torch.arange(8) % 2)], groups=["cross:heads"])
+
+
+def _maxxvit_attention(kind: str, head_first: bool, rel_pos: str | None):
+    """A token model around one of timm maxxvit's attention modules (4 heads of width 8, 4x4 tokens)."""
+    from functools import partial
+
+    import timm.layers.pos_embed_rel as rp
+    from timm.models import maxxvit
+
+    rel_cls = None if rel_pos is None else partial(getattr(rp, rel_pos), window_size=(4, 4))
+    attn_cls = maxxvit.AttentionCl if kind == "cl" else maxxvit.Attention2d
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.embed = torch.nn.Conv2d(3, 32, 2, 2)
+            self.attn = attn_cls(32, dim_head=8, head_first=head_first, rel_pos_cls=rel_cls)
+            self.head = torch.nn.Linear(32, 10)
+
+        def forward(self, x):
+            y = self.embed(x)
+            if kind == "cl":
+                y = y.permute(0, 2, 3, 1)
+                return self.head(self.attn(y).mean((1, 2)))
+            return self.head(self.attn(y).mean((2, 3)))
+
+    return Net().eval()
+
+
+@pytest.mark.parametrize("kind,head_first,rel_pos,fused", [
+    ("cl", True, "RelPosBias", True), ("cl", False, "RelPosBiasTf", False), ("cl", True, "RelPosMlp", False),
+    ("cl", False, None, True), ("2d", True, "RelPosBias", False), ("2d", False, None, True)])
+def test_maxvit_coatnet_attention_prunes_whole_heads(kind, head_first, rel_pos, fused):
+    """timm maxxvit's AttentionCl (MaxViT's block/grid attention, channels last) and Attention2d (CoAtNet, 1x1
+    convs): heads and head width prune in any mix with either qkv packing, the relative-position module's per-head
+    table (or its MLP's output rows), ``num_heads`` and ``bias_shape`` follow the heads; exact, fused or not."""
+    torch.manual_seed(0)
+    model = _maxxvit_attention(kind, head_first, rel_pos)
+    model.attn.fused_attn = fused
+    if model.attn.rel_pos is not None:  # timm zero-initialises some tables: make the bias matter
+        for prm in model.attn.rel_pos.parameters():
+            prm.data.normal_(0, 0.5)
+    x = torch.randn(2, 3, 8, 8)
+    graph, _ = check_model(model, x, ratio=0.5)
+    assert graph.group("attn:heads").channels == 4 and graph.group("attn:head_width").channels == 8
+    pruned = graph.prune_channels({"attn:heads": [0, 3], "attn:head_width": [1, 2, 5]})
+    a = pruned.attn
+    assert (a.num_heads, a.dim_head) == (2, 5)
+    if rel_pos is not None:  # the bias holds 2 heads where it held 4
+        before, after = model.attn.rel_pos.get_bias().shape, a.rel_pos.get_bias().shape
+        assert [b for b, c in zip(before, after) if b != c] == [4] and 2 in after
+    assert pruned(torch.randn(3, 3, 8, 8)).shape == (3, 10)
+

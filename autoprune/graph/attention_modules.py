@@ -14,8 +14,9 @@ Weight criteria score both groups through the packed ``qkv`` Linear (a head unit
 have no tensor of these groups to read, and refuse them.
 
 Built in: timm's ``Attention`` (``timm.layers.attention``: ViT, DeiT, DeiT-3, and every model built on it), Swin's
-``WindowAttention`` (its relative-position bias table sliced with the heads) and
-``torch.nn.MultiheadAttention`` (torchvision's ViT), which pruned becomes a
+``WindowAttention`` (its relative-position bias table sliced with the heads), timm maxxvit's ``AttentionCl`` and
+``Attention2d`` (MaxViT's block and grid attention, CoAtNet; their relative-position module's table or MLP rows
+sliced with the heads) and ``torch.nn.MultiheadAttention`` (torchvision's ViT), which pruned becomes a
 :class:`~autoprune.graph.pruned_mha.PrunedMultiheadAttention`.
 """
 from __future__ import annotations
@@ -34,26 +35,55 @@ from .layer_rules import slice_linear
 from .pruned_mha import PrunedMultiheadAttention
 from .rules import ChannelRule, register_channel_rule, set_param, take
 
-__all__ = ["PackedQKVAttention", "MultiheadAttentionRule"]
+__all__ = ["PackedQKVAttention", "MaxxVitAttention", "MultiheadAttentionRule"]
 
 
 @dataclass
 class PackedQKVAttention(ChannelRule):
-    """An attention module with a packed ``qkv`` Linear (rows ``[3, heads, head_dim]``), an output ``proj`` Linear
-    reading ``[heads, head_dim]``, and the ``num_heads`` (and, where it has them, ``head_dim``/``attn_dim``)
-    attributes its forward reads (timm's ``Attention``, Swin's ``WindowAttention``). ``per_head``: its parameters
-    indexed by head, ``(name, dim)`` (Swin's relative-position bias table, heads on dim 1), sliced with the heads;
-    ``masks``: call arguments that may hold a mask shared by every head (Swin's shifted-window mask).
+    """An attention module with a packed ``qkv`` layer (rows ``[3, heads, head_dim]``, or ``[heads, 3, head_dim]``
+    where :meth:`packing` says so), an output ``proj`` layer reading ``[heads, head_dim]``, and the ``num_heads``
+    (and, where it has them, ``head_dim``/``dim_head``/``attn_dim``) attributes its forward reads: timm's
+    ``Attention``, Swin's ``WindowAttention``, MaxViT's and CoAtNet's ``AttentionCl``/``Attention2d``. Its input
+    is tokens with channels last (``[B, ..., C]``, Linear layers) or, for 1x1 conv layers, a ``[B, C, H, W]`` map.
+    ``per_head``: parameters indexed by head, ``(path, dim)`` (Swin's relative-position bias table, heads on dim 1;
+    a path naming a Linear slices its output rows), sliced with the heads; ``masks``: call arguments that may hold a
+    mask shared by every head (Swin's shifted-window mask).
     Locks: a gate Linear (``gated``), a norm over the whole attention width (``scale_norm``); a norm over the head
     width (``qk_norm``) locks the width group but not the heads (it is shared by every head)."""
     per_head: tuple = ()
     masks: tuple = ()
 
+    def packing(self, m) -> str:
+        """Order of the packed qkv rows: ``"3hd"`` or ``"h3d"``."""
+        return "3hd"
+
+    def head_params(self, m) -> tuple | None:
+        """``(path, dim)`` of the parameters indexed by head; None: the module holds one this rule cannot slice."""
+        return self.per_head
+
+    def cut_heads(self, m, h: np.ndarray) -> None:
+        """Slice what :meth:`head_params` names to the kept heads ``h``."""
+        for path, dim in self.head_params(m):
+            owner, _, name = path.rpartition(".")
+            holder = m.get_submodule(owner) if owner else m
+            if isinstance(getattr(holder, name), torch.nn.Linear):
+                lin = getattr(holder, name)
+                slice_linear(lin, h, np.ones(lin.in_features, dtype=bool))
+            else:
+                set_param(holder, name, take(getattr(holder, name).data, dim, h))
+
     def analyse(self, p, node, m, x, value):
         name = str(node.target)
         what = f"{type(m).__name__} '{name}'"
-        if x is None or not isinstance(value, torch.Tensor) or value.dim() != 3 or x.cdims != (2,):
-            return p.lock_all(node, value, f"{what}: input is not [B, N, C] tokens with channels last")
+        layers = (torch.nn.Linear, torch.nn.Conv2d)
+        if not isinstance(getattr(m, "qkv", None), layers) or not isinstance(getattr(m, "proj", None), layers):
+            return p.lock_all(node, value, f"{what}: no packed qkv layer (separate q, k, v projections have no rule)")
+        conv = isinstance(m.qkv, torch.nn.Conv2d)
+        cdim = 1 if conv else (value.dim() - 1 if isinstance(value, torch.Tensor) else -1)
+        if x is None or not isinstance(value, torch.Tensor) or value.dim() < 3 or x.cdims != (cdim,) or \
+                (conv and (value.dim() != 4 or m.qkv.kernel_size != (1, 1) or m.proj.kernel_size != (1, 1))):
+            return p.lock_all(node, value, f"{what}: input is not tokens with channels last [B, ..., C] (Linear "
+                                           "layers) or a [B, C, H, W] map (1x1 convs)")
         names = list(inspect.signature(m.forward).parameters)[1:]
         extra = dict(zip(names, p.real(tuple(node.args[1:]))))
         extra.update(p.real(dict(node.kwargs)))
@@ -63,25 +93,30 @@ class PackedQKVAttention(ChannelRule):
                                                                   torch.nn.Identity):
             return p.lock_all(node, value, f"{what}: gated attention or a norm over the attention width")
         H = int(m.num_heads)
-        d = int(getattr(m, "head_dim", 0) or m.qkv.out_features // (3 * H))
-        if m.qkv.out_features != 3 * H * d or m.proj.in_features != H * d:
+        d = int(getattr(m, "head_dim", 0) or getattr(m, "dim_head", 0) or _rows(m.qkv) // (3 * H))
+        if _rows(m.qkv) != 3 * H * d or _cols(m.proj) != H * d:
             return p.lock_all(node, value, f"{what}: qkv/proj sizes do not match num_heads x head_dim")
         heads, width = p.fresh((H,), 0).elem, p.fresh((d,), 0).elem
         if not all(isinstance(getattr(m, n, torch.nn.Identity()), torch.nn.Identity) for n in ("q_norm", "k_norm")):
             p.lock(width, f"{what}: q_norm/k_norm normalise over the head width (its heads stay prunable)")
         if H == 1:
             p.lock(heads, f"{what}: a single head")
-        out = p.fresh(tuple(value.shape), 2)
+        elif self.head_params(m) is None:
+            p.lock(heads, f"{what}: its position bias module {type(getattr(m, 'rel_pos', None)).__name__} has no "
+                          "per-head rule (its head width stays prunable)")
+        out = p.fresh(tuple(value.shape), cdim)
         # the packed qkv rows seen as the heads, then as the width, for grouping and weight criteria
-        rows = (3, H, d)
-        by_head = np.broadcast_to(heads[None, :, None], rows).reshape(-1)
-        by_width = np.broadcast_to(width[None, None, :], rows).reshape(-1)
+        shape, axes = _packed(self.packing(m), H, d)
+        by_head, by_width = _along(heads, axes["h"], shape), _along(width, axes["d"], shape)
         qkv, proj = f"{name}.qkv", f"{name}.proj"
-        p.add_site("rows", node, qkv, {"out": by_head, "label": f"{name}:heads", "contracted": True})
-        p.add_site("rows", node, qkv, {"out": by_width, "label": f"{name}:head_width", "contracted": True})
+        tokens = int(value.numel() // value.shape[cdim])
+        tap = value.dim() == 3  # activation criteria read [B, N, C] token outputs of the qkv layer
+        p.add_site("rows", node, qkv, {"out": by_head, "label": f"{name}:heads", "contracted": True, "tap": tap})
+        p.add_site("rows", node, qkv, {"out": by_width, "label": f"{name}:head_width", "contracted": True,
+                                       "tap": tap})
         p.add_site("attention_module", node, name, {
-            "in": x.elem, "out": out.elem, "heads": heads, "width": width, "tokens": int(np.prod(value.shape[:-1])),
-            "n": int(value.shape[1]), "qkv_bias": int(m.qkv.bias is not None),
+            "in": x.elem, "out": out.elem, "heads": heads, "width": width, "tokens": tokens,
+            "n": tokens // int(value.shape[0]), "qkv_bias": int(m.qkv.bias is not None),
             "proj_bias": int(m.proj.bias is not None)}, rule=self)
         p.add_site("rows", node, proj, {"out": out.elem, "label": proj})
         return out
@@ -89,23 +124,25 @@ class PackedQKVAttention(ChannelRule):
     def cut(self, m, site, keep):
         h, w = keep(site.data["heads"]), keep(site.data["width"])
         cin, cout = keep(site.data["in"]), keep(site.data["out"])
+        H, d, d_new = len(h), len(w), int(w.sum())
+        shape, axes = _packed(self.packing(m), H, d)
+        rows = _along(h, axes["h"], shape) & _along(w, axes["d"], shape)
+        part = _along(np.arange(3), axes["p"], shape)
         inner = np.logical_and.outer(h, w).reshape(-1)                       # [heads * head_dim]
-        rows = np.tile(inner, 3)                                             # [3 * heads * head_dim]
-        d, d_new = len(w), int(w.sum())
-        slice_linear(m.qkv, rows, cin)  # copies: scaling them below leaves the original model alone
+        _slice_pointwise(m.qkv, rows, cin)  # copies: scaling them below leaves the original model alone
         if d_new != d and getattr(m, "fused_attn", False):  # sdpa scales by 1/sqrt(width): keep 1/sqrt(original)
-            q = int(inner.sum())
+            q = torch.as_tensor(np.nonzero(part[rows] == 0)[0])
             with torch.no_grad():
                 for t in (m.qkv.weight, m.qkv.bias):
                     if t is not None:
-                        t[:q] *= math.sqrt(d_new / d)
-        slice_linear(m.proj, cout, inner)
+                        t.index_copy_(0, q, t.index_select(0, q) * math.sqrt(d_new / d))
+        _slice_pointwise(m.proj, cout, inner)
         m.num_heads = int(h.sum())
-        for attr, v in (("head_dim", d_new), ("attn_dim", int(inner.sum()))):
+        for attr, v in (("head_dim", d_new), ("dim_head", d_new), ("attn_dim", int(inner.sum()))):
             if hasattr(m, attr):
                 setattr(m, attr, v)
-        for name, dim in self.per_head:
-            set_param(m, name, take(getattr(m, name).data, dim, h))
+        if not h.all():
+            self.cut_heads(m, h)
 
     @staticmethod
     def macs(site, keep, batch: int, params: bool = False) -> int:
@@ -120,6 +157,71 @@ class PackedQKVAttention(ChannelRule):
         tokens = site.data["tokens"]
         n = site.data["n"]
         return (tokens * (3 * inner * cin + inner * cout) + tokens * n * 2 * inner) // batch
+
+
+def _packed(order: str, H: int, d: int) -> tuple[tuple, dict]:
+    """Shape of the packed qkv rows and the axis of the part (q, k, v: ``"p"``), head and width in it."""
+    axes = {"3hd": {"p": 0, "h": 1, "d": 2}, "h3d": {"h": 0, "p": 1, "d": 2}}[order]
+    sizes = {"p": 3, "h": H, "d": d}
+    return tuple(sizes[k] for k in sorted(axes, key=axes.get)), axes
+
+
+def _along(vec: np.ndarray, axis: int, shape: tuple) -> np.ndarray:
+    """``vec`` laid along ``axis`` of ``shape``, broadcast over the other axes and flattened."""
+    return np.broadcast_to(vec.reshape([-1 if a == axis else 1 for a in range(len(shape))]), shape).reshape(-1)
+
+
+def _rows(m) -> int:
+    return m.out_features if isinstance(m, torch.nn.Linear) else m.out_channels
+
+
+def _cols(m) -> int:
+    return m.in_features if isinstance(m, torch.nn.Linear) else m.in_channels
+
+
+def _slice_pointwise(m, out_k: np.ndarray, in_k: np.ndarray) -> None:
+    """:func:`slice_linear` for a Linear or a 1x1 conv (their weights' dims 0 and 1 are the rows and columns)."""
+    slice_linear(m, out_k, in_k) if isinstance(m, torch.nn.Linear) else _slice_conv1x1(m, out_k, in_k)
+
+
+def _slice_conv1x1(m: torch.nn.Conv2d, out_k: np.ndarray, in_k: np.ndarray) -> None:
+    set_param(m, "weight", take(take(m.weight.data, 0, out_k), 1, in_k))
+    if m.bias is not None:
+        set_param(m, "bias", take(m.bias.data, 0, out_k))
+    m.in_channels, m.out_channels = int(in_k.sum()), int(out_k.sum())
+
+
+class MaxxVitAttention(PackedQKVAttention):
+    """timm ``maxxvit``'s ``AttentionCl`` (MaxViT's block and grid attention, channels last) and ``Attention2d``
+    (CoAtNet, 1x1 convs): rows packed per head when ``head_first``; the relative-position module's per-head
+    parameters (:data:`_REL_POS`) and its ``num_heads``/``bias_shape`` follow the heads."""
+
+    def packing(self, m) -> str:
+        return "h3d" if m.head_first else "3hd"
+
+    def head_params(self, m) -> tuple | None:
+        if m.rel_pos is None:
+            return ()
+        known = _REL_POS.get(type(m.rel_pos).__name__)
+        return None if known is None else tuple((f"rel_pos.{path}", dim) for path, dim in known[0])
+
+    def cut_heads(self, m, h: np.ndarray) -> None:
+        super().cut_heads(m, h)
+        if m.rel_pos is not None:
+            at = _REL_POS[type(m.rel_pos).__name__][1]
+            shape = list(m.rel_pos.bias_shape)
+            shape[at] = int(h.sum())
+            m.rel_pos.bias_shape = tuple(shape)
+            if hasattr(m.rel_pos, "num_heads"):
+                m.rel_pos.num_heads = int(h.sum())
+
+
+#: timm's relative-position modules: (per-head parameters ``(path, dim)``, the head entry of ``bias_shape``)
+_REL_POS = {
+    "RelPosBias": ((("relative_position_bias_table", 1),), -1),
+    "RelPosBiasTf": ((("relative_position_bias_table", 0),), 0),
+    "RelPosMlp": ((("mlp.fc2", 0),), -1),
+}
 
 
 class MultiheadAttentionRule(ChannelRule):
@@ -187,6 +289,8 @@ def _register() -> None:
     register_channel_rule("timm.layers.attention.Attention", PackedQKVAttention())
     register_channel_rule("timm.models.swin_transformer.WindowAttention",
                           PackedQKVAttention(per_head=(("relative_position_bias_table", 1),), masks=("mask",)))
+    register_channel_rule("timm.models.maxxvit.AttentionCl", MaxxVitAttention())
+    register_channel_rule("timm.models.maxxvit.Attention2d", MaxxVitAttention())
     register_channel_rule(torch.nn.MultiheadAttention, MultiheadAttentionRule())
 
 
