@@ -54,8 +54,10 @@ def zero_columns(mods: dict, module: str, dim: int, idx: list) -> None:
             m.in_proj_weight.data[k * e:(k + 1) * e].index_fill_(1, cols, 0.0)
         else:
             getattr(m, f"{part}_proj_weight").data.index_fill_(1, cols, 0.0)
-    else:
-        m.qkv.weight.data.index_fill_(1, cols, 0.0)
+    else:  # a packed qkv layer; LeViT's attention: each LinearNorm (a Linear then BatchNorm1d) reading the input
+        for layer in [getattr(m, n, None) for n in ("qkv", "kv")] + [getattr(getattr(m, "q", None), "ln", None)]:
+            if layer is not None:
+                getattr(layer, "linear", layer).weight.data.index_fill_(1, cols, 0.0)
 
 
 def zero_rows(m: torch.nn.Module, dim: int, idx: list) -> None:
@@ -115,6 +117,9 @@ def check_model(model: torch.nn.Module, x, *, ratio: float = 0.3, approximate: b
             zero_columns(mods, module, dim, idx)
         for module, dim, idx in graph.contracted_slices(dead):  # q/k widths, heads: no reader, zero their writers
             zero_rows(mods[module], dim, idx)
+            parent = mods.get(module.rpartition(".")[0])  # LeViT's LinearNorm: its BatchNorm1d writes the rows
+            if module.endswith(".linear") and isinstance(getattr(parent, "bn", None), torch.nn.BatchNorm1d):
+                zero_rows(parent.bn, 0, idx)
         want = _flat(graph.gm(*xs))
         pruned = graph.prune_channels(dead)
         got = _flat(pruned(*xs))

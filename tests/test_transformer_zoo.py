@@ -26,6 +26,7 @@ TIMM = [
     ("swin_tiny_patch4_window7_224", dict(img_size=56, depths=(2, 1, 1, 1)), 56, 0.15, True),  # shifted windows
     ("maxvit_pico_rw_256", dict(img_size=64), 64, 0.15, True),       # MaxViT: MBConv + block and grid attention
     ("coatnet_nano_rw_224", dict(img_size=64), 64, 0.15, True),      # CoAtNet: Attention2d (1x1 conv qkv)
+    ("levit_128s", dict(img_size=64), 64, 0.25, True),               # LeViT: LinearNorm q/k/v, attention biases
     ("fastvit_sa12", {}, 64, 0.15, True),                            # FastViT: RepMixer + attention stage
     ("hiera_tiny_224", dict(stages=(1, 1, 1, 1)), 224, 0.15, True),  # Hiera: mask units (forward(mask=None))
     ("caformer_s18", {}, 64, 0.15, True),                            # CAFormer: conv + attention MetaFormer
@@ -363,4 +364,37 @@ def test_maxvit_coatnet_attention_prunes_whole_heads(kind, head_first, rel_pos, 
         before, after = model.attn.rel_pos.get_bias().shape, a.rel_pos.get_bias().shape
         assert [b for b, c in zip(before, after) if b != c] == [4] and 2 in after
     assert pruned(torch.randn(3, 3, 8, 8)).shape == (3, 10)
+    remove = {"attn:heads": [0, 3], "attn:head_width": [1, 2, 5]}
+    assert (ap.count_params(model) - ap.count_params(pruned)
+            == graph.macs(None, params=True) - graph.macs(remove, params=True))
 
+
+
+def test_levit_attention_prunes_heads_and_key_and_value_widths():
+    """LeViT's Attention and AttentionDownsample: heads (with their attention biases) and the head width, whose
+    units are key positions (q and k) and value positions (v and the projection's columns), through LinearNorm
+    (Linear then BatchNorm1d) layers; every attribute its forward reads follows, and the cost model and parameter
+    count equal the pruned model's."""
+    torch.manual_seed(0)
+    model = timm.create_model("levit_128s", pretrained=False, num_classes=10, img_size=64).eval()
+    randomise_norms(model)
+    for mod in model.modules():
+        if hasattr(mod, "attention_biases"):  # timm zero-initialises them: make them matter
+            mod.attention_biases.data.normal_(0, 1.0)
+    x = torch.randn(2, 3, 64, 64)
+    graph = ap.ChannelGraph(model, x)
+    blk, down = "stages.0.blocks.0.attn", "stages.1.downsample.attn_downsample"
+    assert graph.group(f"{blk}:heads").channels == 4 and graph.group(f"{blk}:head_width").channels == 16 + 32
+    remove = {f"{blk}:heads": [1, 2], f"{blk}:head_width": [0, 5, 16, 40], f"{down}:heads": [0],
+              f"{down}:head_width": [3, 20]}
+    pruned = graph.prune_channels(remove)
+    a, d = pruned.get_submodule(blk), pruned.get_submodule(down)
+    assert (a.num_heads, a.key_dim, a.val_dim, a.attention_biases.shape[0]) == (2, 14, 30, 2)
+    assert (d.num_heads, d.key_dim, d.val_dim) == (d.attention_biases.shape[0], 15, 63)
+    assert a.qkv.bn.num_features == a.qkv.linear.out_features == 2 * (2 * 14 + 30)
+    with torch.no_grad():
+        assert not torch.allclose(pruned(x), graph.gm(x), atol=1e-3)
+        assert pruned(torch.randn(3, 3, 64, 64)).shape == (3, 10)
+    assert graph.macs_exact and graph.macs(remove) == ap.count_macs(pruned, x)
+    assert (ap.count_params(model) - ap.count_params(pruned)
+            == graph.macs(None, params=True) - graph.macs(remove, params=True))

@@ -16,7 +16,8 @@ have no tensor of these groups to read, and refuse them.
 Built in: timm's ``Attention`` (``timm.layers.attention``: ViT, DeiT, DeiT-3, and every model built on it), Swin's
 ``WindowAttention`` (its relative-position bias table sliced with the heads), timm maxxvit's ``AttentionCl`` and
 ``Attention2d`` (MaxViT's block and grid attention, CoAtNet; their relative-position module's table or MLP rows
-sliced with the heads) and ``torch.nn.MultiheadAttention`` (torchvision's ViT), which pruned becomes a
+sliced with the heads), LeViT's ``Attention`` and ``AttentionDownsample`` (:class:`LevitAttention`) and
+``torch.nn.MultiheadAttention`` (torchvision's ViT), which pruned becomes a
 :class:`~autoprune.graph.pruned_mha.PrunedMultiheadAttention`.
 """
 from __future__ import annotations
@@ -35,7 +36,7 @@ from .layer_rules import slice_linear
 from .pruned_mha import PrunedMultiheadAttention
 from .rules import ChannelRule, register_channel_rule, set_param, take
 
-__all__ = ["PackedQKVAttention", "MaxxVitAttention", "MultiheadAttentionRule"]
+__all__ = ["PackedQKVAttention", "MaxxVitAttention", "LevitAttention", "MultiheadAttentionRule"]
 
 
 @dataclass
@@ -63,14 +64,16 @@ class PackedQKVAttention(ChannelRule):
 
     def cut_heads(self, m, h: np.ndarray) -> None:
         """Slice what :meth:`head_params` names to the kept heads ``h``."""
-        for path, dim in self.head_params(m):
-            owner, _, name = path.rpartition(".")
-            holder = m.get_submodule(owner) if owner else m
+        for holder, name, dim in _head_params(m, self.head_params(m)):
             if isinstance(getattr(holder, name), torch.nn.Linear):
                 lin = getattr(holder, name)
                 slice_linear(lin, h, np.ones(lin.in_features, dtype=bool))
             else:
                 set_param(holder, name, take(getattr(holder, name).data, dim, h))
+
+    def call_macs(self, m) -> tuple[int, int]:
+        """MACs the module spends once per call, not per sample (a position-bias MLP): (fixed, per head)."""
+        return 0, 0
 
     def analyse(self, p, node, m, x, value):
         name = str(node.target)
@@ -117,7 +120,9 @@ class PackedQKVAttention(ChannelRule):
         p.add_site("attention_module", node, name, {
             "in": x.elem, "out": out.elem, "heads": heads, "width": width, "tokens": tokens,
             "n": tokens // int(value.shape[0]), "qkv_bias": int(m.qkv.bias is not None),
-            "proj_bias": int(m.proj.bias is not None)}, rule=self)
+            "proj_bias": int(m.proj.bias is not None), "head_params": _per_head_numel(m, self.head_params(m), H),
+            "call_macs": self.call_macs(m)},
+            rule=self)
         p.add_site("rows", node, proj, {"out": out.elem, "label": proj})
         return out
 
@@ -153,10 +158,11 @@ class PackedQKVAttention(ChannelRule):
         inner = h * w
         if params:
             qkv_b, proj_b = site.data.get("qkv_bias", 0), site.data.get("proj_bias", 0)
-            return 3 * inner * cin + 3 * inner * qkv_b + inner * cout + cout * proj_b
+            return 3 * inner * cin + 3 * inner * qkv_b + inner * cout + cout * proj_b + h * site.data["head_params"]
         tokens = site.data["tokens"]
         n = site.data["n"]
-        return (tokens * (3 * inner * cin + inner * cout) + tokens * n * 2 * inner) // batch
+        fixed, per_head = site.data.get("call_macs", (0, 0))
+        return (tokens * (3 * inner * cin + inner * cout) + tokens * n * 2 * inner) // batch + fixed + per_head * h
 
 
 def _packed(order: str, H: int, d: int) -> tuple[tuple, dict]:
@@ -169,6 +175,27 @@ def _packed(order: str, H: int, d: int) -> tuple[tuple, dict]:
 def _along(vec: np.ndarray, axis: int, shape: tuple) -> np.ndarray:
     """``vec`` laid along ``axis`` of ``shape``, broadcast over the other axes and flattened."""
     return np.broadcast_to(vec.reshape([-1 if a == axis else 1 for a in range(len(shape))]), shape).reshape(-1)
+
+
+def _head_params(m, paths) -> list:
+    """(owner module, attribute, head dim) of each ``(path, dim)`` in ``paths``."""
+    out = []
+    for path, dim in paths or ():
+        owner, _, name = path.rpartition(".")
+        out.append((m.get_submodule(owner) if owner else m, name, dim))
+    return out
+
+
+def _per_head_numel(m, paths, heads: int) -> int:
+    """Parameters per head of the per-head tensors (a Linear: its weight and bias rows)."""
+    total = 0
+    for holder, name, dim in _head_params(m, paths):
+        t = getattr(holder, name)
+        if isinstance(t, torch.nn.Linear):
+            total += t.in_features + (t.bias is not None)
+        elif isinstance(t, torch.nn.Parameter):
+            total += t.numel() // heads
+    return total
 
 
 def _rows(m) -> int:
@@ -205,6 +232,13 @@ class MaxxVitAttention(PackedQKVAttention):
         known = _REL_POS.get(type(m.rel_pos).__name__)
         return None if known is None else tuple((f"rel_pos.{path}", dim) for path, dim in known[0])
 
+    def call_macs(self, m) -> tuple[int, int]:
+        mlp = getattr(m.rel_pos, "mlp", None)  # RelPosMlp: an MLP over the relative coordinates, once per call
+        if mlp is None or type(m.rel_pos).__name__ not in _REL_POS:
+            return 0, 0
+        positions = m.rel_pos.rel_coords_log.numel() // mlp.fc1.in_features
+        return positions * mlp.fc1.in_features * mlp.fc1.out_features, positions * mlp.fc2.in_features
+
     def cut_heads(self, m, h: np.ndarray) -> None:
         super().cut_heads(m, h)
         if m.rel_pos is not None:
@@ -222,6 +256,81 @@ _REL_POS = {
     "RelPosBiasTf": ((("relative_position_bias_table", 0),), 0),
     "RelPosMlp": ((("mlp.fc2", 0),), -1),
 }
+
+
+@dataclass
+class LevitAttention(ChannelRule):
+    """timm LeViT's ``Attention`` and ``AttentionDownsample`` (token path, ``use_conv=False``): ``LinearNorm`` layers
+    (a Linear then BatchNorm1d) whose rows are packed per head as ``[q | k | v]`` (``qkv``) or ``[k | v]`` (``kv``)
+    and ``[q]`` (``q.ln``, on the subsampled tokens), q/k of width ``key_dim`` and v of width ``val_dim``, and a
+    learned attention bias per head (``attention_biases``, sliced with the heads). Two groups: the heads, and the head
+    width, whose units are the ``key_dim`` positions (in q and k of every kept head) and the ``val_dim`` positions (in
+    v, and the output projection's columns); the scale stays ``key_dim ** -0.5`` of the original (an attribute)."""
+    layers: tuple = (("qkv", "kkv"),)  # (LinearNorm path, its per-head parts: k = a key-width part, v = value)
+
+    def analyse(self, p, node, m, x, value):
+        name = str(node.target)
+        what = f"{type(m).__name__} '{name}'"
+        if m.use_conv or x is None or not isinstance(value, torch.Tensor) or value.dim() != 3 or x.cdims != (2,):
+            return p.lock_all(node, value, f"{what}: only the token path ([B, N, C], use_conv=False) has a rule")
+        H, kd, vd = int(m.num_heads), int(m.key_dim), int(m.val_dim)
+        heads, kw, vw = p.fresh((H,), 0).elem, p.fresh((kd,), 0).elem, p.fresh((vd,), 0).elem
+        if H == 1:
+            p.lock(heads, f"{what}: a single head")
+        out = p.fresh(tuple(value.shape), 2)
+        xin = p.real(node.args[0])
+        layers = []
+        for path, parts in self.layers:
+            width = np.concatenate([kw if c == "k" else vw for c in parts])
+            lin = f"{name}.{path}.linear"
+            for label, elem in ((f"{name}:heads", np.repeat(heads, len(width))),
+                                (f"{name}:head_width", np.tile(width, H))):
+                p.add_site("rows", node, lin, {"out": elem, "label": label, "contracted": True, "tap": False})
+            # the q layer of AttentionDownsample reads the subsampled tokens (as many as the output has)
+            tokens = value.shape[0] * value.shape[1] if path.startswith("q") else xin.shape[0] * xin.shape[1]
+            layers.append((path, parts, int(tokens)))
+        p.add_site("attention_module", node, name, {
+            "in": x.elem, "out": out.elem, "heads": heads, "kw": kw, "vw": vw, "layers": layers,
+            "tokens": int(value.shape[0] * value.shape[1]), "n": int(xin.shape[1]),
+            "bias_numel": int(m.attention_biases.shape[1])}, rule=self)
+        p.add_site("rows", node, f"{name}.proj.ln.linear", {"out": out.elem, "label": f"{name}.proj"})
+        return out
+
+    def cut(self, m, site, keep):
+        h, kw, vw = keep(site.data["heads"]), keep(site.data["kw"]), keep(site.data["vw"])
+        cin, cout = keep(site.data["in"]), keep(site.data["out"])
+        for path, parts, _ in site.data["layers"]:
+            per_head = np.concatenate([kw if c == "k" else vw for c in parts])
+            _slice_linear_norm(m.get_submodule(path), np.logical_and.outer(h, per_head).reshape(-1), cin)
+        _slice_linear_norm(m.proj.ln, cout, np.logical_and.outer(h, vw).reshape(-1))
+        set_param(m, "attention_biases", take(m.attention_biases.data, 0, h))
+        m.attention_bias_cache = {}
+        m.num_heads, m.key_dim, m.val_dim = int(h.sum()), int(kw.sum()), int(vw.sum())
+        m.key_attn_dim, m.val_attn_dim = m.num_heads * m.key_dim, m.num_heads * m.val_dim
+
+    @staticmethod
+    def macs(site, keep, batch: int, params: bool = False) -> int:
+        """Its LinearNorm layers, the two attention matmuls (q k: ``key_dim``, attn v: ``val_dim``) and the output
+        projection, per sample (or their parameters, BatchNorm's scale and shift and the attention biases)."""
+        h, k, v = (int(keep(site.data[key]).sum()) for key in ("heads", "kw", "vw"))
+        cin, cout = int(keep(site.data["in"]).sum()), int(keep(site.data["out"]).sum())
+        total = 0
+        for _, parts, tokens in site.data["layers"]:
+            rows = h * sum(k if c == "k" else v for c in parts)
+            total += rows * (cin + 2) if params else tokens * rows * cin
+        if params:
+            return total + h * v * cout + 2 * cout + h * site.data["bias_numel"]
+        tokens = site.data["tokens"]
+        return (total + tokens * site.data["n"] * h * (k + v) + tokens * h * v * cout) // batch
+
+
+def _slice_linear_norm(m, out_k: np.ndarray, in_k: np.ndarray) -> None:
+    """LeViT's LinearNorm (``linear`` then BatchNorm1d ``bn``): rows ``out_k`` and columns ``in_k``."""
+    slice_linear(m.linear, out_k, in_k)
+    for name in ("weight", "bias", "running_mean", "running_var"):
+        if getattr(m.bn, name, None) is not None:
+            set_param(m.bn, name, take(getattr(m.bn, name).data, 0, out_k))
+    m.bn.num_features = int(out_k.sum())
 
 
 class MultiheadAttentionRule(ChannelRule):
@@ -291,6 +400,8 @@ def _register() -> None:
                           PackedQKVAttention(per_head=(("relative_position_bias_table", 1),), masks=("mask",)))
     register_channel_rule("timm.models.maxxvit.AttentionCl", MaxxVitAttention())
     register_channel_rule("timm.models.maxxvit.Attention2d", MaxxVitAttention())
+    register_channel_rule("timm.models.levit.Attention", LevitAttention())
+    register_channel_rule("timm.models.levit.AttentionDownsample", LevitAttention(layers=(("kv", "kv"), ("q.ln", "k"))))
     register_channel_rule(torch.nn.MultiheadAttention, MultiheadAttentionRule())
 
 
