@@ -12,7 +12,8 @@ Channel graph and models:
 - :func:`get_model` -- the CIFAR ResNets/VGGs and torchvision classifiers by name;
 - :func:`save`, :func:`load` -- pruned models without pickled code;
 - :func:`register_channel_rule` with :class:`ChannelRule` (or the presets :class:`PerChannel`, :class:`Dense`,
-  :class:`Elementwise`, :class:`Lock`) -- teach the engine a layer of your own (docs/engine.md).
+  :class:`Elementwise`, :class:`Lock`) -- teach the engine a layer of your own (docs/engine.md);
+  :func:`register_traced_forward` -- trace a block fx cannot follow through a forward of your own.
 
 Channel importance:
 
@@ -51,7 +52,7 @@ from ._version import __version__
 # channel graph and models
 from .graph.flops import count_macs, count_params
 from .graph import (ChannelGraph, ChannelGroup, ChannelRule, Dense, Elementwise, Lock, PerChannel, PruneError,
-                    TraceError, register_channel_rule)
+                    TraceError, register_channel_rule, register_traced_forward)
 from .deploy.files import load, save
 from .models import get_model
 
@@ -83,6 +84,7 @@ __all__ = [
     # channel graph and models
     "ChannelGraph", "ChannelGroup", "TraceError", "PruneError", "count_macs", "count_params", "get_model", "save",
     "load", "register_channel_rule", "ChannelRule", "PerChannel", "Dense", "Elementwise", "Lock",
+    "register_traced_forward",
     # channel importance
     "score", "get_criterion", "register_criterion", "available_criteria",
     # data and the inner loop of a trial

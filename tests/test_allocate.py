@@ -243,3 +243,20 @@ def test_srr_prefers_redundant_groups(graph, scores):
     assert a.counts[most] > 0
     with pytest.raises(TypeError, match="unknown srr option"):
         allocate(graph, macs=0.7, method="srr", scores=scores, srr_options={"gama": 1})
+
+
+def test_a_flat_sensitivity_table_warns_that_its_ranking_is_noise(graph, scores, table):
+    """An undertrained model (or too few validation images) measures no drop anywhere: allocating half the MACs
+    from such a table picks among zero-damage entries, and the user is told; a table with real drops is silent."""
+    import warnings
+
+    from autoprune.allocation.by_sensitivity import FlatSensitivityWarning
+
+    flat = SensitivityTable.from_dict({**table.to_dict(), "rows": [
+        {**r, "damage_per_mac": -abs(r["damage_per_mac"]) * 0.01} for r in table.to_dict()["rows"]]})
+    with pytest.warns(FlatSensitivityWarning, match="no accuracy drop"):
+        a = allocate(flat, macs=0.5, graph=graph)
+    assert a.info.get("flat_table") is True
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FlatSensitivityWarning)
+        assert "flat_table" not in allocate(table, macs=0.5, graph=graph).info

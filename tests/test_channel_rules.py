@@ -331,6 +331,50 @@ def test_constant_reshape_is_rewritten_to_the_kept_sizes():
     assert g.group("b.0").prunable  # the shuffle's constant 2 (groups) is unchanged by pruning
 
 
+def test_sizes_computed_with_the_batch_follow_pruning_at_any_batch():
+    """MobileViT's unfold/fold: the channels merged with the batch and the patch rows (``B * C * nh``), sizes read off
+    the tensor and multiplied in the code. They prune exactly, and the pruned model runs at batch sizes other than
+    the example's (the sizes are never written as constants); a computed size that would not follow by itself (here
+    ``B * 8``, the channel count written in the code) is scaled at run time."""
+    class Unfold(nn.Module):
+        def __init__(self, c=8, d=12):
+            super().__init__()
+            self.kxk, self.c1 = nn.Conv2d(c, c, 3, padding=1), nn.Conv2d(c, d, 1)
+            self.fc1, self.fc2 = nn.Linear(d, 16), nn.Linear(16, d)
+            self.proj, self.fuse = nn.Conv2d(d, c, 1), nn.Conv2d(2 * c, c, 3, padding=1)
+
+        def forward(self, x):
+            shortcut, x = x, self.c1(self.kxk(x))
+            B, C, H, W = x.shape
+            nh, nw = H // 2, W // 2
+            x = x.reshape(B * C * nh, 2, nw, 2).transpose(1, 2)
+            x = x.reshape(B, C, nh * nw, 4).transpose(1, 3).reshape(B * 4, nh * nw, -1)
+            x = x + self.fc2(torch.relu(self.fc1(x)))
+            x = x.contiguous().view(B, 4, nh * nw, -1).transpose(1, 3).reshape(B * C * nh, nw, 2, 2)
+            x = self.proj(x.transpose(1, 2).reshape(B, C, nh * 2, nw * 2))
+            return self.fuse(torch.cat((shortcut, x), 1))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block, self.head = nn.Conv2d(3, 8, 3, padding=1), Unfold(), nn.Linear(8, 10)
+
+        def forward(self, x):
+            y = self.block(self.stem(x))
+            B, _, H, W = y.shape
+            y = y.reshape(B * 8, 1, H, W).relu()  # 8 written in the code: B * 8 does not follow by itself
+            return self.head(y.reshape(B, 8, H, W).mean((2, 3)))
+
+    torch.manual_seed(0)
+    for batch in (1, 2):
+        g, _ = check_model(Net().eval(), _x(batch, 3, 8, 8))
+    assert {"block.kxk", "block.c1", "block.fc1", "block.proj"} <= {q.name for q in g.prunable_groups}
+    pruned = g.prune_channels({"block.c1": [0, 3, 5], "block.proj": [1], "block.fuse": [2, 4]})
+    with torch.no_grad():
+        assert pruned(_x(5, 3, 8, 8)).shape == (5, 10)
+    assert pruned.block.c1.out_channels == 9 and pruned.head.in_features == 6
+
+
 def test_slab_layouts_are_what_a_constant_shape_can_follow():
     # every channel set whole slices along one axis: any removal leaves a rectangle
     assert slab_layout(np.array([[0, 1, 2], [0, 1, 2]]))

@@ -27,6 +27,7 @@ TIMM = [
     ("maxvit_pico_rw_256", dict(img_size=64), 64, 0.15, True),       # MaxViT: MBConv + block and grid attention
     ("coatnet_nano_rw_224", dict(img_size=64), 64, 0.15, True),      # CoAtNet: Attention2d (1x1 conv qkv)
     ("levit_128s", dict(img_size=64), 64, 0.25, True),               # LeViT: LinearNorm q/k/v, attention biases
+    ("mobilevit_xxs", {}, 64, 0.25, True),                           # MobileViT: unfold/fold (a traced forward)
     ("fastvit_sa12", {}, 64, 0.15, True),                            # FastViT: RepMixer + attention stage
     ("hiera_tiny_224", dict(stages=(1, 1, 1, 1)), 224, 0.15, True),  # Hiera: mask units (forward(mask=None))
     ("caformer_s18", {}, 64, 0.15, True),                            # CAFormer: conv + attention MetaFormer
@@ -398,3 +399,21 @@ def test_levit_attention_prunes_heads_and_key_and_value_widths():
     assert graph.macs_exact and graph.macs(remove) == ap.count_macs(pruned, x)
     assert (ap.count_params(model) - ap.count_params(pruned)
             == graph.macs(None, params=True) - graph.macs(remove, params=True))
+
+
+def test_mobilevit_block_is_traced_only_where_its_forward_is_reproduced():
+    """MobileViT's block is one timm keeps out of fx; autoprune traces it through its own forward where the maps are
+    multiples of the patch (then its inner widths, heads and MLPs prune). On a map that is not (timm then
+    interpolates), the traced forward does not reproduce the block, so the block stays whole and locks, with the
+    reason, and the rest of the model still prunes exactly."""
+    from autoprune.graph.trace import trace
+
+    torch.manual_seed(0)
+    model = timm.create_model("mobilevit_xxs", pretrained=False, num_classes=10).eval()
+    traced = trace(model, 1, (torch.randn(1, 3, 64, 64),))
+    assert not any(n.op == "call_module" and n.target == "stages.2.1" for n in traced.graph.nodes)
+    assert any(n.op == "call_module" and n.target == "stages.2.1.transformer.0.attn" for n in traced.graph.nodes)
+    graph, _ = _check(model, 80, min_drop=0.0)  # 80 px: maps of 10 (stage 2), 5 and 3 (stages 3 and 4)
+    locked = [g.reason for g in graph.groups if not g.prunable]
+    assert any("'stages.3.1' of type MobileVitBlock has no channel rule" in r for r in locked), locked
+    assert "stages.2.1.transformer.0.attn:heads" in {g.name for g in graph.prunable_groups}

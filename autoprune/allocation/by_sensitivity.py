@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from typing import Any, Mapping
 
 import numpy as np
@@ -9,7 +10,14 @@ import numpy as np
 from .problem import BudgetProblem, bisect_sorted, check_feasible, finish
 from .result import Allocation
 
-__all__ = ["allocate_by_sensitivity", "sensitivity_ratios"]
+__all__ = ["allocate_by_sensitivity", "sensitivity_ratios", "FlatSensitivityWarning"]
+
+#: the share of the MACs a budget must remove at a threshold <= 0 for the table to be called flat
+FLAT_TABLE_REMOVAL = 0.2
+
+
+class FlatSensitivityWarning(UserWarning):
+    """The sensitivity table measured no accuracy drop for a removal the budget needs: its ranking is noise."""
 
 
 def allocate_by_sensitivity(prob: BudgetProblem, *, table: Any, max_ratio: float, refine: bool,
@@ -58,6 +66,14 @@ def allocate_by_sensitivity(prob: BudgetProblem, *, table: Any, max_ratio: float
     hi_state = states[i]
     lo_state = states[i - 1] if i > 0 else zero
     info: dict[str, Any] = {"tau": tau, "tau_index": i, "taus": len(taus)}
+    removed = 1.0 - prob.cost(hi_state)["macs"] / max(prob.base["macs"], 1)
+    if tau <= 0 and removed >= FLAT_TABLE_REMOVAL:
+        info["flat_table"] = True
+        warnings.warn(
+            f"the sensitivity table shows no accuracy drop for the {removed:.0%} of the MACs this budget removes "
+            "(threshold tau <= 0): the groups were chosen among entries whose measured damage is zero or negative, "
+            "i.e. by noise. Measure the table on more validation images (sensitivity eval_batches), or train the "
+            "model further: an undertrained model loses nothing measurable.", FlatSensitivityWarning, stacklevel=3)
     if not refine or prob.slack(prob.cost(hi_state)) <= prob.tol:
         return finish(prob, hi_state, "sensitivity", info, priority=s_hat, damage=damage)
 

@@ -279,9 +279,13 @@ class _Propagator(fx.Interpreter):
             if s.kind != "shape":
                 continue
             ti = s.data["out"]
-            s.data["dims"] = sorted(s.data["dims"] + [d for d, src in s.data.pop("sym")
-                                                      if src is None or not _same_sets(find, ti, d, *src)])
-            if s.data["dims"] and not slab_layout(find(ti.elem)):
+            sym = s.data.pop("sym")
+            s.data["dims"] = sorted(s.data["dims"] + [d for d, src in sym
+                                                      if src is not None and not _same_sets(find, ti, d, *src)])
+            # a size computed in the code (B * C * n, a channel dim merged with others): scaled by surgery, so the
+            # other factors (the batch) stay whatever they are at run time
+            s.data["scaled"] = [d for d, src in sym if src is None]
+            if (s.data["dims"] or s.data["scaled"]) and not slab_layout(find(ti.elem)):
                 n = next(m for m in self.module.graph.nodes if m.name == s.node)
                 self.E.lock(ti.elem, f"constant shape at node '{n.name}'{source_line(n)}: pruning would leave a "
                                      "non-rectangular layout there, so the channels feeding it cannot be pruned")

@@ -144,7 +144,7 @@ class ChannelGraph:
         self._training = model.training
         self._lineage = lineage_of(model)
         base = copy.deepcopy(model).eval()
-        self.gm = trace(base, len(self.example_inputs))
+        self.gm = trace(base, len(self.example_inputs), self.example_inputs)
         self.analysis: Analysis = analyse(self.gm, self.example_inputs, approximate=bool(approximate))
         self.groups: list[ChannelGroup] = build_groups(self.analysis)
         self._by_name = {g.name: g for g in self.groups}

@@ -12,6 +12,7 @@ the analysis predicts. Anything the analysis missed, or a rule we got wrong, sho
 from __future__ import annotations
 
 import copy
+import operator
 from typing import Any
 
 import numpy as np
@@ -20,6 +21,7 @@ import torch.fx as fx
 import torch.nn as nn
 
 from .analysis import TI, Analysis, source_line
+from .op_rules import shape_args, size_source
 from .rules import take
 
 _MODULE_KINDS = ("conv", "linear", "bn", "prelu", "embedding", "filter", "attention_module")
@@ -142,7 +144,16 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
         elif s.kind == "shape":  # sizes written as constants in a view/reshape/expand: the kept sizes
             n = nodes[s.node]
             want = expected_shape(s.data["out"], keep, f"node '{n.name}'")
-            _rewrite_shape(n, {d: want[d] for d in s.data["dims"]})
+            sizes = {d: want[d] for d in s.data["dims"]}
+            shape = shape_args(n)
+            for d in s.data.get("scaled", ()):  # computed sizes (B * C * n): scaled at run time where they
+                will = _predicted(shape[d], a, keep)  # would not follow the pruning by themselves
+                base = s.data["out"].shape[d] if will is None else will
+                if want[d] != base:
+                    with gm.graph.inserting_before(n):
+                        grown = gm.graph.call_function(operator.mul, (shape[d], want[d]))
+                        sizes[d] = gm.graph.call_function(operator.floordiv, (grown, base))
+            _rewrite_shape(n, sizes)
         elif s.kind == "kwarg":  # a default that depended on a width (attention's scale): the original value
             n = nodes[s.node]
             if len(n.args) > s.data["pos"]:
@@ -155,6 +166,35 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
     gm.recompile()
     _validate(a, gm, keep, example_inputs)
     return gm
+
+
+_ARITHMETIC = (operator.mul, operator.floordiv, operator.add, operator.sub)
+
+
+class _Layouts:
+    """The analysed layouts, as :func:`~autoprune.graph.op_rules.size_source` reads them (``layout(node)``)."""
+
+    def __init__(self, info: dict) -> None:
+        self.info = info
+
+    def layout(self, arg: Any) -> Any:
+        return self.info.get(arg.name) if isinstance(arg, fx.Node) else None
+
+
+def _predicted(v: Any, a: Analysis, keep: Keep) -> int | None:
+    """The value a size computed in the model code (``B * C * nh``) takes in the pruned graph on the example inputs:
+    its sizes read off tensors (``x.shape[i]``) become those tensors' kept sizes; None when it is computed otherwise."""
+    if isinstance(v, int):
+        return v
+    if not isinstance(v, fx.Node):
+        return None
+    src = size_source(_Layouts(a.info), v)
+    if src is not None:
+        return expected_shape(src[0], keep, f"node '{v.name}'")[src[1]]
+    if v.op == "call_function" and v.target in _ARITHMETIC:
+        args = [_predicted(x, a, keep) for x in v.args]
+        return None if any(x is None for x in args) else int(v.target(*args))
+    return None
 
 
 def _rewrite_shape(n: fx.Node, sizes: dict) -> None:

@@ -20,6 +20,7 @@ pruning; the analysis locks the channels feeding them (with the line), and shape
 from __future__ import annotations
 
 import contextlib
+import functools
 import inspect
 import linecache
 import os
@@ -35,6 +36,7 @@ import torch.nn as nn
 from . import attention_modules, attention_rules, layer_rules, library_rules  # noqa: F401
 from .functions import caller
 from .rules import lookup_module
+from .traced_forwards import lookup_traced_forward
 
 __all__ = ["TraceError", "trace"]
 
@@ -63,9 +65,10 @@ class _Tracer(fx.Tracer):
     node (``node.meta["stack_trace"]``, for lock reasons). fx's own ``record_stack_traces`` formats the whole stack
     for each node; walking frames to the first one outside torch and autoprune is several times cheaper."""
 
-    def __init__(self) -> None:
+    def __init__(self, forwards: set[str] | None = None) -> None:
         self.notrace_modules, notrace_fns = _timm_notrace()
         super().__init__(autowrap_functions=notrace_fns)
+        self.forwards = forwards or set()  # modules traced through their traced forward
 
     def create_proxy(self, *args: Any, **kwargs: Any) -> fx.Proxy:
         proxy = super().create_proxy(*args, **kwargs)
@@ -82,9 +85,18 @@ class _Tracer(fx.Tracer):
         return proxy
 
     def is_leaf_module(self, m: nn.Module, qualname: str) -> bool:
-        if lookup_module(m) is not None or isinstance(m, self.notrace_modules):
+        if lookup_module(m) is not None:
+            return True
+        if qualname in self.forwards:
+            return False
+        if isinstance(m, self.notrace_modules):
             return True
         return super().is_leaf_module(m, qualname)
+
+    def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
+        if self.forwards and self.path_of_module(m) in self.forwards:
+            forward = functools.partial(lookup_traced_forward(m), m)
+        return super().call_module(m, forward, args, kwargs)
 
 
 @contextlib.contextmanager
@@ -130,10 +142,15 @@ def _optional_args(model: nn.Module, n_inputs: int | None) -> dict[str, Any]:
             and (p.default is None or isinstance(p.default, (bool, int, float, str)))}
 
 
-def trace(model: nn.Module, n_inputs: int | None = None) -> fx.GraphModule:
+def trace(model: nn.Module, n_inputs: int | None = None, example_inputs: tuple | None = None) -> fx.GraphModule:
     """Symbolically trace ``model`` into a GraphModule (which shares the model's submodules). With ``n_inputs`` (how
-    many leading arguments the inputs fill), the optional arguments after them are traced as their defaults."""
-    tracer = _Tracer()
+    many leading arguments the inputs fill), the optional arguments after them are traced as their defaults.
+
+    A module with a traced forward (:mod:`~autoprune.graph.traced_forwards`) is traced through it where, run on
+    what the module receives from ``example_inputs``, it reproduces the module's output; otherwise (or without
+    example inputs) the module stays whole."""
+    allowed = _forwards_that_hold(model, example_inputs) if example_inputs is not None else set()
+    tracer = _Tracer(allowed)
     try:
         with _leaf_autograd_functions():
             graph = tracer.trace(model, concrete_args=_optional_args(model, n_inputs) or None)
@@ -144,3 +161,50 @@ def trace(model: nn.Module, n_inputs: int | None = None) -> fx.GraphModule:
             "into a leaf module or make it static."
         ) from exc
     return fx.GraphModule(tracer.root, graph, type(model).__name__)
+
+
+def _forwards_that_hold(model: nn.Module, example_inputs: tuple) -> set[str]:
+    """Names of the modules with a traced forward that, run eagerly on what the module receives from
+    ``example_inputs``, gives its output (to float tolerance): the ones the tracer may trace through."""
+    mods = {name: m for name, m in model.named_modules()
+            if lookup_module(m) is None and lookup_traced_forward(m) is not None}
+    if not mods:
+        return set()
+    seen: dict[str, tuple] = {}
+
+    def keep(name: str) -> Any:
+        def hook(m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
+            seen.setdefault(name, (args, kwargs, out))
+        return hook
+
+    handles = [m.register_forward_hook(keep(name), with_kwargs=True) for name, m in mods.items()]
+    try:
+        with torch.no_grad():
+            model(*example_inputs)
+            held = set()
+            for name, (args, kwargs, out) in seen.items():
+                try:
+                    got = lookup_traced_forward(mods[name])(mods[name], *args, **kwargs)
+                except Exception:  # e.g. a map that is not a multiple of the patch
+                    continue
+                want, have = _tensors(out), _tensors(got)
+                if len(want) == len(have) and all(
+                        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (float(a.abs().max()) + 1))
+                        for a, b in zip(want, have)):
+                    held.add(name)
+    except Exception:  # the model itself fails on the inputs: the analysis reports that
+        return set()
+    finally:
+        for h in handles:
+            h.remove()
+    return held
+
+
+def _tensors(out: Any) -> list:
+    if isinstance(out, torch.Tensor):
+        return [out]
+    if isinstance(out, (tuple, list)):
+        return [t for o in out for t in _tensors(o)]
+    if isinstance(out, dict):
+        return [t for o in out.values() for t in _tensors(o)]
+    return []
