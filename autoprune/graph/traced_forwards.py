@@ -7,7 +7,7 @@ operations, on the sizes the analysis sees. :func:`autoprune.graph.trace.trace` 
 reproduces the module's output on the example input (checked once, to float tolerance); otherwise the module stays
 whole (and locks, with the reason) -- so a library version whose ``forward`` changed is never silently misread.
 
-We write these forwards deliberately instead of asking the library: timm has no traceable variant of these blocks.
+Built in: timm's ``MobileVitBlock`` and ``MobileVitV2Block`` (MobileViT v1 and v2). We write these forwards deliberately instead of asking the library: timm has no traceable variant of these blocks.
 ``register_traced_forward`` adds your own for a block of your code or another library's.
 """
 from __future__ import annotations
@@ -61,4 +61,21 @@ def _mobilevit_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def _mobilevit_v2_block(m: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """timm ``MobileVitV2Block.forward`` (MobileViT-v2, separable attention) for maps whose sides are multiples of
+    the patch: local convs, unfold into ``[B, C, P, N]``, the transformer, fold back, the projection."""
+    if m.coreml_exportable:
+        raise NotImplementedError("the F.unfold / pixel_shuffle path has no traced forward")
+    ph, pw = m.patch_size
+    B, _, H, W = x.shape
+    nh, nw = H // ph, W // pw
+    x = m.conv_1x1(m.conv_kxk(x))
+    C = x.shape[1]
+    x = x.reshape(B, C, nh, ph, nw, pw).permute(0, 1, 3, 5, 2, 4).reshape(B, C, -1, nh * nw)
+    x = m.norm(m.transformer(x))
+    x = x.reshape(B, C, ph, pw, nh, nw).permute(0, 1, 4, 2, 5, 3).reshape(B, C, nh * ph, nw * pw)
+    return m.conv_proj(x)
+
+
 register_traced_forward("timm.models.mobilevit.MobileVitBlock", _mobilevit_block)
+register_traced_forward("timm.models.mobilevit.MobileVitV2Block", _mobilevit_v2_block)
