@@ -488,3 +488,37 @@ def test_reshape_as_ties_the_tensor_it_takes_its_shape_from():
     randomise_norms(other)
     graph, _ = check_model(other, x)
     assert "c" in graph.group("a.linear").modules
+
+
+def test_a_registered_traced_forward_opens_a_block_fx_cannot_follow():
+    """A block whose forward branches on its input's size cannot be traced; registered with a traced forward it is
+    traced through it (its widths prune, exactly) where that forward reproduces the block on the example input,
+    and stays whole (locked, with the reason) where it does not."""
+    class Branchy(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a, self.b = nn.Conv2d(8, 12, 1), nn.Conv2d(12, 8, 1)
+
+        def forward(self, x):
+            if x.shape[-1] % 2:  # fx cannot follow a branch on a size
+                x = F.pad(x, (0, 1))
+            return self.b(torch.relu(self.a(x)))
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block, self.head = nn.Conv2d(3, 8, 3, padding=1), Branchy(), nn.Linear(8, 4)
+
+        def forward(self, x):
+            return self.head(self.block(self.stem(x)).mean((2, 3)))
+
+    with pytest.raises(ap.TraceError):
+        ap.ChannelGraph(Net().eval(), _x(1, 3, 6, 6))
+    with pytest.raises(TypeError, match="nn.Module subclass"):
+        ap.register_traced_forward("Branchy", lambda m, x: x)
+    ap.register_traced_forward(Branchy, lambda m, x: m.b(torch.relu(m.a(x))))  # for even widths
+    g, _ = check_model(Net().eval(), _x(2, 3, 6, 6))
+    assert g.group("block.a").prunable
+    g = ap.ChannelGraph(Net().eval(), _x(1, 3, 5, 5))  # odd: the forward does not reproduce it, so it stays whole
+    assert [q.name for q in g.groups] == ["stem", "head"]  # the block's own layers are inside the leaf
+    assert not g.group("stem").prunable and "type Branchy has no channel rule" in g.group("stem").reason

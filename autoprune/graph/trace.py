@@ -89,8 +89,8 @@ class _Tracer(fx.Tracer):
             return True
         if qualname in self.forwards:
             return False
-        if isinstance(m, self.notrace_modules):
-            return True
+        if isinstance(m, self.notrace_modules) or lookup_traced_forward(m) is not None:
+            return True  # a block with a traced forward that does not hold here stays whole
         return super().is_leaf_module(m, qualname)
 
     def call_module(self, m: nn.Module, forward: Any, args: Any, kwargs: Any) -> Any:
