@@ -245,7 +245,7 @@ def test_srr_prefers_redundant_groups(graph, scores):
         allocate(graph, macs=0.7, method="srr", scores=scores, srr_options={"gama": 1})
 
 
-def test_a_flat_sensitivity_table_warns_that_its_ranking_is_noise(graph, scores, table):
+def test_a_flat_sensitivity_table_warns_that_it_cannot_rank_the_removal(graph, scores, table):
     """An undertrained model (or too few validation images) measures no drop anywhere: allocating half the MACs
     from such a table picks among zero-damage entries, and the user is told; a table with real drops is silent."""
     import warnings
@@ -257,6 +257,11 @@ def test_a_flat_sensitivity_table_warns_that_its_ranking_is_noise(graph, scores,
     with pytest.warns(FlatSensitivityWarning, match="no accuracy drop"):
         a = allocate(flat, macs=0.5, graph=graph)
     assert a.info.get("flat_table") is True
+    one_image = SensitivityTable.from_dict({**table.to_dict(), "eval_n": 400, "rows": [  # each entry: one image
+        {**r, "damage_per_mac": 1 / 400 / r["macs_saved"] if r["macs_saved"] else 0.0}
+        for r in table.to_dict()["rows"]]})
+    with pytest.warns(FlatSensitivityWarning, match="one validation image or less"):
+        allocate(one_image, macs=0.5, graph=graph)
     with warnings.catch_warnings():
         warnings.simplefilter("error", FlatSensitivityWarning)
         assert "flat_table" not in allocate(table, macs=0.5, graph=graph).info

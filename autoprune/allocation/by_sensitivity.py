@@ -12,12 +12,13 @@ from .result import Allocation
 
 __all__ = ["allocate_by_sensitivity", "sensitivity_ratios", "FlatSensitivityWarning"]
 
-#: the share of the MACs a budget must remove at a threshold <= 0 for the table to be called flat
+#: the share of the MACs a budget must remove within the table's resolution for the table to be called flat
 FLAT_TABLE_REMOVAL = 0.2
 
 
 class FlatSensitivityWarning(UserWarning):
-    """The sensitivity table measured no accuracy drop for a removal the budget needs: its ranking is noise."""
+    """The sensitivity table measured no accuracy drop for a removal the budget needs: it cannot rank those
+    entries against each other."""
 
 
 def allocate_by_sensitivity(prob: BudgetProblem, *, table: Any, max_ratio: float, refine: bool,
@@ -66,14 +67,7 @@ def allocate_by_sensitivity(prob: BudgetProblem, *, table: Any, max_ratio: float
     hi_state = states[i]
     lo_state = states[i - 1] if i > 0 else zero
     info: dict[str, Any] = {"tau": tau, "tau_index": i, "taus": len(taus)}
-    removed = 1.0 - prob.cost(hi_state)["macs"] / max(prob.base["macs"], 1)
-    if tau <= 0 and removed >= FLAT_TABLE_REMOVAL:
-        info["flat_table"] = True
-        warnings.warn(
-            f"the sensitivity table shows no accuracy drop for the {removed:.0%} of the MACs this budget removes "
-            "(threshold tau <= 0): the groups were chosen among entries whose measured damage is zero or negative, "
-            "i.e. by noise. Measure the table on more validation images (sensitivity eval_batches), or train the "
-            "model further: an undertrained model loses nothing measurable.", FlatSensitivityWarning, stacklevel=3)
+    _warn_if_flat(prob, table, tau, hi_state, info)
     if not refine or prob.slack(prob.cost(hi_state)) <= prob.tol:
         return finish(prob, hi_state, "sensitivity", info, priority=s_hat, damage=damage)
 
@@ -104,6 +98,23 @@ def allocate_by_sensitivity(prob: BudgetProblem, *, table: Any, max_ratio: float
     best, how = prob.land(interp(t_lo), best, zero, caps, s_hat, damage)
     info["refined_by"] = how
     return finish(prob, best, "sensitivity", info, priority=s_hat, damage=damage)
+
+
+def _warn_if_flat(prob: BudgetProblem, table: Any, tau: float, state: Mapping[str, int], info: dict) -> None:
+    """Warn when the budget removes at least :data:`FLAT_TABLE_REMOVAL` of the MACs drawing only on entries whose
+    measured damage is within the table's resolution (one validation image for accuracy; zero for the loss)."""
+    removed = 1.0 - prob.cost(state)["macs"] / max(prob.base["macs"], 1)
+    resolution = 1.0 / table.eval_n if table.metric == "accuracy" and table.eval_n else 0.0
+    worst = max((r.damage_per_mac * r.macs_saved for g in prob.names if g in table.groups for r in table.curve(g)
+                 if r.damage_per_mac <= tau), default=0.0)
+    if removed >= FLAT_TABLE_REMOVAL and worst <= resolution + 1e-12:
+        info["flat_table"] = True
+        warnings.warn(
+            f"the sensitivity table shows no accuracy drop beyond its resolution for the {removed:.0%} of the MACs "
+            f"this budget removes (each entry it draws on lost at most {worst:.4g}, one validation image or less): "
+            "the table cannot rank those entries against each other. Measure it on more validation images "
+            "(sensitivity eval_batches) to resolve them; an undertrained model may also lose nothing measurable.",
+            FlatSensitivityWarning, stacklevel=4)
 
 
 def sensitivity_ratios(table: Any, tau: float) -> dict[str, float]:
