@@ -80,6 +80,7 @@ TRANSFORMERS = {
     "maxvit_pico_rw_256": (dict(img_size=64), 64), "fastvit_sa12": ({}, 64),
     "hiera_tiny_224": (dict(stages=(1, 1, 1, 1)), 224), "caformer_s18": ({}, 64),
     "eva02_tiny_patch14_224": (_SMALL, 32), "convit_tiny": (_SMALL, 32), "mobilevitv2_050": ({}, 64),
+    "coatnet_nano_rw_224": (dict(img_size=64), 64), "levit_128s": (dict(img_size=64), 64), "mobilevit_xxs": ({}, 64),
 }
 MARKERS = {"zoo": ("<!-- bench_peers:begin -->", "<!-- bench_peers:end -->"),
            "timm": ("<!-- bench_peers:timm:begin -->", "<!-- bench_peers:timm:end -->"),
