@@ -16,9 +16,11 @@ the ratios of either mode are rounded so that every pruned group keeps a multipl
 """
 from __future__ import annotations
 
+import warnings
 from typing import Any, Mapping
 
 from ..allocation import allocate, round_ratios
+from ..allocation.by_sensitivity import FlatSensitivityWarning
 from ..config import SearchConfig
 from .bounds import group_bounds
 
@@ -57,9 +59,11 @@ class RatioSpace:
                 try:
                     if self.cfg.ratios.guide == "srr":  # structural redundancy: needs no sensitivity table
                         alloc = allocate(self.problem.graph, macs=key, method="srr", max_ratio=max_hi)
-                    else:
-                        alloc = allocate(self.problem.sensitivity_table(), macs=key, method="sensitivity",
-                                         graph=self.problem.graph)
+                    else:  # the search measures each trial: a table too flat to rank its entries only guides it
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", FlatSensitivityWarning)
+                            alloc = allocate(self.problem.sensitivity_table(), macs=key, method="sensitivity",
+                                             graph=self.problem.graph)
                 except ValueError as e:
                     raise ValueError(f"ratios.level: the {self.cfg.ratios.guide} allocation cannot keep only "
                                      f"{key:.0%} of the MACs ({e}); raise the lower end of ratios.level") from None
