@@ -52,6 +52,10 @@ class Analysis:
     node_module: dict       # node name -> owning module path (for naming)
     approximate: bool = False
 
+    def layout(self, arg: Any) -> Any:
+        """The layout analysed for node ``arg`` (as :meth:`RuleContext.layout` gives it), None for anything else."""
+        return self.info.get(arg.name) if isinstance(arg, fx.Node) else None
+
 
 def _fname(target: Any) -> str:
     return getattr(target, "__name__", None) or str(target)

@@ -32,9 +32,9 @@ import torch
 import torch.fx as fx
 
 from .layout import TI
-from .layer_rules import slice_linear
+from .layer_rules import slice_dense
 from .pruned_mha import PrunedMultiheadAttention
-from .rules import ChannelRule, register_channel_rule, set_param, take
+from .rules import ChannelRule, PerChannel, register_channel_rule, set_param, take
 
 __all__ = ["PackedQKVAttention", "MaxxVitAttention", "LevitAttention", "MultiheadAttentionRule"]
 
@@ -67,7 +67,7 @@ class PackedQKVAttention(ChannelRule):
         for holder, name, dim in _head_params(m, self.head_params(m)):
             if isinstance(getattr(holder, name), torch.nn.Linear):
                 lin = getattr(holder, name)
-                slice_linear(lin, h, np.ones(lin.in_features, dtype=bool))
+                slice_dense(lin, h, np.ones(lin.in_features, dtype=bool))
             else:
                 set_param(holder, name, take(getattr(holder, name).data, dim, h))
 
@@ -134,14 +134,14 @@ class PackedQKVAttention(ChannelRule):
         rows = _along(h, axes["h"], shape) & _along(w, axes["d"], shape)
         part = _along(np.arange(3), axes["p"], shape)
         inner = np.logical_and.outer(h, w).reshape(-1)                       # [heads * head_dim]
-        _slice_pointwise(m.qkv, rows, cin)  # copies: scaling them below leaves the original model alone
+        slice_dense(m.qkv, rows, cin)  # copies: scaling them below leaves the original model alone
         if d_new != d and getattr(m, "fused_attn", False):  # sdpa scales by 1/sqrt(width): keep 1/sqrt(original)
             q = torch.as_tensor(np.nonzero(part[rows] == 0)[0])
             with torch.no_grad():
                 for t in (m.qkv.weight, m.qkv.bias):
                     if t is not None:
                         t.index_copy_(0, q, t.index_select(0, q) * math.sqrt(d_new / d))
-        _slice_pointwise(m.proj, cout, inner)
+        slice_dense(m.proj, cout, inner)
         m.num_heads = int(h.sum())
         for attr, v in (("head_dim", d_new), ("dim_head", d_new), ("attn_dim", int(inner.sum()))):
             if hasattr(m, attr):
@@ -206,18 +206,6 @@ def _cols(m) -> int:
     return m.in_features if isinstance(m, torch.nn.Linear) else m.in_channels
 
 
-def _slice_pointwise(m, out_k: np.ndarray, in_k: np.ndarray) -> None:
-    """:func:`slice_linear` for a Linear or a 1x1 conv (their weights' dims 0 and 1 are the rows and columns)."""
-    slice_linear(m, out_k, in_k) if isinstance(m, torch.nn.Linear) else _slice_conv1x1(m, out_k, in_k)
-
-
-def _slice_conv1x1(m: torch.nn.Conv2d, out_k: np.ndarray, in_k: np.ndarray) -> None:
-    set_param(m, "weight", take(take(m.weight.data, 0, out_k), 1, in_k))
-    if m.bias is not None:
-        set_param(m, "bias", take(m.bias.data, 0, out_k))
-    m.in_channels, m.out_channels = int(in_k.sum()), int(out_k.sum())
-
-
 class MaxxVitAttention(PackedQKVAttention):
     """timm ``maxxvit``'s ``AttentionCl`` (MaxViT's block and grid attention, channels last) and ``Attention2d``
     (CoAtNet, 1x1 convs): rows packed per head when ``head_first``; the relative-position module's per-head
@@ -266,7 +254,9 @@ class LevitAttention(ChannelRule):
     learned attention bias per head (``attention_biases``, sliced with the heads). Two groups: the heads, and the head
     width, whose units are the ``key_dim`` positions (in q and k of every kept head) and the ``val_dim`` positions (in
     v, and the output projection's columns); the scale stays ``key_dim ** -0.5`` of the original (an attribute)."""
-    layers: tuple = (("qkv", "kkv"),)  # (LinearNorm path, its per-head parts: k = a key-width part, v = value)
+    # (LinearNorm path, its per-head parts: k = a key-width part, v = a value part, whether it reads the output's
+    # tokens: AttentionDownsample's q layer reads the subsampled tokens)
+    layers: tuple = (("qkv", "kkv", False),)
 
     def analyse(self, p, node, m, x, value):
         name = str(node.target)
@@ -280,14 +270,13 @@ class LevitAttention(ChannelRule):
         out = p.fresh(tuple(value.shape), 2)
         xin = p.real(node.args[0])
         layers = []
-        for path, parts in self.layers:
-            width = np.concatenate([kw if c == "k" else vw for c in parts])
+        for path, parts, subsampled in self.layers:
+            width = _widths(parts, kw, vw)
             lin = f"{name}.{path}.linear"
             for label, elem in ((f"{name}:heads", np.repeat(heads, len(width))),
                                 (f"{name}:head_width", np.tile(width, H))):
                 p.add_site("rows", node, lin, {"out": elem, "label": label, "contracted": True, "tap": False})
-            # the q layer of AttentionDownsample reads the subsampled tokens (as many as the output has)
-            tokens = value.shape[0] * value.shape[1] if path.startswith("q") else xin.shape[0] * xin.shape[1]
+            tokens = value.shape[0] * value.shape[1] if subsampled else xin.shape[0] * xin.shape[1]
             layers.append((path, parts, int(tokens)))
         p.add_site("attention_module", node, name, {
             "in": x.elem, "out": out.elem, "heads": heads, "kw": kw, "vw": vw, "layers": layers,
@@ -300,8 +289,7 @@ class LevitAttention(ChannelRule):
         h, kw, vw = keep(site.data["heads"]), keep(site.data["kw"]), keep(site.data["vw"])
         cin, cout = keep(site.data["in"]), keep(site.data["out"])
         for path, parts, _ in site.data["layers"]:
-            per_head = np.concatenate([kw if c == "k" else vw for c in parts])
-            _slice_linear_norm(m.get_submodule(path), np.logical_and.outer(h, per_head).reshape(-1), cin)
+            _slice_linear_norm(m.get_submodule(path), np.logical_and.outer(h, _widths(parts, kw, vw)).reshape(-1), cin)
         _slice_linear_norm(m.proj.ln, cout, np.logical_and.outer(h, vw).reshape(-1))
         set_param(m, "attention_biases", take(m.attention_biases.data, 0, h))
         m.attention_bias_cache = {}
@@ -324,13 +312,15 @@ class LevitAttention(ChannelRule):
         return (total + tokens * site.data["n"] * h * (k + v) + tokens * h * v * cout) // batch
 
 
+def _widths(parts: str, key: np.ndarray, value: np.ndarray) -> np.ndarray:
+    """One head's rows of a LeViT layer: ``key`` for each ``"k"`` part, ``value`` for each ``"v"``, in order."""
+    return np.concatenate([key if c == "k" else value for c in parts])
+
+
 def _slice_linear_norm(m, out_k: np.ndarray, in_k: np.ndarray) -> None:
     """LeViT's LinearNorm (``linear`` then BatchNorm1d ``bn``): rows ``out_k`` and columns ``in_k``."""
-    slice_linear(m.linear, out_k, in_k)
-    for name in ("weight", "bias", "running_mean", "running_var"):
-        if getattr(m.bn, name, None) is not None:
-            set_param(m.bn, name, take(getattr(m.bn, name).data, 0, out_k))
-    m.bn.num_features = int(out_k.sum())
+    slice_dense(m.linear, out_k, in_k)
+    PerChannel().keep_channels(m.bn, out_k)
 
 
 class MultiheadAttentionRule(ChannelRule):
@@ -401,7 +391,8 @@ def _register() -> None:
     register_channel_rule("timm.models.maxxvit.AttentionCl", MaxxVitAttention())
     register_channel_rule("timm.models.maxxvit.Attention2d", MaxxVitAttention())
     register_channel_rule("timm.models.levit.Attention", LevitAttention())
-    register_channel_rule("timm.models.levit.AttentionDownsample", LevitAttention(layers=(("kv", "kv"), ("q.ln", "k"))))
+    register_channel_rule("timm.models.levit.AttentionDownsample", LevitAttention(layers=(("kv", "kv", False),
+                                                                                     ("q.ln", "k", True))))
     register_channel_rule(torch.nn.MultiheadAttention, MultiheadAttentionRule())
 
 

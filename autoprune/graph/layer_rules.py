@@ -17,7 +17,7 @@ from .op_rules import Op, move, softmax, spatial
 from .rules import (ChannelRule, Elementwise, Lock, PerChannel, idx, register_channel_rule, set_param,
                     tail_without_rule, take)
 
-__all__ = ["slice_linear", "Conv", "Linear", "PReLU", "GroupNorm", "LayerNorm", "Embedding", "PixelShuffle",
+__all__ = ["slice_dense", "Conv", "Linear", "PReLU", "GroupNorm", "LayerNorm", "Embedding", "PixelShuffle",
            "PixelUnshuffle", "ModuleMove", "ModuleSoftmax", "POOLS"]
 
 
@@ -99,16 +99,20 @@ class Linear(ChannelRule):
         return out
 
     def cut(self, m, site, keep):
-        slice_linear(m, keep(site.data["out"]), keep(site.data["in"]))
+        slice_dense(m, keep(site.data["out"]), keep(site.data["in"]))
 
 
-def slice_linear(m: nn.Linear, out_k: np.ndarray, in_k: np.ndarray) -> None:
-    """Keep the output rows ``out_k`` and input columns ``in_k`` (boolean masks) of an ``nn.Linear``: weight, bias
-    and feature counts (the tensors are copies, never the original's)."""
+def slice_dense(m: nn.Linear | nn.Conv2d, out_k: np.ndarray, in_k: np.ndarray) -> None:
+    """Keep the output rows ``out_k`` and input columns ``in_k`` (boolean masks) of an ``nn.Linear`` or an ungrouped
+    conv (weights ``[out, in, ...]`` both): weight, bias and the feature or channel counts (the tensors are copies,
+    never the original's)."""
     set_param(m, "weight", take(take(m.weight.data, 0, out_k), 1, in_k))
     if m.bias is not None:
         set_param(m, "bias", take(m.bias.data, 0, out_k))
-    m.in_features, m.out_features = int(in_k.sum()), int(out_k.sum())
+    if isinstance(m, nn.Linear):
+        m.in_features, m.out_features = int(in_k.sum()), int(out_k.sum())
+    else:
+        m.in_channels, m.out_channels = int(in_k.sum()), int(out_k.sum())
 
 
 class PReLU(ChannelRule):

@@ -184,7 +184,11 @@ class PerChannel(ChannelRule):
         return TI(x.shape, x.cdims, x.elem)
 
     def cut(self, module, site, keep):
-        k = idx(keep(site.data["elem"]))
+        self.keep_channels(module, keep(site.data["elem"]))
+
+    def keep_channels(self, module: nn.Module, kept: np.ndarray) -> None:
+        """Keep the channels ``kept`` (a boolean mask) of every tensor in ``params`` and every count in ``counts``."""
+        k = idx(kept)
         for n in self.params:
             t = getattr(module, n, None)
             if isinstance(t, torch.Tensor):

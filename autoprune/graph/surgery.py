@@ -171,16 +171,6 @@ def apply_pruning(a: Analysis, removed_roots: set[int], example_inputs: tuple) -
 _ARITHMETIC = (operator.mul, operator.floordiv, operator.add, operator.sub)
 
 
-class _Layouts:
-    """The analysed layouts, as :func:`~autoprune.graph.op_rules.size_source` reads them (``layout(node)``)."""
-
-    def __init__(self, info: dict) -> None:
-        self.info = info
-
-    def layout(self, arg: Any) -> Any:
-        return self.info.get(arg.name) if isinstance(arg, fx.Node) else None
-
-
 def _predicted(v: Any, a: Analysis, keep: Keep) -> int | None:
     """The value a size computed in the model code (``B * C * nh``) takes in the pruned graph on the example inputs:
     its sizes read off tensors (``x.shape[i]``) become those tensors' kept sizes; None when it is computed otherwise."""
@@ -188,7 +178,7 @@ def _predicted(v: Any, a: Analysis, keep: Keep) -> int | None:
         return v
     if not isinstance(v, fx.Node):
         return None
-    src = size_source(_Layouts(a.info), v)
+    src = size_source(a, v)
     if src is not None:
         return expected_shape(src[0], keep, f"node '{v.name}'")[src[1]]
     if v.op == "call_function" and v.target in _ARITHMETIC:
