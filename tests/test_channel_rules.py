@@ -522,3 +522,31 @@ def test_a_registered_traced_forward_opens_a_block_fx_cannot_follow():
     g = ap.ChannelGraph(Net().eval(), _x(1, 3, 5, 5))  # odd: the forward does not reproduce it, so it stays whole
     assert [q.name for q in g.groups] == ["stem", "head"]  # the block's own layers are inside the leaf
     assert not g.group("stem").prunable and "type Branchy has no channel rule" in g.group("stem").reason
+
+
+def test_a_traced_forward_must_hold_at_every_call_of_its_block():
+    """One traced forward stands in for every call of a module: a block called twice, whose forward reproduces it at
+    the first call's size only, stays whole."""
+    class Twice(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(8, 8, 1)
+
+        def forward(self, x):
+            if x.shape[-1] % 2:
+                x = F.pad(x, (0, 1, 0, 1))
+            return self.a(x)
+
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.stem, self.block, self.head = nn.Conv2d(3, 8, 3, padding=1), Twice(), nn.Linear(8, 4)
+
+        def forward(self, x):
+            y = self.block(self.stem(x))                      # 6x6: the forward holds
+            return self.head(self.block(y[..., :5, :5]).mean((2, 3)))  # 5x5: it does not
+
+    ap.register_traced_forward(Twice, lambda m, x: m.a(x))
+    g = ap.ChannelGraph(Net().eval(), _x(1, 3, 6, 6))
+    assert [q.name for q in g.groups] == ["stem", "head"]
+    assert "type Twice has no channel rule" in g.group("stem").reason

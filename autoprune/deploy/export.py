@@ -43,6 +43,7 @@ import torch
 import torch.nn as nn
 
 from .._lineage import lineage_of
+from ..graph.trace import output_tensors
 from . import files as apio
 from .inputs import as_input_tuple, inputs_at_batch
 
@@ -100,16 +101,6 @@ class ExportResult:
 
 
 # ------------------------------------------------------------------------------------------------------ inputs
-
-
-def _flatten(out: Any) -> list[torch.Tensor]:
-    if isinstance(out, torch.Tensor):
-        return [out]
-    if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _flatten(o)]
-    if isinstance(out, dict):
-        return [t for k in out for t in _flatten(out[k])]
-    raise TypeError(f"cannot compare a model output of type {type(out).__name__} (tensors, tuples, lists, dicts)")
 
 
 def _max_diff(ref: Sequence[torch.Tensor], got: Sequence[Any]) -> tuple[float, float]:
@@ -245,7 +236,7 @@ def export_model(model: nn.Module, example_inputs: Any, path: str | os.PathLike,
         # export at batch >= 2: torch.export specialises a dimension of size 1, which would fix the batch
         ex = inputs_at_batch(inputs, max(b0, 2), seed=0) if b0 == 1 else tuple(x.cpu() for x in inputs)
         with torch.no_grad():
-            n_out = len(_flatten(net(*ex)))
+            n_out = len(output_tensors(net(*ex)))
         exporter, checked_with, fallback, run = "", "", None, None
         if format == "onnx":
             checked_with = "ONNX Runtime"
@@ -275,7 +266,7 @@ def export_model(model: nn.Module, example_inputs: Any, path: str | os.PathLike,
             torch.export.save(prog, tmp)
             if check:
                 loaded = torch.export.load(tmp).module()
-                run = lambda xs: _flatten(loaded(*xs))  # noqa: E731
+                run = lambda xs: output_tensors(loaded(*xs))  # noqa: E731
         elif format == "torchscript":
             opset_used = None
             exporter, checked_with = "torch.jit.trace", "torch.jit.load"
@@ -285,14 +276,14 @@ def export_model(model: nn.Module, example_inputs: Any, path: str | os.PathLike,
             if check:
                 with _quiet():
                     loaded_ts = torch.jit.load(tmp, map_location="cpu")
-                run = lambda xs: _flatten(loaded_ts(*xs))  # noqa: E731
+                run = lambda xs: output_tensors(loaded_ts(*xs))  # noqa: E731
         else:
             opset_used = None
             exporter, checked_with = "autoprune", "autoprune.load"
             apio.save(net, tmp)
             if check:
                 loaded_ap = apio.load(tmp)
-                run = lambda xs: _flatten(loaded_ap(*xs))  # noqa: E731
+                run = lambda xs: output_tensors(loaded_ap(*xs))  # noqa: E731
 
         diff, scale, batches = float("nan"), 0.0, ()
         if check:
@@ -301,7 +292,7 @@ def export_model(model: nn.Module, example_inputs: Any, path: str | os.PathLike,
             for i, b in enumerate(batches):
                 xs = inputs_at_batch(inputs, b, seed=1 + i)
                 with torch.no_grad():
-                    ref = _flatten(net(*xs))
+                    ref = output_tensors(net(*xs))
                     got = run(xs)  # type: ignore[misc]
                 d, sc = _max_diff(ref, got)
                 diff, scale = max(diff, d), max(scale, sc)

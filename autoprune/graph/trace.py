@@ -38,7 +38,7 @@ from .functions import caller
 from .rules import lookup_module
 from .traced_forwards import lookup_traced_forward
 
-__all__ = ["TraceError", "trace"]
+__all__ = ["TraceError", "trace", "output_tensors"]
 
 
 class TraceError(RuntimeError):
@@ -165,46 +165,49 @@ def trace(model: nn.Module, n_inputs: int | None = None, example_inputs: tuple |
 
 def _forwards_that_hold(model: nn.Module, example_inputs: tuple) -> set[str]:
     """Names of the modules with a traced forward that, run eagerly on what the module receives from
-    ``example_inputs``, gives its output (to float tolerance): the ones the tracer may trace through."""
+    ``example_inputs`` at each of its calls, gives its output (to float tolerance): the ones the tracer may trace
+    through (one forward stands in for every call of a module)."""
     mods = {name: m for name, m in model.named_modules()
             if lookup_module(m) is None and lookup_traced_forward(m) is not None}
     if not mods:
         return set()
-    seen: dict[str, tuple] = {}
+    seen: dict[str, list[tuple]] = {}
 
     def keep(name: str) -> Any:
         def hook(m: nn.Module, args: tuple, kwargs: dict, out: Any) -> None:
-            seen.setdefault(name, (args, kwargs, out))
+            seen.setdefault(name, []).append((args, kwargs, out))
         return hook
 
     handles = [m.register_forward_hook(keep(name), with_kwargs=True) for name, m in mods.items()]
     try:
         with torch.no_grad():
             model(*example_inputs)
-            held = set()
-            for name, (args, kwargs, out) in seen.items():
-                try:
-                    got = lookup_traced_forward(mods[name])(mods[name], *args, **kwargs)
-                except Exception:  # e.g. a map that is not a multiple of the patch
-                    continue
-                want, have = _tensors(out), _tensors(got)
-                if len(want) == len(have) and all(
-                        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (float(a.abs().max()) + 1))
-                        for a, b in zip(want, have)):
-                    held.add(name)
+            return {name for name, calls in seen.items() if all(_reproduces(mods[name], *c) for c in calls)}
     except Exception:  # the model itself fails on the inputs: the analysis reports that
         return set()
     finally:
         for h in handles:
             h.remove()
-    return held
 
 
-def _tensors(out: Any) -> list:
+def _reproduces(m: nn.Module, args: tuple, kwargs: dict, out: Any) -> bool:
+    """Does ``m``'s traced forward, run on ``args``/``kwargs``, give ``out`` (to float tolerance)?"""
+    try:
+        want, have = output_tensors(out), output_tensors(lookup_traced_forward(m)(m, *args, **kwargs))
+    except Exception:  # e.g. a map that is not a multiple of the patch
+        return False
+    return len(want) == len(have) and all(
+        a.shape == b.shape and torch.allclose(a, b, rtol=1e-4, atol=1e-5 * (float(a.abs().max()) + 1))
+        for a, b in zip(want, have))
+
+
+def output_tensors(out: Any) -> list[torch.Tensor]:
+    """The tensors of a model's (or module's) output, flattened through tuples, lists and dicts in order; TypeError
+    for anything else (an output no check can compare)."""
     if isinstance(out, torch.Tensor):
         return [out]
     if isinstance(out, (tuple, list)):
-        return [t for o in out for t in _tensors(o)]
+        return [t for o in out for t in output_tensors(o)]
     if isinstance(out, dict):
-        return [t for o in out.values() for t in _tensors(o)]
-    return []
+        return [t for k in out for t in output_tensors(out[k])]
+    raise TypeError(f"cannot compare a model output of type {type(out).__name__} (tensors, tuples, lists, dicts)")

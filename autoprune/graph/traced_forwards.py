@@ -3,11 +3,13 @@
 timm keeps some blocks out of fx (``register_notrace_module``) because their ``forward`` branches on the input's
 size; kept whole, a block without a channel rule locks every channel through it. Where the block is plain tensor
 code once its size is fixed, a *traced forward* here stands in for its ``forward`` while tracing: the same
-operations, on the sizes the analysis sees. :func:`autoprune.graph.trace.trace` uses one only where the traced graph
-reproduces the module's output on the example input (checked once, to float tolerance); otherwise the module stays
-whole (and locks, with the reason) -- so a library version whose ``forward`` changed is never silently misread.
+operations, on the sizes the analysis sees. :func:`autoprune.graph.trace.trace` uses one for a module only where,
+run on what the module receives from the example input (every call of it), it gives the module's own output, to float
+tolerance; otherwise the module stays whole (and locks, with the reason) -- so a library version whose ``forward``
+changed is never silently misread.
 
-Built in: timm's ``MobileVitBlock`` and ``MobileVitV2Block`` (MobileViT v1 and v2). We write these forwards deliberately instead of asking the library: timm has no traceable variant of these blocks.
+Built in: timm's ``MobileVitBlock`` and ``MobileVitV2Block`` (MobileViT v1 and v2). We write these forwards
+deliberately instead of asking the library: timm has no traceable variant of these blocks.
 ``register_traced_forward`` adds your own for a block of your code or another library's.
 """
 from __future__ import annotations
@@ -28,7 +30,8 @@ def register_traced_forward(target: type | str, fn: Callable[..., Any]) -> None:
     fx can record (no Python branch on tensor sizes). A module class with a channel rule stays whole regardless."""
     if not (isinstance(target, str) and "." in target) and not (isinstance(target, type)
                                                                and issubclass(target, nn.Module)):
-        raise TypeError(f"register_traced_forward needs an nn.Module subclass or a qualified class name, got {target!r}")
+        raise TypeError("register_traced_forward needs an nn.Module subclass or a qualified class name, "
+                        f"got {target!r}")
     if not callable(fn):
         raise TypeError(f"fn must be callable, got {type(fn).__name__}")
     _FORWARDS[target] = fn
