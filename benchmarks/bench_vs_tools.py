@@ -361,17 +361,43 @@ def run_torch_pruning(ctx, budget):
                    "ignored_layers": len(tp_ignored_layers(name, base))}
 
 
+def sensitivity_options(ctx) -> dict:
+    """The sensitivity table's settings, the same for the budget call (a) and the search (b), so that they share one
+    table: cached in ``--cache``/sensitivity, keyed by the model's weights, the data and these settings (a re-run
+    reads it; ``--fresh-tables`` recomputes it). :func:`shared_table` computes it before either runs."""
+    args = ctx["args"]
+    opts = {"ratios": list(args.sens_ratios), "eval_batches": args.sens_eval_batches,
+            "cache_dir": str(Path(args.cache) / "sensitivity")}
+    if args.smoke:
+        opts.update(bn_batches=1, bn_batch_size=16, batch_size=20)
+    return opts
+
+
+def shared_table(ctx, log) -> dict:
+    """The sensitivity table of (a) and (b), computed once per model before them (timed here; they then read it
+    from the cache)."""
+    opts = sensitivity_options(ctx)
+    with Clock() as c:
+        table = ap.sensitivity(ctx["base"], ctx["data"], criterion="l1", example_inputs=ctx["x"],
+                               refresh=ctx["args"].fresh_tables, progress=False, **opts)
+    out = {"wall_s": round(c.wall, 2), "cpu_s": round(c.cpu, 2), "from_cache": bool(table.from_cache),
+           "computed_in_s": round(table.seconds, 2), "entries": len(table.rows), "groups": len(table.groups)}
+    log(f"  sensitivity table: {len(table.groups)} groups x {len(table.ratios)} ratios, "
+        + (f"read from the cache (computed in {table.seconds:.0f} s)" if table.from_cache
+           else f"{c.wall:.0f} s wall, {c.cpu:.0f} s CPU"))
+    return out
+
+
 def run_autoprune(ctx, budget):
     args = ctx["args"]
+    sens = sensitivity_options(ctx)
     res = ap.prune_to_budget(
         ctx["base"], ctx["data"], macs=budget, criterion="l1", finetune_epochs=0, example_inputs=ctx["x"],
-        sensitivity_kwargs={"ratios": args.sens_ratios, "eval_batches": args.sens_eval_batches,
-                            "cache_dir": str(ctx["tmp"] / "sensitivity")},
-        bn_batches=args.bn_batches, progress=False)
+        sensitivity_kwargs=sens, bn_batches=args.bn_batches, progress=False)
     # the channels it removed, before its own BN re-estimation: every method goes through the same recipe
     model = ctx["graph"].prune_channels(res.ratios.remove)
     info = {"tau": res.ratios.info.get("tau"), "sensitivity_s": round(res.seconds.get("sensitivity", 0.0), 2),
-            "its_val_after_bn": res.accuracy}
+            "table_from_cache": bool(getattr(res.sensitivity, "from_cache", False)), "its_val_after_bn": res.accuracy}
     if ap.count_macs(model, ctx["x"]) != res.macs:
         info["warning"] = f"rebuilt model has {ap.count_macs(model, ctx['x'])} MACs, prune_to_budget {res.macs}"
     return model, info
@@ -393,10 +419,7 @@ def search_config(ctx) -> dict:
     anchors = len(budgets)
     if lo == hi:  # one budget: a level range just below it
         lo, anchors = max(0.05, hi - 0.1), 2
-    sens = {"ratios": list(args.sens_ratios), "eval_batches": args.sens_eval_batches,
-            "cache_dir": str(ctx["tmp"] / "search-sensitivity")}
-    if args.smoke:
-        sens.update(bn_batches=1, bn_batch_size=16, batch_size=20)
+    sens = sensitivity_options(ctx)
     cfg = {
         "name": f"vs_tools_{ctx['name']}", "seed": 0, "n_trials": args.search_trials,
         "run_dir": str(ctx["tmp"] / f"search-{ctx['name']}"), "device": str(ctx["device"]),
@@ -523,6 +546,13 @@ def measure(ctx, name: str, budget: float, method: str, log) -> dict:
             row["note"] = f"one {args.search_trials}-trial search for all budgets; trial {info['trial']}"
         else:
             row["prune_wall_s"], row["prune_cpu_s"] = c.wall, c.cpu
+        table = ctx.get("table")
+        if method in ("autoprune", "autoprune-search") and table:  # what this model cost from scratch
+            row["prune_wall_s"] += table["wall_s"]
+            row["prune_cpu_s"] += table["cpu_s"]
+            shared = (f"time includes the sensitivity table ({table['wall_s']:.0f} s, once per model for every "
+                      "budget and the search)")
+            row["note"] = f"{row['note']}; {shared}" if row["note"] else shared
     except Infeasible as e:
         row.update(status="infeasible", note=str(e))
         log(f"  {method:17s} @ {budget:.0%}: infeasible: {e}")
@@ -647,6 +677,12 @@ def markdown(result: dict) -> str:
             continue
         lines.append(f"Unpruned: {b.get('macs', 0) / 1e6:.2f}M MACs, {b.get('params', 0) / 1e6:.3f}M params, val "
                      f"{_pct(b.get('val'))}, test {_pct(b.get('test'))}. {mres.get('base_note', '')}")
+        t = mres.get("sensitivity")
+        if t:
+            how = (f"read from the cache (computed in {t['computed_in_s']:.0f} s)" if t["from_cache"]
+                   else f"computed in {t['wall_s']:.0f} s wall, {t['cpu_s']:.0f} s CPU")
+            lines.append(f"Sensitivity table of autoprune and its search (one, shared): {t['groups']} groups, "
+                         f"{t['entries']} entries, {how}.")
         seeds = [str(s) for s in a["seeds"]]
         for budget in a["budgets"]:
             lines += ["", f"### {name} at {100 * budget:g}% of the MACs", "",
@@ -725,6 +761,8 @@ def parse(argv):
     p.add_argument("--vit-lr", type=float, default=0.05, help="its one-cycle peak lr (SGD)")
     p.add_argument("--out", default=str(ROOT / "docs" / "vs_tools.md"), help="markdown; the JSON goes beside it")
     p.add_argument("--keep-tmp", action="store_true", help="keep the per-run analysis caches and search journals")
+    p.add_argument("--fresh-tables", action="store_true",
+                   help="recompute the sensitivity tables cached in --cache/sensitivity (to time them)")
     args = p.parse_args(argv)
     # defaults: the CPU-sized run, or the tiny smoke run
     dflt = dict(models="resnet20,resnet56,resnet18", budgets="0.3,0.5,0.7", val_size=1000, test_size=2000,
@@ -825,6 +863,11 @@ def main(argv=None) -> int:
                 mres["base_note"] = f"Trained here from scratch: {epochs} epoch(s), one-cycle lr {lr} (cached)."
             log(f"{name}: {base_macs / 1e6:.2f}M MACs, val {mres['base']['val']:.2%}, "
                 f"test {mres['base']['test']:.2%}")
+            if {"autoprune", "autoprune-search"} & set(args.methods):
+                try:
+                    ctx["table"] = mres["sensitivity"] = shared_table(ctx, log)
+                except Exception as e:  # noqa: BLE001 -- the methods that need it then report the error
+                    log(f"  sensitivity table failed: {type(e).__name__}: {e}")
             if "autoprune-search" in args.methods:
                 try:
                     ctx["front"], ctx["search_wall"], ctx["search_cpu"], cfg = run_search_once(ctx, log)

@@ -67,6 +67,10 @@ def test_smoke_rows_budget_and_tools(tmp_path):
     for method in AUTOPRUNE_METHODS:
         check_measured(rows[method], base["macs"], budget)
         assert f"| {method} | ok |" in md
+    # the budget call and the search read one sensitivity table, computed once (cached beside the run)
+    assert len(list((tmp_path / "cache" / "sensitivity").glob("*.json"))) == 1
+    assert result["models"]["resnet20"]["sensitivity"]["from_cache"] is False
+    assert rows["autoprune"]["info"]["table_from_cache"] is True
     for method, module in TOOLS.items():
         row = rows[method]
         if installed(module):

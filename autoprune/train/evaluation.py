@@ -4,7 +4,10 @@ Both take ``data`` in any form of :data:`autoprune.data.adapter.DataLike` (see :
 """
 from __future__ import annotations
 
+import contextlib
+import itertools
 from dataclasses import dataclass
+from typing import Iterator
 
 import torch
 import torch.nn as nn
@@ -69,6 +72,42 @@ def evaluate(
 
 
 @torch.no_grad()
+def bn_inputs(data: DataLike, *, batches: int = 10, batch_size: int = 128, split: str = "train", augment: bool = False,
+              seed: int = 0) -> Iterator[torch.Tensor]:
+    """The input batches :func:`recalibrate_bn` feeds (the same for the same arguments): ``batches`` shuffled batches
+    of ``split`` (a user loader's one-image batch skipped: BatchNorm cannot take statistics of it)."""
+    sp = split_of(data, split)
+    if len(sp) == 0:  # raised here, before any statistics are reset
+        raise ValueError(f"the {split!r} split is empty")
+    src = sp.batches(batch_size, shuffle=True, augment=augment, seed=seed, drop_last=len(sp) >= batch_size)
+    return (x for x, _ in itertools.islice(src, batches) if len(x) >= 2)
+
+
+def batchnorms(model: nn.Module) -> list[nn.modules.batchnorm._BatchNorm]:
+    """The BatchNorm layers of ``model`` that keep running statistics (those :func:`recalibrate_bn` re-estimates)."""
+    return [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
+
+
+@contextlib.contextmanager
+def bn_estimation(model: nn.Module) -> Iterator[None]:
+    """Inside: every BatchNorm of ``model`` with reset statistics accumulating an exact average (``momentum=None``)
+    in train mode, everything else in eval mode (dropout off); on exit modes and momenta are restored."""
+    bns = batchnorms(model)
+    momenta = [m.momentum for m in bns]
+    with preserve_modes(model):
+        try:
+            model.eval()
+            for m in bns:
+                m.reset_running_stats()
+                m.momentum = None  # cumulative average: every batch weighs the same
+                m.train()
+            yield
+        finally:
+            for m, mom in zip(bns, momenta):
+                m.momentum = mom
+
+
+@torch.no_grad()
 def recalibrate_bn(
     model: nn.Module,
     data: DataLike,
@@ -88,30 +127,11 @@ def recalibrate_bn(
     (pad-crop + flip): for crop-trained models that reproduces the stored statistics far better (shared ResNet-56:
     88.2% like the stored ones, vs 85.0% from un-augmented batches; docs/sensitivity.md).
     """
-    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats]
-    if not bns:
+    if not batchnorms(model):
         return model
-    sp = split_of(data, split)
-    if len(sp) == 0:
-        raise ValueError(f"the {split!r} split is empty")
     dev = model_device(model)
-    momenta = [m.momentum for m in bns]
-    drop_last = len(sp) >= batch_size
-    with preserve_modes(model):
-        try:
-            model.eval()
-            for m in bns:
-                m.reset_running_stats()
-                m.momentum = None  # cumulative average: every batch weighs the same
-                m.train()
-            for i, (x, _) in enumerate(sp.batches(batch_size, shuffle=True, augment=augment, seed=seed,
-                                                  drop_last=drop_last)):
-                if i >= batches:
-                    break
-                if len(x) < 2:
-                    continue  # a user loader's last batch of one image: BatchNorm cannot take statistics of it
-                model(x.to(dev, non_blocking=True))
-        finally:
-            for m, mom in zip(bns, momenta):
-                m.momentum = mom
+    xs = bn_inputs(data, batches=batches, batch_size=batch_size, split=split, augment=augment, seed=seed)
+    with bn_estimation(model):
+        for x in xs:
+            model(x.to(dev, non_blocking=True))
     return model
