@@ -3,6 +3,8 @@ with every pruned model run whole: same accuracies, same losses, on a residual C
 pruned graph gains nodes) and models it must measure the plain way."""
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -134,3 +136,27 @@ def test_first_change_is_where_the_pruned_group_starts():
     assert 0 < starts["conv1"] < starts["layer1.0.conv1"] < starts["layer3.2.conv1"] < n
     # nothing removed: the variant is the reference all the way
     assert first_change(ref, graph.prune_channels({})) == n
+
+
+def test_frontier_over_the_cap_is_dropped_and_the_variant_measured_whole(resnet, data):
+    """Inputs within the cap, every frontier over it: the variant is measured whole (same result), and after two such
+    frontiers the shared path stops trying."""
+    from autoprune.allocation.shared_prefix import _nbytes
+    from autoprune.train import evaluate, recalibrate_bn
+    from autoprune.train.evaluation import bn_inputs
+
+    graph = ap.ChannelGraph(resnet, torch.zeros(1, 3, 16, 16))
+    bn = {"batches": 2, "batch_size": 16}
+    ref = recalibrate_bn(copy.deepcopy(graph.analysis.gm), data, **bn)
+    xs, batches = list(bn_inputs(data, **bn)), list(data.val.batches(16))
+    cap = sum(_nbytes(x) for x in xs) + sum(_nbytes(b) for b in batches)
+    shared = SharedPrefix(ref, xs, batches, device="cpu", amp=False, max_bytes=cap)
+
+    def whole(m):
+        return evaluate(recalibrate_bn(m, data, **bn), data.val, batch_size=16)
+
+    for name in ("layer2.2.conv1", "layer3.2.conv1"):
+        variant = graph.prune_channels({name: [0, 1, 2]})
+        got = shared.measure(variant, whole)
+        assert got == whole(graph.prune_channels({name: [0, 1, 2]}))
+    assert shared.plain == 2 and shared.failures == 2 and shared.pos == 0

@@ -139,6 +139,17 @@ def _nbytes(v: Any) -> int:
     return 0
 
 
+def _within(items: Iterable[Any], max_bytes: int) -> list | None:
+    """``items`` as a list, or None once their tensors pass ``max_bytes`` (reading stops there)."""
+    out, total = [], 0
+    for item in items:
+        out.append(item)
+        total += _nbytes(item)
+        if total > max_bytes:
+            return None
+    return out
+
+
 class SharedPrefix:
     """Measures variants of ``reference`` (the unpruned model as traced, its BatchNorm already re-estimated on the
     ``bn_inputs``) as ``recalibrate_bn(variant, <bn_inputs>); evaluate(variant, <eval_batches>)`` would, running only
@@ -153,11 +164,14 @@ class SharedPrefix:
         self.ref = reference.to(self.device).eval()
         # ``bn_inputs`` None: variants keep their stored statistics (no re-estimation)
         self.reestimate = bn_inputs is not None
-        self.bn_x = [x.to(self.device) for x in bn_inputs] if bn_inputs is not None else []
+        self.failures = 0  # frontiers over the cap; after two the variants are all measured whole
+        self.bn_x = _within((x.to(self.device) for x in bn_inputs or ()), self.max_bytes)
         self.ref_bn = copy.deepcopy(self.ref)  # advances the BN batches: BatchNorm normalising by batch statistics
         for m in batchnorms(self.ref_bn):
             m.train()
-        self.batches = [(x.to(self.device), y.to(self.device)) for x, y in eval_batches]
+        self.batches = _within(((x.to(self.device), y.to(self.device)) for x, y in eval_batches), self.max_bytes)
+        if self.bn_x is None or self.batches is None:  # the inputs alone exceed the cap
+            self.failures, self.bn_x, self.batches = 2, [], []
         self.nodes = list(self.ref.graph.nodes)
         self.n_inputs = sum(1 for n in self.nodes if n.op == "placeholder")
         index = {n.name: i for i, n in enumerate(self.nodes)}
@@ -175,19 +189,31 @@ class SharedPrefix:
     def _advance(self, p: int) -> bool:
         """Move the frontier to node ``p`` (>= the current one); False (and the frontier dropped) when it would hold
         more than ``max_bytes``."""
+        if self.failures >= 2:
+            return False
         if p == self.pos:
             return True
         live = lambda env: {k: v for k, v in env.items() if self.last_use[k] >= p}  # noqa: E731
-        with torch.no_grad():
-            self.bn_env = [live(self._run_ref_bn.stretch(env, self.pos, p, (x,)))
-                           for env, x in zip(self.bn_env, self.bn_x)]
-            with autocast(self.device, self.amp):
-                self.ev_env = [live(self._run_ref.stretch(env, self.pos, p, (x,)))
-                               for env, (x, _) in zip(self.ev_env, self.batches)]
-        self.pos = p
-        if sum(_nbytes(v) for env in self.bn_env + self.ev_env for v in env.values()) > self.max_bytes:
+        total = 0
+        bn_env, ev_env = [], []
+        with torch.no_grad():  # batch by batch, stopping as soon as the kept values pass the cap
+            for env, x in zip(self.bn_env, self.bn_x):
+                bn_env.append(live(self._run_ref_bn.stretch(env, self.pos, p, (x,))))
+                total += sum(_nbytes(v) for v in bn_env[-1].values())
+                if total > self.max_bytes:
+                    break
+            for env, (x, _) in zip(self.ev_env, self.batches):
+                if total > self.max_bytes:
+                    break
+                with autocast(self.device, self.amp):
+                    ev_env.append(live(self._run_ref.stretch(env, self.pos, p, (x,))))
+                total += sum(_nbytes(v) for v in ev_env[-1].values())
+        if total > self.max_bytes:
+            del bn_env, ev_env
             self._reset()
+            self.failures += 1
             return False
+        self.bn_env, self.ev_env, self.pos = bn_env, ev_env, p
         return True
 
     def start_of(self, variant: fx.GraphModule) -> int:
@@ -207,8 +233,8 @@ class SharedPrefix:
         """``variant`` (on the device) measured as ``plain`` would measure it, from the frontier where possible."""
         p = self.start_of(variant)
         nodes = list(variant.graph.nodes)
-        if (p <= self.n_inputs or p < self.pos or p >= len(self.nodes) or (self.reestimate and not self._prefix_bn_ok(variant, nodes, p))
-                or not self._advance(p)):
+        if (p <= self.n_inputs or p < self.pos or p >= len(self.nodes)
+                or (self.reestimate and not self._prefix_bn_ok(variant, nodes, p)) or not self._advance(p)):
             self.plain += 1
             return plain(variant)
         prefix = {n.name for n in nodes[:p]}
