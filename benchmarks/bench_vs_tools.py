@@ -25,6 +25,8 @@ prunes the residual stream through LayerNorm). Budgets (``--budgets``): fraction
     ``finetune_epochs=0``: the channels it chose (``result.ratios.remove``) are taken before its BN re-estimation
     and go through the common recipe below. The sensitivity table is computed once per model (first budget, timed
     there) and read from its cache for the other budgets.
+(a'') ``autoprune-loss``: the same call with ``sensitivity_kwargs={..., "metric": "loss"}``: the same table (every row
+    holds both damages), entries ranked by the rise of the loss per MAC saved instead of the accuracy drop.
 (a') ``autoprune-global``: the same call with ``allocation="global"`` (one threshold on the L1 scores normalised by
     their group's mean, across every prunable group, bisected to the budget; no sensitivity table).
 (b) ``autoprune-search``: one small guided Optuna search per model (``autoprune.study.search``; ``--search-trials``
@@ -101,7 +103,7 @@ SHARED = ROOT.parent / "shared"
 WEIGHT_FILES = {"resnet20": "resnet20-cifar10jpeg.pt", "resnet56": "resnet56-cifar10jpeg.pt"}  # in --weights-dir
 EXTRACT = SHARED / "data" / "cifar10_jpeg.py"
 OPTION_A = ("resnet20", "resnet56")  # CIFAR ResNets with the zero-padding (option-A) shortcut
-METHODS = ("autoprune", "autoprune-global", "autoprune-search", "modelopt-fastnas", "torch-pruning", "uniform-l1")
+METHODS = ("autoprune", "autoprune-loss", "autoprune-global", "autoprune-search", "modelopt-fastnas", "torch-pruning", "uniform-l1")
 TOOLS = {"modelopt-fastnas": ("nvidia-modelopt", "modelopt.torch.prune"), "torch-pruning": ("torch-pruning", "torch_pruning")}
 
 
@@ -389,9 +391,9 @@ def shared_table(ctx, log) -> dict:
     return out
 
 
-def run_autoprune(ctx, budget):
+def run_autoprune(ctx, budget, metric: str = "accuracy"):
     args = ctx["args"]
-    sens = sensitivity_options(ctx)
+    sens = {**sensitivity_options(ctx), "metric": metric}
     res = ap.prune_to_budget(
         ctx["base"], ctx["data"], macs=budget, criterion="l1", finetune_epochs=0, example_inputs=ctx["x"],
         sensitivity_kwargs=sens, bn_batches=args.bn_batches, progress=False)
@@ -402,6 +404,11 @@ def run_autoprune(ctx, budget):
     if ap.count_macs(model, ctx["x"]) != res.macs:
         info["warning"] = f"rebuilt model has {ap.count_macs(model, ctx['x'])} MACs, prune_to_budget {res.macs}"
     return model, info
+
+
+def run_autoprune_loss(ctx, budget):
+    """(a'') the budget call ranking the table's entries by the loss rise per MAC saved (the same table)."""
+    return run_autoprune(ctx, budget, metric="loss")
 
 
 def run_autoprune_global(ctx, budget):
@@ -521,7 +528,7 @@ def _fastnas_min(printed: str) -> str:
     return ""
 
 
-RUNNERS = {"autoprune": run_autoprune, "autoprune-global": run_autoprune_global, "autoprune-search": run_search_member, "modelopt-fastnas": run_fastnas,
+RUNNERS = {"autoprune": run_autoprune, "autoprune-loss": run_autoprune_loss, "autoprune-global": run_autoprune_global, "autoprune-search": run_search_member, "modelopt-fastnas": run_fastnas,
            "torch-pruning": run_torch_pruning, "uniform-l1": run_uniform}
 
 
@@ -548,7 +555,7 @@ def measure(ctx, name: str, budget: float, method: str, log) -> dict:
         else:
             row["prune_wall_s"], row["prune_cpu_s"] = c.wall, c.cpu
         table = ctx.get("table")
-        if method in ("autoprune", "autoprune-search") and table:  # what this model cost from scratch
+        if method in ("autoprune", "autoprune-loss", "autoprune-search") and table:  # what this model cost from scratch
             row["prune_wall_s"] += table["wall_s"]
             row["prune_cpu_s"] += table["cpu_s"]
             shared = (f"time includes the sensitivity table ({table['wall_s']:.0f} s, once per model for every "
@@ -864,7 +871,7 @@ def main(argv=None) -> int:
                 mres["base_note"] = f"Trained here from scratch: {epochs} epoch(s), one-cycle lr {lr} (cached)."
             log(f"{name}: {base_macs / 1e6:.2f}M MACs, val {mres['base']['val']:.2%}, "
                 f"test {mres['base']['test']:.2%}")
-            if {"autoprune", "autoprune-search"} & set(args.methods):
+            if {"autoprune", "autoprune-loss", "autoprune-search"} & set(args.methods):
                 try:
                     ctx["table"] = mres["sensitivity"] = shared_table(ctx, log)
                 except Exception as e:  # noqa: BLE001 -- the methods that need it then report the error

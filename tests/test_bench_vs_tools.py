@@ -15,7 +15,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "benchmarks" / "bench_vs_tools.py"
-AUTOPRUNE_METHODS = ("autoprune", "autoprune-global", "autoprune-search", "uniform-l1")
+AUTOPRUNE_METHODS = ("autoprune", "autoprune-loss", "autoprune-global", "autoprune-search", "uniform-l1")
 TOOLS = {"modelopt-fastnas": "modelopt", "torch-pruning": "torch_pruning"}
 
 pytestmark = pytest.mark.slow

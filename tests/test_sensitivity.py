@@ -87,6 +87,12 @@ def test_cache_hit_skips_evaluation(model, bundle, tmp_path, monkeypatch):
     monkeypatch.setattr(sensitivity_mod, "evaluate", boom)
     second = sensitivity(model, bundle, **kw)
     assert second.from_cache and second.to_dict() == first.to_dict()
+    # the other metric reads the same measurement: every row holds both damages
+    by_loss = sensitivity(model, bundle, metric="loss", **kw)
+    assert by_loss.from_cache and by_loss.metric == "loss" and len(list(tmp_path.iterdir())) == 1
+    assert [(r.acc, r.loss) for r in by_loss.rows] == [(r.acc, r.loss) for r in first.rows]
+    assert [r.damage_per_mac for r in by_loss.rows] == [r.d_loss / r.macs_saved for r in first.rows]
+    assert by_loss.with_metric("accuracy").to_dict() == first.to_dict()
     monkeypatch.undo()
 
     # any input that changes the result misses the cache

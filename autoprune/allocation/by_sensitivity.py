@@ -112,8 +112,9 @@ def _warn_if_flat(prob: BudgetProblem, table: Any, tau: float, state: Mapping[st
         warnings.warn(
             f"the sensitivity table shows no accuracy drop beyond its resolution for the {removed:.0%} of the MACs "
             f"this budget removes (each entry it draws on lost at most {worst:.4g}, one validation image or less): "
-            "the table cannot rank those entries against each other. Measure it on more validation images "
-            "(sensitivity eval_batches) to resolve them; an undertrained model may also lose nothing measurable.",
+            "the table cannot rank those entries against each other. Rank them by the loss instead "
+            "(sensitivity metric='loss': the same table, no new measurement) or measure it on more validation "
+            "images (sensitivity eval_batches); an undertrained model may also lose nothing measurable.",
             FlatSensitivityWarning, stacklevel=4)
 
 

@@ -154,7 +154,9 @@ def sensitivity(
             "version": CACHE_VERSION, "model": model_fingerprint(model), "data": data_fingerprint(data),
             "criterion": criterion, "criterion_kwargs": _jsonable(criterion_kwargs), "ratios": ratios,
             "bn_batches": int(bn_batches), "bn_batch_size": int(bn_batch_size), "eval_batches": eval_batches,
-            "batch_size": int(batch_size), "metric": metric, "groups": group_filter,
+            # the rows hold both damages, so one table serves both metrics: every table is keyed under "accuracy",
+            # the name the tables cached before this held (they stay valid)
+            "batch_size": int(batch_size), "metric": "accuracy", "groups": group_filter,
             **({"bn_augment": True} if bn_augment else {}),  # absent when False: earlier caches stay valid
             "input_shape": [list(x.shape) for x in (example_inputs if isinstance(example_inputs, (tuple, list))
                                                     else (example_inputs,))],
@@ -163,7 +165,7 @@ def sensitivity(
         cache_path = sensitivity_cache_dir(cache_dir if cache_dir is not None else None) / f"{key}.json"
         if cache_path.exists() and not refresh:
             try:
-                table = SensitivityTable.load(cache_path)
+                table = SensitivityTable.load(cache_path).with_metric(metric)
                 table.from_cache = True
                 return table
             except Exception:  # a corrupt or foreign file: recompute and overwrite it

@@ -2,6 +2,7 @@
 :class:`SensitivityRow` per group and ratio), its JSON form (the disk cache) and its displays."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import asdict, dataclass, field
@@ -64,6 +65,17 @@ class SensitivityTable:
     from_cache: bool = False
 
     # -- access ----------------------------------------------------------------------------------------------
+    def with_metric(self, metric: str) -> "SensitivityTable":
+        """This table with ``damage_per_mac`` from the accuracy drop (``"accuracy"``) or the loss rise (``"loss"``):
+        every row holds both, so one measurement serves both metrics."""
+        if metric not in ("accuracy", "loss"):
+            raise ValueError(f"metric must be 'accuracy' or 'loss', got {metric!r}")
+        if metric == self.metric:
+            return self
+        rows = [dataclasses.replace(r, damage_per_mac=((r.d_acc if metric == "accuracy" else r.d_loss) / r.macs_saved
+                                                       if r.macs_saved > 0 else 0.0)) for r in self.rows]
+        return dataclasses.replace(self, rows=rows, metric=metric)
+
     @property
     def groups(self) -> list[str]:
         """Group names in measurement order."""
