@@ -23,8 +23,8 @@ prunes the residual stream through LayerNorm). Budgets (``--budgets``): fraction
     the README's short demo (0.3, 0.6 on 2 batches), which gave 5.6 test points less on ResNet-20 at 50%, see
     docs/vs_tools.md) with
     ``finetune_epochs=0``: the channels it chose (``result.ratios.remove``) are taken before its BN re-estimation
-    and go through the common recipe below. The sensitivity table is computed once per model (first budget, timed
-    there) and read from its cache for the other budgets.
+    and go through the common recipe below. The sensitivity table is computed once per model before the methods run
+    (``shared_table``) and read from its cache by every budget, (a'') and (b); its time is counted in their rows.
 (a'') ``autoprune-loss``: the same call with ``sensitivity_kwargs={..., "metric": "loss"}``: the same table (every row
     holds both damages), entries ranked by the rise of the loss per MAC saved instead of the accuracy drop.
 (a') ``autoprune-global``: the same call with ``allocation="global"`` (one threshold on the L1 scores normalised by
@@ -58,11 +58,11 @@ selects on its whole val half; test is never seen before the end).
 
 Output: markdown (``--out``, default docs/vs_tools.md) and JSON beside it, with machine, versions, date, command.
 
-Cost (2-core AMD EPYC, no GPU, 2026-12-06, other jobs sharing the machine): ResNet-20 at one budget, every method,
-185 s wall with the README's coarse grid (the search 75 s, the sensitivity table 22 s), the finer default grid's table
-242 s; ResNet-56 at one budget 1,711 s with the coarse grid (the search 961 s, the table 508 s). The full default run
-(three models, three budgets, ResNet-18 trained first) was not timed yet and is expected to exceed 2 hours on
-such a machine; run it per model (``--models resnet20``) or on a GPU (benchmarks/gpu_suite.py part 8).
+Cost (2-core AMD EPYC, no GPU, 2026-12-07/08, every cache cold): the default run took 3,402 s (57 min) as two
+commands, ``--models resnet56`` 1,914 s (its sensitivity table 845 s, the search's 9 trials 191 s) and
+``--models resnet20,resnet18`` 1,488 s (the ResNet-18 trained 3 epochs in 278 s; tables 116 s and 56 s). The tables
+are cached in ``--cache``/sensitivity (content-keyed: a re-run reads them; ``--fresh-tables`` recomputes them);
+docs/vs_tools.md has the tables and commands.
 Not a test; ``tests/test_bench_vs_tools.py`` runs ``--smoke``.
 """
 from __future__ import annotations
@@ -559,7 +559,8 @@ def measure(ctx, name: str, budget: float, method: str, log) -> dict:
             row["prune_wall_s"] += table["wall_s"]
             row["prune_cpu_s"] += table["cpu_s"]
             shared = (f"time includes the sensitivity table ({table['wall_s']:.0f} s, once per model for every "
-                      "budget and the search)")
+                      "budget and the search)") if not table["from_cache"] else (
+                f"sensitivity table read from the cache (computed in {table['computed_in_s']:.0f} s by an earlier run)")
             row["note"] = f"{row['note']}; {shared}" if row["note"] else shared
     except Infeasible as e:
         row.update(status="infeasible", note=str(e))
