@@ -103,7 +103,9 @@ SHARED = ROOT.parent / "shared"
 WEIGHT_FILES = {"resnet20": "resnet20-cifar10jpeg.pt", "resnet56": "resnet56-cifar10jpeg.pt"}  # in --weights-dir
 EXTRACT = SHARED / "data" / "cifar10_jpeg.py"
 OPTION_A = ("resnet20", "resnet56")  # CIFAR ResNets with the zero-padding (option-A) shortcut
-METHODS = ("autoprune", "autoprune-loss", "autoprune-global", "autoprune-search", "modelopt-fastnas", "torch-pruning", "uniform-l1")
+METHODS = ("autoprune", "autoprune-loss", "autoprune-global", "autoprune-search", "modelopt-fastnas", "torch-pruning",
+           "uniform-l1")
+TABLE_METHODS = ("autoprune", "autoprune-loss", "autoprune-search")  # the methods that read the sensitivity table
 TOOLS = {"modelopt-fastnas": ("nvidia-modelopt", "modelopt.torch.prune"), "torch-pruning": ("torch-pruning", "torch_pruning")}
 
 
@@ -555,7 +557,7 @@ def measure(ctx, name: str, budget: float, method: str, log) -> dict:
         else:
             row["prune_wall_s"], row["prune_cpu_s"] = c.wall, c.cpu
         table = ctx.get("table")
-        if method in ("autoprune", "autoprune-loss", "autoprune-search") and table:  # what this model cost from scratch
+        if method in TABLE_METHODS and table:  # what this model cost from scratch
             row["prune_wall_s"] += table["wall_s"]
             row["prune_cpu_s"] += table["cpu_s"]
             shared = (f"time includes the sensitivity table ({table['wall_s']:.0f} s, once per model for every "
@@ -872,7 +874,7 @@ def main(argv=None) -> int:
                 mres["base_note"] = f"Trained here from scratch: {epochs} epoch(s), one-cycle lr {lr} (cached)."
             log(f"{name}: {base_macs / 1e6:.2f}M MACs, val {mres['base']['val']:.2%}, "
                 f"test {mres['base']['test']:.2%}")
-            if {"autoprune", "autoprune-loss", "autoprune-search"} & set(args.methods):
+            if set(TABLE_METHODS) & set(args.methods):
                 try:
                     ctx["table"] = mres["sensitivity"] = shared_table(ctx, log)
                 except Exception as e:  # noqa: BLE001 -- the methods that need it then report the error

@@ -46,7 +46,7 @@ from ..train import evaluate, recalibrate_bn
 from ..train.common import default_amp, model_device
 from ..train.evaluation import bn_inputs
 from .shared_prefix import SharedPrefix
-from .sensitivity_table import CACHE_VERSION, DEFAULT_RATIOS, SensitivityRow, SensitivityTable
+from .sensitivity_table import CACHE_VERSION, DEFAULT_RATIOS, SensitivityRow, SensitivityTable, damage_per_mac
 
 __all__ = ["sensitivity", "sensitivity_cache_dir", "cpu_graph"]
 
@@ -232,11 +232,10 @@ def sensitivity(
             macs_saved = base_macs - graph.macs(removal) if n_rm else 0
             params_saved = base_params - graph.macs(removal, params=True) if n_rm else 0
             d_acc, d_loss = ref.accuracy - acc, loss - ref.loss
-            damage = d_acc if metric == "accuracy" else d_loss
             rows.append(SensitivityRow(
                 group=name, ratio=r, channels_removed=n_rm, acc=acc, loss=loss, d_acc=d_acc, d_loss=d_loss,
                 macs_saved=int(macs_saved), params_saved=int(params_saved),
-                damage_per_mac=(damage / macs_saved) if macs_saved > 0 else 0.0,
+                damage_per_mac=damage_per_mac(d_acc, d_loss, macs_saved, metric),
             ))
             bar.update(1)
     bar.close()

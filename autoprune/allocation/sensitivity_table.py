@@ -38,6 +38,12 @@ class SensitivityRow:
     damage_per_mac: float
 
 
+def damage_per_mac(d_acc: float, d_loss: float, macs_saved: int, metric: str) -> float:
+    """A row's damage per MAC saved: the accuracy drop (``metric="accuracy"``) or the loss rise (``"loss"``) over the
+    MACs saved; 0 when none are saved."""
+    return ((d_acc if metric == "accuracy" else d_loss) / macs_saved) if macs_saved > 0 else 0.0
+
+
 @dataclass
 class SensitivityTable:
     """Result of :func:`sensitivity`: the unpruned baseline and one :class:`SensitivityRow` per (group, ratio).
@@ -72,8 +78,8 @@ class SensitivityTable:
             raise ValueError(f"metric must be 'accuracy' or 'loss', got {metric!r}")
         if metric == self.metric:
             return self
-        rows = [dataclasses.replace(r, damage_per_mac=((r.d_acc if metric == "accuracy" else r.d_loss) / r.macs_saved
-                                                       if r.macs_saved > 0 else 0.0)) for r in self.rows]
+        rows = [dataclasses.replace(r, damage_per_mac=damage_per_mac(r.d_acc, r.d_loss, r.macs_saved, metric))
+                for r in self.rows]
         return dataclasses.replace(self, rows=rows, metric=metric)
 
     @property

@@ -56,9 +56,16 @@ def _same(a: Any, b: Any) -> bool:
         return False
 
 
-def _same_module(a: nn.Module, b: nn.Module, *, stats: bool) -> bool:
-    """Same classes, attributes, parameters (and buffers; BatchNorm statistics only when ``stats``) all the way
-    down."""
+_BN_STATS = ("running_mean", "running_var", "num_batches_tracked")
+
+
+def _public_attrs(m: nn.Module) -> dict[str, Any]:
+    return {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"}
+
+
+def _same_module(a: nn.Module, b: nn.Module) -> bool:
+    """Same classes, attributes, parameters and buffers all the way down, BatchNorm running statistics aside (both
+    sides re-estimate them)."""
     ma, mb = dict(a.named_modules()), dict(b.named_modules())
     if ma.keys() != mb.keys():
         return False
@@ -66,11 +73,9 @@ def _same_module(a: nn.Module, b: nn.Module, *, stats: bool) -> bool:
         y = mb[name]
         if type(x) is not type(y):
             return False
-        attrs = lambda m: {k: v for k, v in vars(m).items() if not k.startswith("_") and k != "training"}  # noqa: E731
-        if not _same(attrs(x), attrs(y)) or not _same(dict(x._parameters), dict(y._parameters)):
+        if not _same(_public_attrs(x), _public_attrs(y)) or not _same(dict(x._parameters), dict(y._parameters)):
             return False
-        skip = () if stats or not isinstance(x, nn.modules.batchnorm._BatchNorm) else (
-            "running_mean", "running_var", "num_batches_tracked")
+        skip = _BN_STATS if isinstance(x, nn.modules.batchnorm._BatchNorm) else ()
         if not _same({k: v for k, v in x._buffers.items() if k not in skip},
                      {k: v for k, v in y._buffers.items() if k not in skip}):
             return False
@@ -98,7 +103,7 @@ def first_change(reference: fx.GraphModule, variant: fx.GraphModule) -> int:
                 or not _same(n.kwargs, r.kwargs)):
             return i
         if n.op == "call_module" and not _same_module(variant.get_submodule(n.target),
-                                                      reference.get_submodule(r.target), stats=False):
+                                                      reference.get_submodule(r.target)):
             return i
         if n.op == "get_attr" and not _same(_fetch(variant, n.target), _fetch(reference, r.target)):
             return i
@@ -112,11 +117,11 @@ class _Stretch(fx.Interpreter):
     def __init__(self, gm: fx.GraphModule) -> None:
         super().__init__(gm, garbage_collect_values=False)
         self.nodes = list(gm.graph.nodes)
+        self.by_name = {n.name: n for n in self.nodes}
 
     def stretch(self, values: dict[str, Any], start: int, stop: int, inputs: Sequence[Any] = ()) -> dict[str, Any]:
         """``values`` plus the values of nodes ``start .. stop-1``; the output node's value under ``"__output__"``."""
-        by_name = {n.name: n for n in self.nodes}
-        self.env = {by_name[k]: v for k, v in values.items()}
+        self.env = {self.by_name[k]: v for k, v in values.items()}
         self.args_iter = iter(inputs)
         out = dict(values)
         for n in self.nodes[start:stop]:
@@ -233,8 +238,9 @@ class SharedPrefix:
         """``variant`` (on the device) measured as ``plain`` would measure it, from the frontier where possible."""
         p = self.start_of(variant)
         nodes = list(variant.graph.nodes)
+        owners = self._bn_owners(variant, nodes) if self.reestimate else []
         if (p <= self.n_inputs or p < self.pos or p >= len(self.nodes)
-                or (self.reestimate and not self._prefix_bn_ok(variant, nodes, p)) or not self._advance(p)):
+                or (self.reestimate and not self._prefix_bn_ok(variant, owners, p)) or not self._advance(p)):
             self.plain += 1
             return plain(variant)
         prefix = {n.name for n in nodes[:p]}
@@ -249,7 +255,7 @@ class SharedPrefix:
                 with bn_estimation(variant):
                     for env, x in zip(self.bn_env, self.bn_x):
                         run.stretch(env, p, end, (x,))
-                self._copy_prefix_stats(variant, nodes, p)
+                self._copy_prefix_stats(variant, owners, p)
             variant.eval()
             correct, loss_sum, n = 0, torch.zeros((), dtype=torch.float64, device=self.device), 0
             for env, (_, y) in zip(self.ev_env, self.batches):
@@ -268,17 +274,18 @@ class SharedPrefix:
         for i, n in enumerate(nodes):
             if n.op == "call_module":
                 sub = gm.get_submodule(n.target)
-                names = {f"{n.target}.{k}".rstrip(".") for k, m in sub.named_modules()
-                         if isinstance(m, nn.modules.batchnorm._BatchNorm) and m.track_running_stats}
+                bns = set(batchnorms(sub))
+                names = {f"{n.target}.{k}".rstrip(".") for k, m in sub.named_modules() if m in bns}
                 if names:
                     out.append((i, names))
         return out
 
-    def _prefix_bn_ok(self, variant: fx.GraphModule, nodes: list[fx.Node], p: int) -> bool:
+    def _prefix_bn_ok(self, variant: fx.GraphModule, owners: list[tuple[int, set[str]]], p: int) -> bool:
         """Every BatchNorm layer is run either before ``p`` only or from ``p`` on only, and none is reached other
-        than through a module call (so its statistics can be taken from the reference or re-estimated)."""
+        than through a module call (so its statistics can be taken from the reference or re-estimated).
+        ``owners``: :meth:`_bn_owners` of ``variant``."""
         before, after = set(), set()
-        for i, names in self._bn_owners(variant, nodes):
+        for i, names in owners:
             (before if i < p else after).update(names)
         reached = before | after
         bns = set(batchnorms(variant))
@@ -291,11 +298,12 @@ class SharedPrefix:
         read = {n.target for n in variant.graph.nodes if n.op == "get_attr"}
         return {k for k in names if not any(t == k or t.startswith(k + ".") for t in read)}
 
-    def _copy_prefix_stats(self, variant: fx.GraphModule, nodes: list[fx.Node], p: int) -> None:
-        for i, names in self._bn_owners(variant, nodes):
+    def _copy_prefix_stats(self, variant: fx.GraphModule, owners: list[tuple[int, set[str]]], p: int) -> None:
+        """The reference's re-estimated statistics into the BatchNorm layers run before ``p``."""
+        for i, names in owners:
             if i >= p:
                 continue
             for k in names:
                 src, dst = self.ref.get_submodule(k), variant.get_submodule(k)
-                for b in ("running_mean", "running_var", "num_batches_tracked"):
+                for b in _BN_STATS:
                     getattr(dst, b).copy_(getattr(src, b))

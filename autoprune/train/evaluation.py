@@ -71,7 +71,6 @@ def evaluate(
     return EvalResult(accuracy=int(correct) / n, loss=float(loss_sum) / n, n=n)
 
 
-@torch.no_grad()
 def bn_inputs(data: DataLike, *, batches: int = 10, batch_size: int = 128, split: str = "train", augment: bool = False,
               seed: int = 0) -> Iterator[torch.Tensor]:
     """The input batches :func:`recalibrate_bn` feeds (the same for the same arguments): ``batches`` shuffled batches
